@@ -1,0 +1,1 @@
+"""The on-robot agent: policy serving, grasp log, detector, lifecycle, sockets."""

@@ -1,0 +1,1 @@
+"""Drivers: the robot side of the agent (sim cell, real-robot bridge, camera)."""

@@ -1,0 +1,100 @@
+"""The Driver protocol: what the agent needs from a robot (real or simulated).
+
+A driver owns the hardware (or simulator). It is opened by ``start()`` (or a
+``with`` block), never in its constructor. One grasp attempt is
+``observe() -> execute(action)`` repeated ``spec.horizon`` times; the last
+``execute`` returns a :class:`StepResult` with ``done=True`` and the
+:class:`GraspOutcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.spec import Spec
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the policy sees before a decision."""
+
+    image: npt.NDArray[np.uint8]
+    """uint8 image of ``spec.image_shape``."""
+    step: int
+    """Step within the grasp attempt, 0-based."""
+    timestamp: float
+    """Driver clock (seconds) when the image was captured."""
+
+
+@dataclass(frozen=True)
+class GraspOutcome:
+    """How a grasp attempt ended and how the driver knew."""
+
+    success: bool
+    """An object was lifted and held."""
+    sensed_by: str
+    """How success was sensed, e.g. ``"sim_height"``, ``"gripper_width"``, ``"operator"``."""
+    detail: dict[str, float] = field(default_factory=dict)
+    """Driver-specific figures (lift height, held time, finger gap...)."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Result of one ``execute``."""
+
+    reward: float
+    """1 on success at the end of an attempt, minus any per-step penalty."""
+    done: bool
+    """True when the grasp attempt is over."""
+    outcome: GraspOutcome | None
+    """Set when ``done``."""
+    duration_s: float
+    """Driver time the step took (sim time for the sim cell)."""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A grasping robot as the agent sees it."""
+
+    @property
+    def spec(self) -> Spec:
+        """The observation/action spec this driver produces and accepts."""
+        ...
+
+    def start(self) -> None:
+        """Open the hardware or simulator. Idempotent."""
+        ...
+
+    def observe(self) -> Observation:
+        """Capture the image for the next decision. Raises RuntimeError if not started."""
+        ...
+
+    def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
+        """Carry out one normalised action; raises ValueError on a bad action."""
+        ...
+
+    def shuffle(self) -> None:
+        """Stir the bin (between evaluation trials); keeps the same objects."""
+        ...
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a fresh bin (new objects); ``seed`` makes it reproducible."""
+        ...
+
+    def close(self) -> None:
+        """Release the hardware. Idempotent; safe after a failed start."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
