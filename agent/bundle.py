@@ -2,7 +2,7 @@
 
 Layout::
 
-    <dir>/model.onnx            inputs image uint8 [H,W,3], actions float32 [N,A]; output q float32 [N]
+    <dir>/model.onnx            image uint8 [H,W,3], actions float32 [N,A] -> q float32 [N]
     <dir>/weights.safetensors   torch state for the trainer to continue the lineage
     <dir>/meta.json             id, parent_id, condition, spec, training, data, validation, files
 
