@@ -1,0 +1,374 @@
+"""Daemon configuration: typed frozen dataclasses loaded from TOML and validated.
+
+Each component owns one dataclass; :class:`AgentConfig` composes them, one TOML
+table per component (``[policy]``, ``[cem]``, ...). Unknown keys, wrong types
+and values outside their allowed set are rejected with a message naming the
+key and what is allowed. The defaults run the sim cell on loopback out of the box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import itertools
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+OnAlarm = Literal["mark", "alert"]
+ThresholdMethod = Literal["markov", "simulate"]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the allowed values."""
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Which robot to drive."""
+
+    type: Literal["sim", "import"] = "sim"
+    """Driver implementation: "sim" (pybullet cell) or "import" (a factory named by `factory`)."""
+    factory: str = ""
+    """For type "import": "package.module:callable" returning a Driver (called with `options`)."""
+    condition: str = "baseline"
+    """Sim cell condition to start in (sim only)."""
+    seed: int = 0
+    """Seed for the driver's randomness."""
+    gui: bool = False
+    """Open the pybullet GUI (sim only)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the driver's config."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Where policies live and how ONNX Runtime runs them."""
+
+    bundle: str = ""
+    """Bundle directory to serve at start; empty = the active policy recorded in the grasp log."""
+    store_dir: str = "policies"
+    """Directory (relative to agent.data_dir) holding every bundle the agent ever ran."""
+    provider: ProviderChoice = "auto"
+    """ONNX Runtime provider: "auto" (CUDA when present, else CPU), "cpu" or "cuda"."""
+    intra_op_threads: int = 1
+    """ONNX Runtime intra-op threads (spinning is always off)."""
+    warmup_runs: int = 3
+    """Full CEM decisions run on a grey image before a session is used."""
+    split_trunk: bool = True
+    """Run the image-only part of the graph once per decision (checked equal to the full graph)."""
+
+
+@dataclass(frozen=True)
+class CemConfig:
+    """Cross-entropy method over the normalised action box."""
+
+    samples: int = 64
+    """Candidate actions per iteration."""
+    elites: int = 6
+    """Best candidates kept to refit the Gaussian."""
+    iterations: int = 2
+    """Sample/refit rounds per decision."""
+    init_std: float = 0.5
+    """Initial standard deviation (the mean starts at the centre of the box)."""
+    min_std: float = 0.01
+    """Floor on the refitted standard deviation."""
+    seed: int = 0
+    """Seed of the sampler."""
+
+
+@dataclass(frozen=True)
+class GraspLogConfig:
+    """The SQLite grasp log."""
+
+    path: str = "grasps.db"
+    """Database file (relative to agent.data_dir)."""
+    busy_timeout_ms: int = 5000
+    """How long a write waits for a lock before failing."""
+    image_format: Literal["png", "jpg"] = "png"
+    """How OpenCV encodes transition images ("png" is lossless)."""
+    store_images: bool = True
+    """Store each transition's image (turn off only to save disk in benchmarks)."""
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The success-drop detector (Bernoulli CUSUM on the active policy's stream)."""
+
+    arl0: float = 2000.0
+    """Wanted mean grasps between false alarms."""
+    min_drop: float = 0.15
+    """Smallest absolute drop of the success rate worth detecting."""
+    reference_grasps: int = 100
+    """Grasps of the active policy in its condition needed to fix the reference rate."""
+    threshold_method: ThresholdMethod = "markov"
+    """How the threshold is computed for arl0: "markov" (exact chain) or "simulate"."""
+    enabled: bool = True
+    """Run the detector at all."""
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Conditions, exploration and fine-tuning."""
+
+    on_alarm: OnAlarm = "alert"
+    """On an alarm: "mark" a new condition and explore, or only "alert"."""
+    exploration_grasps: int = 200
+    """Grasps to collect in a new condition before a fine-tune job is submitted."""
+    initial_condition: str = "base"
+    """Name of the condition the agent starts in when the log is empty."""
+
+
+@dataclass(frozen=True)
+class SocketsConfig:
+    """ZeroMQ endpoints and their security."""
+
+    command_endpoint: str = "tcp://127.0.0.1:5560"
+    """ROUTER socket for operator commands."""
+    event_endpoint: str = "tcp://127.0.0.1:5561"
+    """PUB socket for events."""
+    curve_server_secret: str = ""
+    """Server secret-key file (zmq.auth format); required to bind a non-loopback address."""
+    curve_clients_dir: str = ""
+    """Directory of authorised client public-key files; required with curve_server_secret."""
+    max_message_bytes: int = 1 << 20
+    """Largest command message accepted."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The control loop."""
+
+    data_dir: str = ""
+    """Root of database, policies and exports; empty: $STATE_DIRECTORY or ./robot-agent-data."""
+    idle_sleep_s: float = 0.05
+    """Sleep between command polls when paused or without a policy."""
+    max_grasps: int = 0
+    """Stop after this many grasps (0 = run forever); for smoke tests."""
+    exports_dir: str = "exports"
+    """Directory (relative to data_dir) for dataset exports and job inputs."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole daemon configuration, one table per component."""
+
+    agent: DaemonConfig = field(default_factory=DaemonConfig)
+    """The control loop."""
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    """Which robot to drive."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Policy store and ONNX Runtime."""
+    cem: CemConfig = field(default_factory=CemConfig)
+    """Action selection."""
+    grasp_log: GraspLogConfig = field(default_factory=GraspLogConfig)
+    """SQLite grasp log."""
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    """Success-drop detector."""
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    """Conditions and fine-tuning."""
+    sockets: SocketsConfig = field(default_factory=SocketsConfig)
+    """Command and event sockets."""
+
+    def data_path(self, rel: str) -> Path:
+        """Resolve a path relative to ``agent.data_dir`` (absolute paths pass through)."""
+        p = Path(rel)
+        root = self.agent.data_dir or os.environ.get("STATE_DIRECTORY", "") or "robot-agent-data"
+        return p if p.is_absolute() else Path(root.split(":")[0]) / p
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Read and validate a TOML file; raises ConfigError naming the bad key."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> AgentConfig:
+    """Build and validate an AgentConfig from nested dicts (the parsed TOML)."""
+    cfg = _build(AgentConfig, raw, "")
+    assert isinstance(cfg, AgentConfig)
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed; allowed values: "
+                + ", ".join(repr(a) for a in allowed)
+            )
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported union type")  # none are used yet
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: AgentConfig) -> None:
+    """Check cross-field constraints; raises ConfigError naming the key."""
+    c = cfg.cem
+    _need(c.samples >= 2, f"cem.samples = {c.samples}: must be >= 2")
+    _need(1 <= c.elites <= c.samples, f"cem.elites = {c.elites}: must be in [1, cem.samples]")
+    _need(c.iterations >= 1, f"cem.iterations = {c.iterations}: must be >= 1")
+    _need(c.init_std > 0, f"cem.init_std = {c.init_std}: must be > 0")
+    _need(c.min_std >= 0, f"cem.min_std = {c.min_std}: must be >= 0")
+    p = cfg.policy
+    _need(1 <= p.intra_op_threads <= 64, "policy.intra_op_threads: must be in [1, 64]")
+    _need(p.warmup_runs >= 1, "policy.warmup_runs: must be >= 1 (a session is warmed before use)")
+    d = cfg.detector
+    _need(d.arl0 >= 10, f"detector.arl0 = {d.arl0}: must be >= 10 grasps")
+    _need(0 < d.min_drop < 1, f"detector.min_drop = {d.min_drop}: must be in (0, 1)")
+    _need(d.reference_grasps >= 10, "detector.reference_grasps: must be >= 10")
+    lc = cfg.lifecycle
+    _need(lc.exploration_grasps >= 1, "lifecycle.exploration_grasps: must be >= 1")
+    _need(bool(lc.initial_condition), "lifecycle.initial_condition: must not be empty")
+    g = cfg.grasp_log
+    _need(g.busy_timeout_ms >= 0, "grasp_log.busy_timeout_ms: must be >= 0")
+    s = cfg.sockets
+    for key in ("command_endpoint", "event_endpoint"):
+        ep = getattr(s, key)
+        _need(
+            ep.startswith(("tcp://", "ipc://", "inproc://")),
+            f"sockets.{key} = {ep!r}: allowed schemes: tcp://, ipc://, inproc://",
+        )
+    _need(s.max_message_bytes >= 1024, "sockets.max_message_bytes: must be >= 1024")
+    _need(
+        bool(s.curve_server_secret) == bool(s.curve_clients_dir),
+        "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",
+    )
+    dr = cfg.driver
+    _need(
+        dr.type != "import" or ":" in dr.factory,
+        f"driver.factory = {dr.factory!r}: type 'import' needs 'package.module:callable'",
+    )
+    _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
+    _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ipc/inproc endpoints and tcp endpoints bound to a loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or '*': not loopback
+
+
+def check_exposure(cfg: SocketsConfig) -> None:
+    """Refuse a non-loopback bind without CURVE keys; raises ConfigError saying why."""
+    for key in ("command_endpoint", "event_endpoint"):
+        ep = getattr(cfg, key)
+        if not is_loopback_endpoint(ep) and not cfg.curve_server_secret:
+            raise ConfigError(
+                f"sockets.{key} = {ep!r} is not a loopback address; binding it needs CURVE keys "
+                "(set sockets.curve_server_secret and sockets.curve_clients_dir), refusing to start"
+            )
+
+
+def example_toml() -> str:
+    """A TOML file listing every key with its default and help line (for docs and `--print`)."""
+    lines: list[str] = []
+    for top in dataclasses.fields(AgentConfig):
+        sub = typing.get_type_hints(AgentConfig)[top.name]
+        lines.append(f"[{top.name}]")
+        docs = _field_docs(sub)
+        for f in dataclasses.fields(sub):
+            default = getattr(sub(), f.name)
+            lines.append(f"# {docs.get(f.name, '')}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, dict):
+        return (
+            "{}"
+            if not v
+            else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        )
+    return repr(v)
+
+
+def _field_docs(cls: type[Any]) -> dict[str, str]:
+    """Field docstrings (the string literal under each field) read from the source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for a, b in itertools.pairwise(body):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)
+            and isinstance(b.value.value, str)
+        ):
+            docs[a.target.id] = b.value.value.strip()
+    return docs
