@@ -60,8 +60,8 @@ class Cem:
         if self.low.shape != self.high.shape or np.any(self.low >= self.high):
             raise ValueError("action bounds must have equal shape and low < high")
         self._rng = np.random.default_rng(seed)
-        self._centre = (self.low + self.high) / 2
-        self._half = (self.high - self.low) / 2
+        self._centre: F32 = ((self.low + self.high) / 2).astype(np.float32)
+        self._half: F32 = ((self.high - self.low) / 2).astype(np.float32)
 
     def optimise(self, score: ScoreFn) -> CemResult:
         """Maximise ``score`` (actions [N, A] -> Q [N]) over the box."""
