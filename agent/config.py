@@ -40,8 +40,6 @@ class DriverConfig:
     """Sim cell condition to start in (sim only)."""
     seed: int = 0
     """Seed for the driver's randomness."""
-    gui: bool = False
-    """Open the pybullet GUI (sim only)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the driver's config."""
 
