@@ -273,7 +273,9 @@ class SimCell:
         c = self._condition
         if isinstance(c, ExtendGripper):
             return GripperGeometry(
-                extra_length_m=c.extra_length_cm / 100, width_scale=c.width_scale
+                extra_length_m=c.extra_length_cm / 100,
+                width_scale=c.width_scale,
+                pad_friction=c.pad_friction,
             )
         if isinstance(c, OffsetGripper):
             return GripperGeometry(offset_x_m=c.offset_cm / 100)

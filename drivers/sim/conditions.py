@@ -56,8 +56,10 @@ class ExtendGripper:
     name = "extend_gripper"
     extra_length_cm: float = 1.0
     """Added finger length in centimetres (the paper: 1 cm)."""
-    width_scale: float = 0.6
+    width_scale: float = 0.5
     """Finger width multiplier (the paper's extension is much narrower than the stock finger)."""
+    pad_friction: float = 0.45
+    """Friction of the bare extension tips (the stock rubber pads: 1.2); less compliant grip."""
 
 
 @dataclass(frozen=True)

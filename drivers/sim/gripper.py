@@ -34,6 +34,8 @@ class GripperGeometry:
     """Finger width multiplier (extend_gripper)."""
     offset_x_m: float = 0.0
     """Lateral mount offset along cell +x (offset_gripper)."""
+    pad_friction: float = 1.2
+    """Lateral friction of the finger pads."""
 
     @property
     def finger_length(self) -> float:
@@ -111,7 +113,7 @@ class Gripper:
             p.changeDynamics(
                 self.body,
                 j,
-                lateralFriction=1.2,
+                lateralFriction=g.pad_friction,
                 spinningFriction=0.002,
                 frictionAnchor=1,
                 jointLowerLimit=-0.005,
