@@ -192,8 +192,8 @@ class Daemon:
                 self._apply_load(res)
             actuate = self.policy is not None and not self.paused
             self.commands.serve(self._handle, 0 if actuate else idle_ms)
-            if self.stop_event.is_set() or not actuate:
-                continue
+            if self.stop_event.is_set() or self.paused or self.policy is None:
+                continue  # a command just served may have paused us or swapped the policy
             if self.cfg.agent.max_grasps and self.grasps >= self.cfg.agent.max_grasps:
                 break
             try:

@@ -1,0 +1,214 @@
+"""The daemon on the fake driver over real loopback ZeroMQ sockets and a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+
+from agent.wire import decode, encode
+from tests.agent.conftest import Running
+from tests.agent.fakes import broken_bundle, make_bundle
+
+pytestmark = pytest.mark.timeout(90)
+Start = Callable[..., Running]
+
+
+def _db(r: Running) -> sqlite3.Connection:
+    return sqlite3.connect(r.cfg.data_path(r.cfg.grasp_log.path))
+
+
+def test_runs_50_grasps_each_committed(start_daemon: Start) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    sub.wait("agent.grasp")
+    r.wait_for(lambda s: s["grasps"] >= 55)
+    r.daemon.request_stop()
+    r.thread.join(20)
+    assert r.result == [0]
+    db = _db(r)
+    n = db.execute("SELECT count(*) FROM grasps").fetchone()[0]
+    assert n == len(r.driver.actions) >= 55  # every executed grasp is in the database
+    assert db.execute(
+        "SELECT count(*) FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
+        "WHERE t.image IS NOT NULL AND t.done = 1"
+    ).fetchone()[0] == n
+    assert db.execute("SELECT count(DISTINCT policy_id) FROM grasps").fetchone()[0] == 1
+    assert db.execute("SELECT status FROM policies").fetchall() == [("active",)]
+    assert r.driver.closed == 1
+
+
+def test_status_stats_policies_pause_resume(start_daemon: Start) -> None:
+    r = start_daemon()
+    st = r.wait_for(lambda s: s["grasps"] >= 3)
+    assert st["phase"] == "serving" and st["condition"] == "base" and st["actuating"]
+    assert r.ctl("pause", reason="lunch")["result"] == {"paused": True}
+    n = r.ctl("status")["result"]["grasps"]
+    time.sleep(0.3)
+    st = r.ctl("status")["result"]
+    assert st["grasps"] == n and st["paused"] and st["pause_reason"] == "lunch"
+    assert r.ctl("resume")["result"] == {"paused": False}
+    r.wait_for(lambda s: s["grasps"] > n + 2)
+    stats = r.ctl("stats")["result"]
+    assert stats["table"][0]["condition"] == "base" and stats["latency_ms"]["p50"] > 0
+    pols = r.ctl("policies")["result"]
+    assert pols["active"] == pols["policies"][0]["id"]
+
+
+def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    r.wait_for(lambda s: s["grasps"] >= 2)
+    rep = r.ctl("mark-condition", name="glare", note="new lamp")
+    assert rep["ok"] and rep["result"] == {"condition": "glare", "phase": "exploring"}
+    assert sub.wait("agent.condition")["condition"] == "glare"
+    st = r.wait_for(lambda s: s["explored"] >= 4)
+    assert st["condition"] == "glare" and st["phase"] == "exploring"
+    assert r.ctl("mark-condition", name="glare")["error"]["code"] == "conflict"
+    rep = r.ctl("finetune")
+    assert rep["ok"] and rep["result"]["phase"] == "training"
+    job = sub.wait("agent.job")
+    assert job["status"] == "queued" and job["transitions"] >= 4
+    assert (Path(job["export"]) / "index.json").is_file()
+    assert r.ctl("finetune")["error"]["code"] == "conflict"
+    db = _db(r)
+    assert db.execute("SELECT mode FROM grasps WHERE condition_id = 2 LIMIT 1").fetchone() == (
+        "explore",)
+    assert db.execute("SELECT status FROM jobs").fetchall() == [("queued",)]
+
+
+def test_exploration_target_submits_a_job_and_trained_policy_swaps(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    r = start_daemon(lifecycle={"exploration_grasps": 5})
+    sub = r.subscriber()
+    r.ctl("mark-condition", name="offset")
+    job = sub.wait("agent.job")
+    st = r.wait_for(lambda s: s["phase"] == "training")
+    old = st["policy"]
+    new = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
+    r.daemon.offer_trained(new, job["job"])
+    swapped = sub.wait("agent.policy.swapped")
+    assert swapped["previous"] == old and swapped["policy"] != old
+    st = r.wait_for(lambda s: s["phase"] == "serving" and s["policy"] != old)
+    assert st["probation_parent"] == old
+
+
+def test_promote_and_rollback(start_daemon: Start, tmp_path: Path) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    first = r.wait_for(lambda s: s["grasps"] >= 1)["policy"]
+    other = make_bundle(tmp_path / "cand", seed=5)
+    rep = r.ctl("promote", id=str(other))
+    assert rep["ok"]
+    swapped = sub.wait("agent.policy.swapped")
+    assert swapped["previous"] == first
+    r.wait_for(lambda s: s["policy"] == swapped["policy"] and s["grasps"] >= 3)
+    assert r.ctl("rollback", id=first)["ok"]
+    rolled = sub.wait("agent.policy.rolled_back")
+    assert rolled["policy"] == first
+    st = r.wait_for(lambda s: s["policy"] == first)
+    assert st["phase"] == "serving"
+    assert r.ctl("rollback", id="nope")["error"]["code"] == "not_found"
+    assert r.ctl("promote", id=first)["error"]["code"] == "conflict"
+    statuses = {p["id"]: p["status"] for p in r.ctl("policies")["result"]["policies"]}
+    assert statuses == {first: "active", swapped["policy"]: "retired"}
+
+
+def test_broken_policy_is_refused_and_never_served(start_daemon: Start, tmp_path: Path) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    good = r.wait_for(lambda s: s["grasps"] >= 1)["policy"]
+    bad = broken_bundle(tmp_path / "bad")
+    assert r.ctl("promote", id=str(bad))["ok"]
+    err = sub.wait("agent.error")
+    assert "refused" in err["message"]
+    st = r.wait_for(lambda s: s["grasps"] >= 5)
+    assert st["policy"] == good
+    db = _db(r)
+    assert db.execute("SELECT count(*) FROM grasps WHERE policy_id != ?", (good,)).fetchone()[0] == 0
+    assert ("rejected",) in db.execute("SELECT status FROM policies").fetchall()
+
+
+def test_without_policy_it_refuses_to_actuate(start_daemon: Start, tmp_path: Path) -> None:
+    r = start_daemon(bundle=False)
+    st = r.ctl("status")["result"]
+    assert not st["actuating"] and "no policy" in st["no_policy_reason"]
+    time.sleep(0.2)
+    assert r.driver.actions == []
+    assert r.ctl("promote", id=str(make_bundle(tmp_path / "b")))["ok"]
+    r.wait_for(lambda s: s["grasps"] >= 2 and s["actuating"])
+
+
+def test_alarm_marks_a_new_condition(start_daemon: Start) -> None:
+    r = start_daemon(p_success=0.95, lifecycle={"on_alarm": "mark"})
+    sub = r.subscriber()
+    r.wait_for(lambda s: not s["detector"]["calibrating"])
+    r.driver.set_success(0.05)
+    alarm = sub.wait("agent.alarm", timeout=30)
+    assert alarm["reference"] > 0.8
+    cond = sub.wait("agent.condition")
+    assert cond["source"] == "alarm" and cond["condition"].startswith("auto-")
+    st = r.wait_for(lambda s: s["phase"] == "exploring")
+    assert st["detector"]["calibrating"]  # reset on condition change
+
+
+def test_alarm_alert_only_keeps_serving(start_daemon: Start) -> None:
+    r = start_daemon(p_success=0.95, lifecycle={"on_alarm": "alert"})
+    sub = r.subscriber()
+    r.wait_for(lambda s: not s["detector"]["calibrating"])
+    r.driver.set_success(0.05)
+    sub.wait("agent.alarm", timeout=30)
+    st = r.ctl("status")["result"]
+    assert st["phase"] == "serving" and st["condition"] == "base"
+
+
+def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
+    r = start_daemon()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(r.daemon.endpoints["commands"])
+    cases: list[tuple[list[bytes], str]] = [
+        ([b"not json"], "bad_json"),
+        ([b'{"v": 9, "type": "command"}'], "bad_version"),
+        ([b'{"v": 1, "type": "command", "id": 1}'], "bad_request"),
+        (encode("hello", {"id": 2}), "bad_type"),
+        (encode("command", {"id": 3, "command": "selfdestruct"}), "unknown_command"),
+        (encode("command", {"id": 4, "command": "rollback", "args": {}}), "bad_args"),
+        (encode("command", {"id": 5, "command": "pause", "args": {"reason": 7}}), "bad_args"),
+        (encode("command", {"id": 6, "command": "status", "args": {"x": "1"}}), "bad_args"),
+        (encode("command", {"id": 7, "command": "status", "args": []}), "bad_args"),
+        ([b'{"v":1,"type":"command","arrays":[{"name":"a","dtype":"uint8","shape":[9]}]}',
+          b"123"], "bad_shape"),
+        ([b"{}" * 10, b"x" * (2 << 20)], "too_large"),
+    ]
+    for frames, code in cases:
+        sock.send_multipart(frames)
+        if code == "too_large":
+            # over the socket's MAXMSGSIZE: libzmq drops the peer; the daemon keeps serving
+            with pytest.raises(zmq.Again):
+                sock.recv_multipart()
+            continue
+        reply = decode(sock.recv_multipart())
+        assert reply.type == "reply" and reply.header["ok"] is False, frames
+        assert reply.header["error"]["code"] == code, (frames, reply.header)
+    sock.close(0)
+    assert r.ctl("status")["ok"]  # still alive and serving
+    r.wait_for(lambda s: s["grasps"] >= 2)
+
+
+def test_req_clients_are_answered_too(start_daemon: Start) -> None:
+    r = start_daemon()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(r.daemon.endpoints["commands"])
+    sock.send_multipart(encode("command", {"id": "r1", "command": "status"}))
+    reply = decode(sock.recv_multipart())
+    assert reply.header["ok"] and reply.header["id"] == "r1"
+    sock.close(0)

@@ -1,0 +1,202 @@
+"""Fast pure unit tests: wire envelope, config, CEM, detector, lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent import lifecycle as lc
+from agent.cem import Cem, CemParams
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    check_exposure,
+    config_from_dict,
+    example_toml,
+    load_config,
+)
+from agent.detector import SuccessDropDetector, arl_markov, arl_simulate, design_cusum
+from agent.wire import WireError, decode, encode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- wire ---------------------------------------------------------------------------------------
+def test_wire_round_trip_with_arrays() -> None:
+    img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    frames = encode("obs", {"id": 3}, {"image": img, "a": np.ones(3, np.float32)})
+    msg = decode(frames)
+    assert msg.type == "obs" and msg.header == {"id": 3}
+    assert np.array_equal(msg.arrays["image"], img) and msg.arrays["a"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([], "empty"),
+        ([b"\xff\xfe"], "bad_json"),
+        ([b"[1,2]"], "bad_header"),
+        ([b'{"v": 2, "type": "x"}'], "bad_version"),
+        ([b'{"type": "x"}'], "bad_version"),
+        ([b'{"v": 1}'], "bad_type"),
+        ([b'{"v": 1, "type": "x", "n": NaN}'], "bad_json"),
+        ([b'{"v": 1, "type": "x"}', b"extra"], "bad_arrays"),
+        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"object","shape":[1]}]}', b"x"],
+         "bad_dtype"),
+        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[4]}]}', b"xyz"],
+         "bad_shape"),
+        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[-1]}]}', b""],
+         "bad_shape"),
+    ],
+)
+def test_wire_rejects_malformed(frames: list[bytes], code: str) -> None:
+    with pytest.raises(WireError) as ei:
+        decode(frames)
+    assert ei.value.code == code
+
+
+def test_wire_size_cap() -> None:
+    with pytest.raises(WireError) as ei:
+        encode("x", arrays={"a": np.zeros(2000, np.uint8)}, max_bytes=1000)
+    assert ei.value.code == "too_large"
+    frames = encode("x", arrays={"a": np.zeros(2000, np.uint8)})
+    with pytest.raises(WireError):
+        decode(frames, max_bytes=1000)
+
+
+def test_wire_refuses_pickle_dtypes() -> None:
+    with pytest.raises(WireError):
+        encode("x", arrays={"a": np.array([object()], dtype=object)})
+
+
+# -- config -------------------------------------------------------------------------------------
+def test_config_defaults_and_example_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "c.toml"
+    p.write_text(example_toml())
+    assert load_config(p) == AgentConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"cem": {"sampels": 3}}, "cem.sampels"),
+        ({"cem": {"samples": "x"}}, "cem.samples must be an integer"),
+        ({"policy": {"provider": "tpu"}}, "'auto', 'cpu', 'cuda'"),
+        ({"lifecycle": {"on_alarm": "panic"}}, "lifecycle.on_alarm"),
+        ({"cem": {"elites": 100}}, "cem.elites"),
+        ({"bogus": {}}, "allowed keys here"),
+        ({"detector": {"min_drop": 1.5}}, "detector.min_drop"),
+        ({"sockets": {"command_endpoint": "http://x"}}, "tcp://"),
+    ],
+)
+def test_config_errors_name_the_key(raw: dict, needle: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict(raw)
+    assert needle in str(ei.value)
+
+
+def test_non_loopback_without_curve_refuses() -> None:
+    cfg = config_from_dict({"sockets": {"command_endpoint": "tcp://0.0.0.0:5999"}})
+    with pytest.raises(ConfigError, match="CURVE"):
+        check_exposure(cfg.sockets)
+    check_exposure(config_from_dict({"sockets": {"command_endpoint": "tcp://127.0.0.1:1"}}).sockets)
+
+
+# -- CEM ----------------------------------------------------------------------------------------
+def test_cem_finds_the_peak_and_respects_bounds() -> None:
+    target = np.array([0.9, -0.95, 0.2], np.float32)
+    cem = Cem(CemParams(samples=64, elites=6, iterations=3), -np.ones(3, np.float32),
+              np.ones(3, np.float32), seed=1)
+    seen: list[np.ndarray] = []
+
+    def score(a: np.ndarray) -> np.ndarray:
+        seen.append(a)
+        return np.exp(-((a - target) ** 2).sum(1)).astype(np.float32)
+
+    r = cem.optimise(score)
+    assert r.evaluated == 192 and len(seen) == 3
+    assert np.all(np.abs(np.concatenate(seen)) <= 1.0)
+    assert np.linalg.norm(r.action - target) < 0.3
+    assert r.q == pytest.approx(float(score(r.action[None])[0]), abs=1e-6)
+
+
+def test_cem_rejects_non_finite_scores() -> None:
+    cem = Cem(CemParams(), -np.ones(3, np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError):
+        cem.optimise(lambda a: np.full(len(a), np.nan, np.float32))
+
+
+# -- detector -----------------------------------------------------------------------------------
+def test_threshold_reaches_the_target_arl_and_is_minimal() -> None:
+    d = design_cusum(0.86, 0.15, 1000)
+    assert d.arl0 >= 1000
+    assert arl_markov(d.down, d.up, d.threshold - 1, d.p0) < 1000
+    # Monte Carlo agrees with the exact chain
+    assert arl_simulate(d.down, d.up, d.threshold, d.p0, streams=3000) == pytest.approx(
+        d.arl0, rel=0.1)
+
+
+def test_detector_calibrates_then_detects_a_drop() -> None:
+    rng = np.random.default_rng(0)
+    det = SuccessDropDetector(arl0=1000, min_drop=0.2, reference_grasps=100)
+    for x in rng.random(100) < 0.9:
+        assert det.update(bool(x)) is None
+    assert not det.calibrating and det.design is not None
+    alarm = None
+    for i, x in enumerate(rng.random(500) < 0.4):
+        alarm = det.update(bool(x))
+        if alarm:
+            break
+    assert alarm is not None and i < 100 and alarm.recent_rate < 0.7
+
+
+def test_detector_reset_uses_history_and_reference() -> None:
+    det = SuccessDropDetector(arl0=500, min_drop=0.2, reference_grasps=20)
+    det.reset(history=[True] * 30)
+    assert not det.calibrating and det.design is not None and det.design.p0 > 0.9
+    det.reset(reference=0.5)
+    assert det.design is not None and det.design.p0 == 0.5
+    det.reset()
+    assert det.calibrating
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+def test_lifecycle_full_cycle_and_probation_rollback() -> None:
+    s = lc.State(lc.Phase.SERVING, "base", "p0", explore_target=3)
+    s, eff = lc.step(s, lc.MarkCondition("glare", "lamp"))
+    assert s.phase is lc.Phase.EXPLORING and eff == [lc.NewCondition("glare", "lamp", "operator")]
+    for _ in range(2):
+        s, eff = lc.step(s, lc.GraspDone(False))
+        assert eff == []
+    s, eff = lc.step(s, lc.GraspDone(True))
+    assert s.phase is lc.Phase.TRAINING and eff == [lc.SubmitJob("glare", "p0")]
+    s, _ = lc.step(s, lc.JobSubmitted(7))
+    with pytest.raises(lc.LifecycleError):
+        lc.step(s, lc.Finetune())
+    s, eff = lc.step(s, lc.PolicyReady("p1", 7))
+    assert (s.phase, s.policy, s.probation_parent) == (lc.Phase.SERVING, "p1", "p0")
+    s, eff = lc.step(s, lc.Alarm(auto_mark=True, new_condition="x"))
+    assert s.policy == "p0" and isinstance(eff[0], lc.SwapPolicy) and s.condition == "glare"
+    assert lc.State.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_lifecycle_alarm_marks_or_alerts() -> None:
+    s = lc.State(lc.Phase.SERVING, "base", "p0")
+    s2, eff = lc.step(s, lc.Alarm(auto_mark=False))
+    assert s2 == s and isinstance(eff[0], lc.RaiseAlarm)
+    s3, eff = lc.step(s, lc.Alarm(auto_mark=True, new_condition="auto-1"))
+    assert s3.phase is lc.Phase.EXPLORING and s3.condition == "auto-1"
+
+
+def test_lifecycle_rejects_illegal_events() -> None:
+    s = lc.State(lc.Phase.SERVING, "base", "p0")
+    with pytest.raises(lc.LifecycleError):
+        lc.step(s, lc.MarkCondition("base"))
+    with pytest.raises(lc.LifecycleError):
+        lc.step(s, lc.PolicyReady("p1"))
+    with pytest.raises(lc.LifecycleError):
+        lc.step(s, lc.Promote("p0"))
+    with pytest.raises(lc.LifecycleError):
+        lc.step(lc.State(lc.Phase.SERVING, "base", None), lc.Finetune())
