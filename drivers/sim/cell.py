@@ -160,8 +160,14 @@ class SimCell:
         self._p = pybullet
         self._client = pybullet.connect(pybullet.DIRECT)
         self._data_root = Path(pybullet_data.getDataPath())
+        self._build_world()
+
+    def _build_world(self) -> None:
+        """Build tray, gripper and objects in an empty world."""
         p, c = self._p, self._client
         ph = self.config.physics
+        self._objects = []
+        self._gripper = None
         p.setGravity(0, 0, -9.81, physicsClientId=c)
         p.setPhysicsEngineParameter(
             fixedTimeStep=1.0 / ph.hz,
@@ -213,10 +219,19 @@ class SimCell:
         self._settle(self.config.physics.settle_steps * 3)
 
     def reset(self, seed: int | None = None) -> None:
-        """Reseed and load a fresh set of objects."""
+        """Reseed and rebuild the world with a fresh set of objects.
+
+        With a seed the whole simulation is rebuilt, so the same seed and
+        actions replay bit for bit; without one only the objects change.
+        """
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        if self._p is not None:
+        if self._p is None:
+            return
+        if seed is not None:
+            self._p.resetSimulation(physicsClientId=self._client)
+            self._build_world()
+        else:
             self._reset_objects()
 
     def close(self) -> None:
