@@ -30,7 +30,9 @@ class Running:
     def ctl(self, command: str, timeout_s: float = 10.0, **args: str) -> dict[str, Any]:
         return request(self.daemon.endpoints["commands"], command, args, timeout_s=timeout_s)
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             st = self.ctl("status")["result"]

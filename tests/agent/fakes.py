@@ -20,7 +20,10 @@ class FakeDriver:
     """A Driver whose grasps succeed with a configurable (switchable) probability."""
 
     def __init__(
-        self, p_success: float = 0.8, seed: int = 0, spec: Spec = DEFAULT_SPEC,
+        self,
+        p_success: float = 0.8,
+        seed: int = 0,
+        spec: Spec = DEFAULT_SPEC,
         grasp_time_s: float = 0.0,
     ) -> None:
         self._spec = spec
@@ -63,7 +66,8 @@ class FakeDriver:
         ok = bool(self._rng.random() < self.p_success)
         self.in_grasp.clear()
         return StepResult(
-            reward=float(ok), done=True,
+            reward=float(ok),
+            done=True,
             outcome=GraspOutcome(success=ok, sensed_by="fake", detail={"p": self.p_success}),
             duration_s=self.grasp_time_s,
         )
@@ -85,19 +89,27 @@ class FakeDriver:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
 
 
-def make_fake_driver(seed: int = 0, p_success: float = 0.8, grasp_time_s: float = 0.0) -> FakeDriver:
+def make_fake_driver(
+    seed: int = 0, p_success: float = 0.8, grasp_time_s: float = 0.0
+) -> FakeDriver:
     """Factory for ``driver.type = "import"`` configs (subprocess tests)."""
     return FakeDriver(p_success=p_success, seed=seed, grasp_time_s=grasp_time_s)
 
 
-def tiny_model(target: tuple[float, float, float] = (0.3, -0.2, 0.1), sharp: float = 4.0,
-               image_gain: float = 0.001, opset: int = 17) -> bytes:
+def tiny_model(
+    target: tuple[float, float, float] = (0.3, -0.2, 0.1),
+    sharp: float = 4.0,
+    image_gain: float = 0.001,
+    opset: int = 17,
+) -> bytes:
     """ONNX graph obeying the contract: q = sigmoid(-sharp*|a - target|^2 + gain*mean(image)).
 
     The image term is an image-only subgraph, so the agent can split the trunk off.
@@ -123,9 +135,12 @@ def tiny_model(target: tuple[float, float, float] = (0.3, -0.2, 0.1), sharp: flo
         helper.make_node("Sigmoid", ["logit"], ["q"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_q",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [64, 64, 3]),
-         helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["N", 3])],
+        nodes,
+        "tiny_q",
+        [
+            helper.make_tensor_value_info("image", TensorProto.UINT8, [64, 64, 3]),
+            helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["N", 3]),
+        ],
         [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N"])],
         inits,
     )
@@ -141,7 +156,9 @@ def make_bundle(root: Path, seed: int = 0, parent_id: str | None = None, **kw: A
     target = tuple(float(v) for v in rng.uniform(-0.5, 0.5, 3))
     model = tiny_model(target=target, **kw)  # type: ignore[arg-type]
     return write_bundle(
-        root, model, b"fake-weights-" + str(seed).encode(),
+        root,
+        model,
+        b"fake-weights-" + str(seed).encode(),
         {"parent_id": parent_id, "condition": "base", "training": {"kind": "test"}},
     )
 
@@ -149,7 +166,6 @@ def make_bundle(root: Path, seed: int = 0, parent_id: str | None = None, **kw: A
 def broken_bundle(root: Path) -> Path:
     """A bundle whose model gives Q outside [0, 1] (fails validation)."""
     import onnx
-    from onnx import helper
 
     m = onnx.load_from_string(tiny_model())
     for n in m.graph.node:

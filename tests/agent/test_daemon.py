@@ -33,10 +33,13 @@ def test_runs_50_grasps_each_committed(start_daemon: Start) -> None:
     db = _db(r)
     n = db.execute("SELECT count(*) FROM grasps").fetchone()[0]
     assert n == len(r.driver.actions) >= 55  # every executed grasp is in the database
-    assert db.execute(
-        "SELECT count(*) FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
-        "WHERE t.image IS NOT NULL AND t.done = 1"
-    ).fetchone()[0] == n
+    assert (
+        db.execute(
+            "SELECT count(*) FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
+            "WHERE t.image IS NOT NULL AND t.done = 1"
+        ).fetchone()[0]
+        == n
+    )
     assert db.execute("SELECT count(DISTINCT policy_id) FROM grasps").fetchone()[0] == 1
     assert db.execute("SELECT status FROM policies").fetchall() == [("active",)]
     assert r.driver.closed == 1
@@ -77,7 +80,8 @@ def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start
     assert r.ctl("finetune")["error"]["code"] == "conflict"
     db = _db(r)
     assert db.execute("SELECT mode FROM grasps WHERE condition_id = 2 LIMIT 1").fetchone() == (
-        "explore",)
+        "explore",
+    )
     assert db.execute("SELECT status FROM jobs").fetchall() == [("queued",)]
 
 
@@ -130,7 +134,9 @@ def test_broken_policy_is_refused_and_never_served(start_daemon: Start, tmp_path
     st = r.wait_for(lambda s: s["grasps"] >= 5)
     assert st["policy"] == good
     db = _db(r)
-    assert db.execute("SELECT count(*) FROM grasps WHERE policy_id != ?", (good,)).fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM grasps WHERE policy_id != ?", (good,)).fetchone()[0] == 0
+    )
     assert ("rejected",) in db.execute("SELECT status FROM policies").fetchall()
 
 
@@ -183,8 +189,13 @@ def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
         (encode("command", {"id": 5, "command": "pause", "args": {"reason": 7}}), "bad_args"),
         (encode("command", {"id": 6, "command": "status", "args": {"x": "1"}}), "bad_args"),
         (encode("command", {"id": 7, "command": "status", "args": []}), "bad_args"),
-        ([b'{"v":1,"type":"command","arrays":[{"name":"a","dtype":"uint8","shape":[9]}]}',
-          b"123"], "bad_shape"),
+        (
+            [
+                b'{"v":1,"type":"command","arrays":[{"name":"a","dtype":"uint8","shape":[9]}]}',
+                b"123",
+            ],
+            "bad_shape",
+        ),
         ([b"{}" * 10, b"x" * (2 << 20)], "too_large"),
     ]
     for frames, code in cases:
@@ -212,3 +223,48 @@ def test_req_clients_are_answered_too(start_daemon: Start) -> None:
     reply = decode(sock.recv_multipart())
     assert reply.header["ok"] and reply.header["id"] == "r1"
     sock.close(0)
+
+
+def test_ctl_cli_human_and_json_output(start_daemon: Start) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    r = start_daemon()
+    r.wait_for(lambda s: s["grasps"] >= 2)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    base = [sys.executable, "-m", "agent.cli", "ctl"]
+    ep = ["--endpoint", r.daemon.endpoints["commands"]]
+    out = subprocess.run(
+        [*base, "status", *ep], capture_output=True, text=True, env=env, timeout=60, cwd=root
+    )
+    assert out.returncode == 0 and "phase: serving" in out.stdout
+    out = subprocess.run(
+        [*base, "stats", "--json", *ep],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=root,
+    )
+    assert json.loads(out.stdout)["ok"] is True
+    out = subprocess.run(
+        [*base, "rollback", "nope", *ep],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=root,
+    )
+    assert out.returncode == 1 and "error [not_found]" in out.stdout
+    out = subprocess.run(
+        [*base, "status", "--timeout", "0.5", "--endpoint", "tcp://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=root,
+    )
+    assert out.returncode == 3 and "no reply" in out.stderr

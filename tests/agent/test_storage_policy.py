@@ -25,8 +25,18 @@ pytestmark = pytest.mark.timeout(60)
 
 def _grasp(cid: int, pid: str, ok: bool, img: np.ndarray) -> GraspRecord:
     return GraspRecord(
-        t_start=1.0, t_end=2.0, condition_id=cid, policy_id=pid, mode="explore", success=ok,
-        reward=float(ok), q=0.5, decide_ms=1.0, execute_ms=2.0, sensed_by="fake", detail={},
+        t_start=1.0,
+        t_end=2.0,
+        condition_id=cid,
+        policy_id=pid,
+        mode="explore",
+        success=ok,
+        reward=float(ok),
+        q=0.5,
+        decide_ms=1.0,
+        execute_ms=2.0,
+        sensed_by="fake",
+        detail={},
         transitions=(TransitionRecord(0, img, [0.1, -0.2, 0.3], float(ok), True),),
     )
 
@@ -50,7 +60,9 @@ def test_grasp_log_schema_wal_and_durability(tmp_path: Path) -> None:
             log.db.execute("UPDATE events SET topic = 'x'")
         with pytest.raises(ValueError):
             log.add_condition("base")
-        blob = log.db.conn.execute("SELECT image FROM transitions WHERE grasp_id=?", (gid,)).fetchone()
+        blob = log.db.conn.execute(
+            "SELECT image FROM transitions WHERE grasp_id=?", (gid,)
+        ).fetchone()
         assert np.array_equal(decode_image(blob[0]), img)  # PNG is lossless
     with GraspLog(path) as log:  # reopen: migrations are idempotent
         assert log.count_grasps() == 1
@@ -60,8 +72,13 @@ def test_sqlite_utils_cli_reads_the_log(tmp_path: Path) -> None:
     with GraspLog(tmp_path / "g.db") as log:
         log.add_condition("base", "note")
     exe = Path(sys.executable).with_name("sqlite-utils")
-    out = subprocess.run([str(exe), "tables", str(tmp_path / "g.db"), "--counts"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [str(exe), "tables", str(tmp_path / "g.db"), "--counts"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     names = {t["table"] for t in json.loads(out)}
     assert {"conditions", "policies", "grasps", "transitions", "jobs", "events"} <= names
 

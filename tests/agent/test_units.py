@@ -43,12 +43,18 @@ def test_wire_round_trip_with_arrays() -> None:
         ([b'{"v": 1}'], "bad_type"),
         ([b'{"v": 1, "type": "x", "n": NaN}'], "bad_json"),
         ([b'{"v": 1, "type": "x"}', b"extra"], "bad_arrays"),
-        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"object","shape":[1]}]}', b"x"],
-         "bad_dtype"),
-        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[4]}]}', b"xyz"],
-         "bad_shape"),
-        ([b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[-1]}]}', b""],
-         "bad_shape"),
+        (
+            [b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"object","shape":[1]}]}', b"x"],
+            "bad_dtype",
+        ),
+        (
+            [b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[4]}]}', b"xyz"],
+            "bad_shape",
+        ),
+        (
+            [b'{"v":1,"type":"x","arrays":[{"name":"a","dtype":"uint8","shape":[-1]}]}', b""],
+            "bad_shape",
+        ),
     ],
 )
 def test_wire_rejects_malformed(frames: list[bytes], code: str) -> None:
@@ -107,8 +113,12 @@ def test_non_loopback_without_curve_refuses() -> None:
 # -- CEM ----------------------------------------------------------------------------------------
 def test_cem_finds_the_peak_and_respects_bounds() -> None:
     target = np.array([0.9, -0.95, 0.2], np.float32)
-    cem = Cem(CemParams(samples=64, elites=6, iterations=3), -np.ones(3, np.float32),
-              np.ones(3, np.float32), seed=1)
+    cem = Cem(
+        CemParams(samples=64, elites=6, iterations=3),
+        -np.ones(3, np.float32),
+        np.ones(3, np.float32),
+        seed=1,
+    )
     seen: list[np.ndarray] = []
 
     def score(a: np.ndarray) -> np.ndarray:
@@ -135,7 +145,8 @@ def test_threshold_reaches_the_target_arl_and_is_minimal() -> None:
     assert arl_markov(d.down, d.up, d.threshold - 1, d.p0) < 1000
     # Monte Carlo agrees with the exact chain
     assert arl_simulate(d.down, d.up, d.threshold, d.p0, streams=3000) == pytest.approx(
-        d.arl0, rel=0.1)
+        d.arl0, rel=0.1
+    )
 
 
 def test_detector_calibrates_then_detects_a_drop() -> None:
@@ -145,11 +156,13 @@ def test_detector_calibrates_then_detects_a_drop() -> None:
         assert det.update(bool(x)) is None
     assert not det.calibrating and det.design is not None
     alarm = None
-    for i, x in enumerate(rng.random(500) < 0.4):
+    delay = 0
+    for x in rng.random(500) < 0.4:
+        delay += 1
         alarm = det.update(bool(x))
         if alarm:
             break
-    assert alarm is not None and i < 100 and alarm.recent_rate < 0.7
+    assert alarm is not None and delay < 100 and alarm.recent_rate < 0.7
 
 
 def test_detector_reset_uses_history_and_reference() -> None:
