@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor
+import numpy as np
+import numpy.typing as npt
 
 from agent.spec import Spec
 from trainer.qnet import PixelMapping
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
 
 
 def allowed_transforms(pixels: PixelMapping) -> tuple[int, ...]:
@@ -34,60 +37,74 @@ def allowed_transforms(pixels: PixelMapping) -> tuple[int, ...]:
     return (0,)
 
 
-def transform_images(images: Tensor, k: int) -> Tensor:
-    """Apply transform ``k`` to images [B, H, W, C] (rows top = +y, columns = +x)."""
+def transform_images(images: U8, k: int) -> U8:
+    """Apply transform ``k`` to images [B, H, W, C] (rows top = +y, columns = +x); a view."""
     if k >= 4:
-        images = torch.flip(images, dims=(2,))
-    return torch.rot90(images, k % 4, dims=(1, 2)) if k % 4 else images
+        images = images[:, :, ::-1]
+    return np.rot90(images, k % 4, axes=(1, 2)) if k % 4 else images
 
 
-def transform_actions(actions: Tensor, k: int, spec: Spec) -> Tensor:
+def transform_actions(actions: F32, k: int, spec: Spec) -> F32:
     """Apply transform ``k`` to normalised actions [..., 3]; yaw wrapped modulo pi."""
-    x = actions[..., 0] * spec.workspace_x_m
-    y = actions[..., 1] * spec.workspace_y_m
-    yaw = actions[..., 2] * spec.yaw_range_rad
+    a = np.asarray(actions, dtype=np.float64)
+    x = a[..., 0] * spec.workspace_x_m
+    y = a[..., 1] * spec.workspace_y_m
+    yaw = a[..., 2] * spec.yaw_range_rad
     if k >= 4:
         x, yaw = -x, -yaw
     for _ in range(k % 4):
         x, y, yaw = -y, x, yaw + math.pi / 2
-    yaw = torch.remainder(yaw + math.pi / 2, math.pi) - math.pi / 2
-    out = torch.stack(
-        [x / spec.workspace_x_m, y / spec.workspace_y_m, yaw / spec.yaw_range_rad], dim=-1
-    )
-    return out.clamp(-1.0, 1.0)
+    yaw = np.mod(yaw + math.pi / 2, math.pi) - math.pi / 2
+    out = np.stack([x / spec.workspace_x_m, y / spec.workspace_y_m, yaw / spec.yaw_range_rad], -1)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-def quarter_turn_ok(actions: Tensor, spec: Spec) -> Tensor:
+def quarter_turn_ok(actions: F32, spec: Spec) -> npt.NDArray[np.bool_]:
     """[B] bool: a quarter turn keeps each action [B, 3] inside the box."""
-    x = (actions[:, 0] * spec.workspace_x_m).abs()
-    y = (actions[:, 1] * spec.workspace_y_m).abs()
+    x = np.abs(actions[:, 0] * spec.workspace_x_m)
+    y = np.abs(actions[:, 1] * spec.workspace_y_m)
     eps = 1e-6
-    return (x <= spec.workspace_y_m + eps) & (y <= spec.workspace_x_m + eps)
+    ok: npt.NDArray[np.bool_] = (x <= spec.workspace_y_m + eps) & (y <= spec.workspace_x_m + eps)
+    return ok
 
 
 def draw_transforms(
-    actions: Tensor, spec: Spec, allowed: tuple[int, ...], generator: torch.Generator
-) -> Tensor:
+    actions: F32, spec: Spec, allowed: tuple[int, ...], rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
     """One transform id per sample, uniform over ``allowed`` and valid for its action."""
-    table = torch.tensor(allowed, dtype=torch.long)
-    ks = table[torch.randint(len(allowed), (actions.shape[0],), generator=generator)]
+    table = np.asarray(allowed, dtype=np.int64)
+    ks: npt.NDArray[np.int64] = table[rng.integers(0, len(table), size=actions.shape[0])]
     even = table[table % 2 == 0]
     bad = (ks % 2 == 1) & ~quarter_turn_ok(actions, spec)
     if bad.any():
-        ks[bad] = even[torch.randint(len(even), (int(bad.sum()),), generator=generator)]
+        ks[bad] = even[rng.integers(0, len(even), size=int(bad.sum()))]
     return ks
 
 
 def augment(
-    images: Tensor, next_images: Tensor, actions: Tensor, ks: Tensor, spec: Spec
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Apply per-sample transforms ``ks`` [B] to states, next states and actions."""
-    out_i, out_n, out_a = images.clone(), next_images.clone(), actions.clone()
-    for k in torch.unique(ks).tolist():
+    images: U8,
+    next_images: U8,
+    actions: F32,
+    ks: npt.NDArray[np.int64],
+    spec: Spec,
+    has_next: npt.NDArray[np.bool_] | None = None,
+) -> tuple[U8, U8, F32]:
+    """Apply per-sample transforms ``ks`` [B] to states, next states and actions (copies).
+
+    Next states are transformed only where ``has_next`` (default: everywhere);
+    elsewhere they are passed through (blank images need no transform).
+    """
+    out_i, out_a = images.copy(), actions.copy()
+    live = np.ones(len(ks), dtype=bool) if has_next is None else has_next
+    out_n = next_images.copy() if live.any() else next_images
+    for k in np.unique(ks).tolist():
         if k == 0:
             continue
-        idx = torch.nonzero(ks == k).squeeze(1)
+        sel = ks == k
+        idx = np.flatnonzero(sel)
         out_i[idx] = transform_images(images[idx], k)
-        out_n[idx] = transform_images(next_images[idx], k)
         out_a[idx] = transform_actions(actions[idx], k, spec)
+        nidx = np.flatnonzero(sel & live)
+        if len(nidx):
+            out_n[nidx] = transform_images(next_images[nidx], k)
     return out_i, out_n, out_a

@@ -108,6 +108,7 @@ class Learner:
         self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
         self.steps = 0
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
         self.low = torch.tensor(spec.action_low, dtype=torch.float32)
         self.high = torch.tensor(spec.action_high, dtype=torch.float32)
         pm = pixels if pixels is not None else getattr(net, "config", None)
@@ -144,12 +145,15 @@ class Learner:
 
     def prepare(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Tensors (images, actions, rewards, dones, next_images), augmented if configured."""
-        images = torch.from_numpy(batch.images)
-        next_images = torch.from_numpy(batch.next_images)
-        actions = torch.from_numpy(batch.actions).to(torch.float32)
+        images_np, next_np, actions_np = batch.images, batch.next_images, batch.actions
         if self.config.augment and len(self.allowed) > 1:
-            ks = draw_transforms(actions, self.spec, self.allowed, self.generator)
-            images, next_images, actions = augment(images, next_images, actions, ks, self.spec)
+            ks = draw_transforms(actions_np, self.spec, self.allowed, self.rng)
+            images_np, next_np, actions_np = augment(
+                images_np, next_np, actions_np, ks, self.spec, has_next=~batch.dones
+            )
+        images = torch.from_numpy(images_np)
+        next_images = torch.from_numpy(next_np)
+        actions = torch.from_numpy(actions_np).to(torch.float32)
         rewards = torch.from_numpy(batch.rewards).to(torch.float32)
         dones = torch.from_numpy(batch.dones)
         return images, actions, rewards, dones, next_images

@@ -167,7 +167,7 @@ class QNet(nn.Module):
 
     def encode(self, images: Tensor) -> Encoded:
         """Run the trunk on uint8 images [B, H, W, 3]."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0) - 0.5
+        x = images.permute(0, 3, 1, 2).contiguous().to(torch.float32) * (1.0 / 255.0) - 0.5
         return Encoded(self.trunk_proj(self.trunk(x)))
 
     def _spatial(self, actions: Tensor) -> tuple[Tensor, Tensor]:
