@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.spec import DEFAULT_SPEC, Spec
@@ -76,6 +77,14 @@ class QNetConfig:
     """Std (metres) of the oriented blob across the finger-closing axis."""
     offset_scale_m: float = 0.1
     """Offsets of cells from the grasp point are divided by this before entering the net."""
+    glimpse_layer: int = 1
+    """Trunk layer whose (finer) map the glimpse samples; -1 disables the glimpse."""
+    glimpse_channels: int = 32
+    """Channels of the glimpse map (1x1 projection of that layer)."""
+    glimpse_grid: int = 3
+    """The glimpse samples a grid_size x grid_size pattern in the gripper frame."""
+    glimpse_spacing_m: float = 0.015
+    """Spacing (metres) of the glimpse pattern."""
     pixels: PixelMapping = field(default_factory=PixelMapping)
     """Image-to-world mapping; must match the camera."""
 
@@ -84,6 +93,8 @@ class QNetConfig:
             raise ValueError("trunk_channels and trunk_strides must be non-empty, same length")
         if self.merge_layers < 0:
             raise ValueError("merge_layers must be >= 0")
+        if not -1 <= self.glimpse_layer < len(self.trunk_channels):
+            raise ValueError("glimpse_layer must be -1 or index a trunk layer")
 
 
 N_SPATIAL = 6
@@ -96,6 +107,8 @@ class Encoded:
 
     features: Tensor
     """Trunk output [B, C, h, w], already normalised (BatchNorm)."""
+    glimpse: Tensor | None
+    """Finer map [B, Cg, hg, wg] sampled at points around each grasp, or None."""
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
@@ -130,6 +143,21 @@ class QNet(nn.Module):
             h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
         self.trunk = nn.Sequential(*layers)
         c = config.merge_channels
+        n_glimpse = 0
+        self.glimpse_proj: nn.Module | None = None
+        if config.glimpse_layer >= 0:
+            g_in = config.trunk_channels[config.glimpse_layer]
+            self.glimpse_proj = nn.Sequential(
+                nn.Conv2d(g_in, config.glimpse_channels, 1, bias=False),
+                nn.BatchNorm2d(config.glimpse_channels),
+            )
+            n_glimpse = config.glimpse_grid**2 * config.glimpse_channels
+            ticks = (torch.arange(config.glimpse_grid) - (config.glimpse_grid - 1) / 2) * float(
+                config.glimpse_spacing_m
+            )
+            pu, pv = torch.meshgrid(ticks, ticks, indexing="ij")
+            self.register_buffer("glimpse_u", pu.reshape(1, -1), persistent=False)
+            self.register_buffer("glimpse_v", pv.reshape(1, -1), persistent=False)
         # Last trunk projection: no ReLU, so the merge adds to pre-activations.
         self.trunk_proj = nn.Conv2d(cin, c, 1)
         self.action_mlp = nn.Sequential(
@@ -144,7 +172,9 @@ class QNet(nn.Module):
             merge += [nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         self.merge = nn.Sequential(*merge)
         self.head = nn.Sequential(
-            nn.Linear(2 * c, config.head_hidden),
+            nn.Linear(2 * c + n_glimpse, config.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.head_hidden, config.head_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(config.head_hidden, 1),
         )
@@ -168,7 +198,31 @@ class QNet(nn.Module):
     def encode(self, images: Tensor) -> Encoded:
         """Run the trunk on uint8 images [B, H, W, 3]."""
         x = images.permute(0, 3, 1, 2).contiguous().to(torch.float32) * (1.0 / 255.0) - 0.5
-        return Encoded(self.trunk_proj(self.trunk(x)))
+        glimpse = None
+        for i, layer in enumerate(self.trunk):
+            x = layer(x)
+            if i == self.config.glimpse_layer and self.glimpse_proj is not None:
+                glimpse = self.glimpse_proj(x)
+        return Encoded(self.trunk_proj(x), glimpse)
+
+    def _glimpse(self, glimpse: Tensor, actions: Tensor) -> Tensor:
+        """Bilinear samples [B, N, K*Cg] of the glimpse map on a pattern in each gripper frame."""
+        b, n = actions.shape[0], actions.shape[1]
+        spec, pm = self.spec, self.config.pixels
+        gx = actions[..., 0:1] * spec.workspace_x_m
+        gy = actions[..., 1:2] * spec.workspace_y_m
+        yaw = actions[..., 2:3] * spec.yaw_range_rad
+        c, s = torch.cos(yaw), torch.sin(yaw)
+        pu, pv = self.glimpse_u, self.glimpse_v
+        px = gx + c * pu - s * pv  # type: ignore[operator]
+        py = gy + s * pu + c * pv  # type: ignore[operator]
+        grid = torch.stack(
+            [(px - pm.centre_x_m) / pm.half_width_m, (pm.centre_y_m - py) / pm.half_height_m],
+            dim=-1,
+        ).view(b, -1, 1, 2)
+        samples = F.grid_sample(glimpse, grid, mode="bilinear", align_corners=False)
+        k = grid.shape[1] // n
+        return samples.view(b, -1, n, k).permute(0, 2, 3, 1).reshape(b, n, -1)
 
     def _spatial(self, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Action-relative maps [M, K, h, w] and the pooling weights [M, 1, h, w] for [M, 3]."""
@@ -219,7 +273,10 @@ class QNet(nn.Module):
         x = self.merge(x)
         flat_x = x.view(b * n, c, h * w)
         local = torch.bmm(flat_x, weights.view(b * n, h * w, 1)).view(b * n, c)
-        pooled = torch.cat([local, flat_x.amax(dim=2)], dim=1)
+        parts = [local, flat_x.amax(dim=2)]
+        if encoded.glimpse is not None:
+            parts.append(self._glimpse(encoded.glimpse, actions).reshape(b * n, -1))
+        pooled = torch.cat(parts, dim=1)
         return self.head(pooled).view(b, n)  # type: ignore[no-any-return]
 
     def logits(self, images: Tensor, actions: Tensor) -> Tensor:
