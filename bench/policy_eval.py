@@ -1,0 +1,137 @@
+"""Success of a policy bundle in the sim cell, served exactly as the daemon serves it.
+
+Usage: python bench/policy_eval.py [--bundle DIR] [--condition NAME] [--param k=v ...]
+                                   [--grasps N] [--seed S] [--seeds K] [--workers W]
+
+The bundle (default: the shipped base policy, policies/base) is validated and
+loaded through agent.policy.load_policy (ONNX Runtime, CPU unless CUDA is
+present, numpy CEM 64/6/2) and grasps on held-out test objects (900-999). The
+grasps are split over K seeds (separate bins), run in W processes. Prints
+progress to stderr and, as the last line of stdout, one JSON object with
+success, n, the Wilson 95% interval and the per-seed figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drivers.sim.cli import wilson  # noqa: E402
+from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args  # noqa: E402
+
+
+def run_seed(args: tuple[str, str, dict[str, float], int, int, str]) -> dict[str, object]:
+    """Grasp ``n`` times in a fresh cell seeded ``seed``; returns wins, n, mean Q, latency."""
+    bundle_dir, condition, params, seed, n, split = args
+    import numpy as np
+
+    from agent.bundle import validate_bundle
+    from agent.config import CemConfig, PolicyConfig
+    from agent.policy import load_policy
+    from drivers.sim.cell import SimCell, SimConfig
+
+    bundle = validate_bundle(Path(bundle_dir))
+    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), CemConfig())
+    wins, qs, lat = 0, [], []
+    cfg = SimConfig(split=split, seed=seed, condition=condition, condition_params=params)  # type: ignore[arg-type]
+    with SimCell(cfg) as cell:
+        for _ in range(n):
+            obs = cell.observe()
+            d = policy.act(obs.image)
+            res = cell.execute(d.action)
+            wins += int(bool(res.outcome and res.outcome.success))
+            qs.append(d.q)
+            lat.append(d.latency_s)
+    return {
+        "seed": seed,
+        "n": n,
+        "wins": wins,
+        "mean_q": float(np.mean(qs)),
+        "p50_decision_ms": float(np.median(lat) * 1e3),
+    }
+
+
+def evaluate(
+    bundle: Path,
+    condition: str,
+    params: dict[str, float],
+    grasps: int,
+    seed: int,
+    seeds: int,
+    workers: int,
+    split: str = "test",
+) -> dict[str, object]:
+    """Evaluate a bundle; returns the JSON-ready result."""
+    make_condition(condition, params)  # fail fast on a bad name or parameter
+    per = [grasps // seeds + (1 if i < grasps % seeds else 0) for i in range(seeds)]
+    jobs = [(str(bundle), condition, params, seed + i, n, split) for i, n in enumerate(per) if n]
+    t0 = time.time()
+    rows: list[dict[str, object]] = []
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for row in pool.imap_unordered(run_seed, jobs):
+            rows.append(row)
+            done = sum(int(r["n"]) for r in rows)  # type: ignore[call-overload]
+            wins = sum(int(r["wins"]) for r in rows)  # type: ignore[call-overload]
+            print(
+                f"{condition}: {done}/{grasps} grasps, success {wins / done:.1%} "
+                f"({time.time() - t0:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    wins = sum(int(r["wins"]) for r in rows)  # type: ignore[call-overload]
+    n = sum(int(r["n"]) for r in rows)  # type: ignore[call-overload]
+    lo, hi = wilson(wins, n)
+    meta = json.loads((bundle / "meta.json").read_text())
+    return {
+        "bundle": meta.get("id"),
+        "condition": condition,
+        "params": params,
+        "split": split,
+        "success": round(wins / max(n, 1), 4),
+        "n": n,
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "seeds": sorted(rows, key=lambda r: int(r["seed"])),  # type: ignore[call-overload]
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--bundle", type=Path, default=ROOT / "policies" / "base")
+    ap.add_argument("--condition", choices=CONDITION_NAMES, default="baseline")
+    ap.add_argument("--param", action="append", default=[], help="severity override key=value")
+    ap.add_argument("--grasps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--split", choices=["train", "test"], default="test")
+    args = ap.parse_args()
+    try:
+        params = parse_param_args(args.param)
+        make_condition(args.condition, params)
+    except ValueError as exc:
+        ap.error(str(exc))
+    res = evaluate(
+        args.bundle,
+        args.condition,
+        params,
+        args.grasps,
+        args.seed,
+        args.seeds,
+        args.workers,
+        args.split,
+    )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
