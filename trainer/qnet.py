@@ -9,7 +9,11 @@ MLP head and a sigmoid)::
                       point in image and gripper frames, a round and an oriented blob there)
     merged = ReLU(BN(F + e + W_s S))      (broadcast-add: the trunk runs once per image)
     merged -> 1x1 convs (per-cell MLP, BatchNorm, ReLU)
-    -> [blob-weighted mean, global max] -> MLP -> logit -> sigmoid
+    -> [blob-weighted mean, global max, glimpse] -> MLP -> logit -> sigmoid
+
+The glimpse samples a finer trunk map (16x16) bilinearly on a 3x3 pattern laid
+out in the gripper frame around the grasp point: sub-cell precision and
+orientation for 9 x 32 numbers per action.
 
 The trunk is evaluated once per image and broadcast over the N candidate
 actions; everything per action works on a small ``h x w`` map with 1x1 convs
