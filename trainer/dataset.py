@@ -95,7 +95,7 @@ class Batch:
     rewards: F32
     """Rewards [B]."""
     dones: npt.NDArray[np.bool_]
-    """Episode ended [B]; no bootstrapping where True."""
+    """No bootstrapping where True [B]: the episode ended, or no next state was logged."""
     next_images: U8
     """Next states [B, H, W, 3]; zeros where there is none."""
 
@@ -419,7 +419,7 @@ class EpisodeDataset:
                     images=np.asarray(a["frames"][obs]),
                     actions=np.asarray(a["action"][local], dtype=np.float32),
                     rewards=np.asarray(a["reward"][local], dtype=np.float32),
-                    dones=np.asarray(a["done"][local], dtype=np.bool_),
+                    dones=np.asarray(a["done"][local], dtype=np.bool_) | ~has,
                     next_images=next_images,
                 )
             )

@@ -97,6 +97,17 @@ def test_next_image_follows_episode_and_is_zero_when_done(tmp_path: Path) -> Non
     assert not b.next_images[2].any()
 
 
+def test_cut_off_episode_without_final_image_does_not_bootstrap(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    ep = _episode(rng, steps=2)
+    cut = Episode((ep.steps[0],), False, "c", "p", 0.0)  # not done, no final image logged
+    with EpisodeWriter(tmp_path) as w:
+        w.append(cut)
+    ds = EpisodeDataset.open(tmp_path)
+    assert ds.gather(np.arange(1, dtype=np.int64)).dones.tolist() == [True]
+    assert next(ds.episodes()).steps[0].done is False  # the record itself is unchanged
+
+
 def test_crash_mid_chunk_never_corrupts_the_index(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     with EpisodeWriter(tmp_path, chunk_transitions=4) as w:
