@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from agent.bundle import Bundle, validate_bundle, write_bundle
 from agent.spec import ONNX_ACTIONS_INPUT, ONNX_IMAGE_INPUT, ONNX_Q_OUTPUT
-from trainer.qnet import QNet
+from trainer.qnet import PixelMapping, QNet, QNetConfig
 
 OPSET = 17
 
@@ -93,6 +94,27 @@ def make_bundle(
 
 
 def _config_dict(net: QNet) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {"type": "qnet", "config": asdict(net.config)}
+
+
+def config_from_meta(meta: dict[str, Any]) -> QNetConfig:
+    """The QNetConfig recorded in a bundle's ``meta["network"]``; ValueError if absent/bad."""
+    try:
+        net = meta["network"]
+        if net.get("type") != "qnet":
+            raise ValueError(f"network type {net.get('type')!r} is not 'qnet'")
+        raw = dict(net["config"])
+        raw["pixels"] = PixelMapping(**raw["pixels"])
+        for key, value in raw.items():
+            if isinstance(value, list):
+                raw[key] = tuple(value)
+        return QNetConfig(**raw)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad network entry in bundle meta: {exc!r}") from exc
+
+
+def load_qnet(bundle: Bundle) -> QNet:
+    """Rebuild the torch network of a validated bundle (config from meta, weights from disk)."""
+    net = QNet(config_from_meta(bundle.meta), spec=bundle.spec)
+    load_weights(net, bundle.weights_path.read_bytes())
+    return net

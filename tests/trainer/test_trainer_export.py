@@ -12,8 +12,8 @@ import torch
 
 from agent.bundle import BundleError, validate_bundle
 from agent.spec import ONNX_ACTIONS_INPUT, ONNX_IMAGE_INPUT, ONNX_Q_OUTPUT
-from trainer.export import export_onnx, load_weights, make_bundle, weights_bytes
-from trainer.qnet import QNet
+from trainer.export import export_onnx, load_qnet, load_weights, make_bundle, weights_bytes
+from trainer.qnet import PixelMapping, QNet, QNetConfig
 
 torch.set_num_threads(1)
 
@@ -82,3 +82,22 @@ def test_bundle_meta_is_json_with_spec(tmp_path: Path) -> None:
     meta = json.loads((bundle.path / "meta.json").read_text())
     assert meta["spec"]["image_shape"] == [64, 64, 3]
     assert meta["parent_id"] is None
+
+
+def test_load_qnet_rebuilds_a_non_default_network_from_its_bundle(tmp_path: Path) -> None:
+    cfg = QNetConfig(
+        trunk_channels=(16, 32, 32),
+        trunk_strides=(2, 2, 2),
+        merge_channels=32,
+        glimpse_channels=8,
+        pixels=PixelMapping(half_width_m=0.3, half_height_m=0.3),
+    )
+    torch.manual_seed(1)
+    net = QNet(cfg).eval()
+    bundle = make_bundle(net, {"condition": "baseline"}, tmp_path)
+    again = load_qnet(bundle).eval()
+    assert again.config == cfg
+    image = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.rand(1, 4, 3) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(again(image, actions), net(image, actions))
