@@ -43,7 +43,7 @@ from trainer.qnet import QNet, QNetConfig
 class PretrainConfig:
     """The whole pre-training recipe (defaults: the shipped base policy)."""
 
-    seed: int = 0
+    seed: int = 1
     """Seed of collection, initialisation and sampling."""
     prior_grasps: int = 24_000
     """Grasps collected with the scripted/random prior."""

@@ -237,11 +237,13 @@ class QNet(nn.Module):
         dx = self.cell_x - gx  # type: ignore[operator]
         dy = self.cell_y - gy  # type: ignore[operator]
         c, s = torch.cos(yaw), torch.sin(yaw)
-        u = c * dx + s * dy  # along the finger-closing axis
+        # The sim gripper's fingers slide along its local y axis, (-sin yaw, cos yaw):
+        # v runs along the closing axis, u along the finger width.
+        u = c * dx + s * dy
         v = c * dy - s * dx
         r2 = dx * dx + dy * dy
         blob = torch.exp(r2 * (-0.5 / cfg.blob_sigma_m**2))
-        oblob = torch.exp(-0.5 * ((u / cfg.blob_long_m) ** 2 + (v / cfg.blob_short_m) ** 2))
+        oblob = torch.exp(-0.5 * ((u / cfg.blob_short_m) ** 2 + (v / cfg.blob_long_m) ** 2))
         k = 1.0 / cfg.offset_scale_m
         maps = torch.stack([dx * k, dy * k, u * k, v * k, blob, oblob], dim=1)
         weights = blob / (blob.sum(dim=(1, 2), keepdim=True) + 1e-6)
