@@ -13,7 +13,10 @@ directory holding ``index.json`` and one ``.npy`` file per array, written with
 - ``successes.npy`` bool [T]           outcome of the attempt the step belongs to
 
 The next state of a step is the next row with the same grasp id; a ``done``
-row has none. The directory appears atomically (written aside, then renamed).
+row has none. ``grasps.json`` holds one record per grasp (id, policy_id,
+t_start, t_end, mode, success, reward, q, sensed_by), so the trainer's episode
+store gets every field the log has (``trainer.ingest``). The directory
+appears atomically (written aside, then renamed).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def export_condition(
         raise FileExistsError(f"{dest} already exists")
     marks = ",".join("?" for _ in modes)
     rows = log.db.conn.execute(
-        "SELECT t.grasp_id, t.step, t.image, t.action, t.reward, t.done, g.success, g.policy_id "
+        "SELECT t.grasp_id, t.step, t.image, t.action, t.reward, t.done, g.success, g.policy_id, "
+        "g.t_start, g.t_end, g.mode, g.reward, g.q, g.sensed_by "
         "FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
         f"WHERE g.condition_id = ? AND g.mode IN ({marks}) AND t.image IS NOT NULL "
         "ORDER BY t.grasp_id, t.step",
@@ -68,7 +72,24 @@ def export_condition(
         "successes": np.zeros(n, np.bool_),
     }
     policies: set[str] = set()
-    for i, (gid, step, img, action, reward, done, success, pid) in enumerate(rows):
+    grasps: dict[int, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        gid, step, img, action, reward, done, success, pid = row[:8]
+        t_start, t_end, mode, g_reward, q, sensed_by = row[8:]
+        grasps.setdefault(
+            int(gid),
+            {
+                "grasp_id": int(gid),
+                "policy_id": str(pid),
+                "t_start": t_start,
+                "t_end": t_end,
+                "mode": mode,
+                "success": bool(success),
+                "reward": g_reward,
+                "q": q,
+                "sensed_by": sensed_by,
+            },
+        )
         arrays["images"][i] = decode_image(img)
         arrays["actions"][i] = json.loads(action)
         arrays["rewards"][i] = reward
@@ -98,6 +119,7 @@ def export_condition(
     try:
         for k, v in arrays.items():
             np.save(tmp / f"{k}.npy", v, allow_pickle=False)
+        (tmp / "grasps.json").write_text(json.dumps(list(grasps.values())))
         (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         os.replace(tmp, dest)
     except BaseException:
