@@ -72,6 +72,8 @@ class Daemon:
         self.errors_in_a_row = 0
         self.since_swap = 0
         self.latencies: collections.deque[float] = collections.deque(maxlen=2000)
+        self.recent: collections.deque[bool] = collections.deque(maxlen=50)
+        """Outcomes of the last 50 grasps (for the status line)."""
         self.last_grasp: dict[str, Any] = {}
         self.started_at = time.time()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -267,9 +269,12 @@ class Daemon:
             "condition": self.state.condition,
         }
         self._publish("agent.grasp", self.last_grasp)
+        self.recent.append(outcome.success)
         self._after_outcome(outcome.success)
         if self.grasps % 10 == 0:
-            self.notifier.status(self._status_line())
+            line = self._status_line()
+            self.notifier.status(line)
+            log.info("%s", line)
 
     def _after_outcome(self, success: bool) -> None:
         self._step(lc.GraspDone(success))
@@ -489,7 +494,11 @@ class Daemon:
         s = self.state
         pol = s.policy or "none"
         state = "paused" if self.paused else s.phase.value
-        return f"{state} condition={s.condition} policy={pol} grasps={self.grasps}"
+        rate = f"{sum(self.recent) / len(self.recent):.0%}" if self.recent else "-"
+        return (
+            f"{state} condition={s.condition} policy={pol} grasps={self.grasps}"
+            f" success(last {len(self.recent)})={rate}"
+        )
 
     # -- AgentControl (commands; control thread, between grasps) -------------------------
     def status(self) -> dict[str, Any]:
