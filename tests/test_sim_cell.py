@@ -79,6 +79,16 @@ def test_extend_gripper_lengthens_the_fingers_in_the_geometry(cell: SimCell) -> 
     assert longer - stock == pytest.approx(0.01, abs=0.002)
 
 
+def test_extend_gripper_weakens_the_squeeze(cell: SimCell) -> None:
+    cell.set_condition("extend_gripper", {"grip_force_n": 5.0, "pad_friction": 0.3})
+    g = cell._gripper
+    assert g is not None
+    info = cell._p.getDynamicsInfo(g.body, 0, physicsClientId=cell._client)
+    force = g.geometry.grip_force_n
+    cell.set_condition("baseline")
+    assert info[1] == pytest.approx(0.3) and force == 5.0
+
+
 def test_offset_gripper_lands_off_target(cell: SimCell) -> None:
     cell.set_condition("offset_gripper", {"offset_cm": 10})
     g = cell._gripper

@@ -291,6 +291,7 @@ class SimCell:
                 extra_length_m=c.extra_length_cm / 100,
                 width_scale=c.width_scale,
                 pad_friction=c.pad_friction,
+                grip_force_n=c.grip_force_n,
             )
         if isinstance(c, OffsetGripper):
             return GripperGeometry(offset_x_m=c.offset_cm / 100)

@@ -60,6 +60,8 @@ class ExtendGripper:
     """Finger width multiplier (the paper's extension is much narrower than the stock finger)."""
     pad_friction: float = 0.45
     """Friction of the bare extension tips (the stock rubber pads: 1.2); less compliant grip."""
+    grip_force_n: float = 5.0
+    """Squeeze each finger still transmits through the flexible extension (stock: 40 N)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Transparent:
     """Objects mostly see-through in the image (alpha-composited over the empty bin)."""
 
     name = "transparent"
-    opacity: float = 0.15
+    opacity: float = 0.10
     """Fraction of the object's own colour left in the image (0 = invisible)."""
     edge_highlight: float = 0.35
     """Strength of the specular rim that real clear plastic shows."""

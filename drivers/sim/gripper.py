@@ -36,6 +36,8 @@ class GripperGeometry:
     """Lateral mount offset along cell +x (offset_gripper)."""
     pad_friction: float = 1.2
     """Lateral friction of the finger pads."""
+    grip_force_n: float = 40.0
+    """Closing force of each finger, newtons."""
 
     @property
     def finger_length(self) -> float:
@@ -157,8 +159,10 @@ class Gripper:
             self.constraint, self._body_pos(cmd), orn, maxForce=force, physicsClientId=self.client
         )
 
-    def fingers(self, opening: float, force: float = 40.0) -> None:
+    def fingers(self, opening: float, force: float | None = None) -> None:
         """Drive both fingers to ``opening`` metres from the centre line."""
+        if force is None:
+            force = self.geometry.grip_force_n
         self.p.setJointMotorControlArray(
             self.body,
             [0, 1],
