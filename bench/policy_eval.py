@@ -28,9 +28,11 @@ from drivers.sim.cli import wilson  # noqa: E402
 from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args  # noqa: E402
 
 
-def run_seed(args: tuple[str, str, dict[str, float], int, int, str]) -> dict[str, object]:
+def run_seed(
+    args: tuple[str, str, dict[str, float], int, int, str, int, int, float],
+) -> dict[str, object]:
     """Grasp ``n`` times in a fresh cell seeded ``seed``; returns wins, n, mean Q, latency."""
-    bundle_dir, condition, params, seed, n, split = args
+    bundle_dir, condition, params, seed, n, split, samples, iterations, init_std = args
     import numpy as np
 
     from agent.bundle import validate_bundle
@@ -39,7 +41,8 @@ def run_seed(args: tuple[str, str, dict[str, float], int, int, str]) -> dict[str
     from drivers.sim.cell import SimCell, SimConfig
 
     bundle = validate_bundle(Path(bundle_dir))
-    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), CemConfig())
+    cem = CemConfig(samples=samples, iterations=iterations, init_std=init_std)
+    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), cem)
     wins, qs, lat = 0, [], []
     cfg = SimConfig(split=split, seed=seed, condition=condition, condition_params=params)  # type: ignore[arg-type]
     with SimCell(cfg) as cell:
@@ -68,11 +71,28 @@ def evaluate(
     seeds: int,
     workers: int,
     split: str = "test",
+    cem_samples: int = 64,
+    cem_iterations: int = 2,
+    cem_init_std: float = 0.5,
 ) -> dict[str, object]:
     """Evaluate a bundle; returns the JSON-ready result."""
     make_condition(condition, params)  # fail fast on a bad name or parameter
     per = [grasps // seeds + (1 if i < grasps % seeds else 0) for i in range(seeds)]
-    jobs = [(str(bundle), condition, params, seed + i, n, split) for i, n in enumerate(per) if n]
+    jobs = [
+        (
+            str(bundle),
+            condition,
+            params,
+            seed + i,
+            n,
+            split,
+            cem_samples,
+            cem_iterations,
+            cem_init_std,
+        )
+        for i, n in enumerate(per)
+        if n
+    ]
     t0 = time.time()
     rows: list[dict[str, object]] = []
     with mp.get_context("spawn").Pool(workers) as pool:
@@ -95,6 +115,7 @@ def evaluate(
         "condition": condition,
         "params": params,
         "split": split,
+        "cem": {"samples": cem_samples, "iterations": cem_iterations, "init_std": cem_init_std},
         "success": round(wins / max(n, 1), 4),
         "n": n,
         "ci95": [round(lo, 4), round(hi, 4)],
@@ -114,6 +135,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--split", choices=["train", "test"], default="test")
+    ap.add_argument("--cem-samples", type=int, default=64, help="CEM samples per iteration")
+    ap.add_argument("--cem-iterations", type=int, default=2, help="CEM iterations")
+    ap.add_argument("--cem-init-std", type=float, default=0.5, help="CEM initial std")
     args = ap.parse_args()
     try:
         params = parse_param_args(args.param)
@@ -129,6 +153,9 @@ def main() -> None:
         args.seeds,
         args.workers,
         args.split,
+        args.cem_samples,
+        args.cem_iterations,
+        args.cem_init_std,
     )
     print(json.dumps(res))
 

@@ -49,7 +49,7 @@ class PretrainConfig:
     """Grasps collected with the scripted/random prior."""
     offline_steps: int = 3_000
     """Gradient steps on the prior data."""
-    rounds: int = 3
+    rounds: int = 4
     """Online rounds (collect with the current policy, then train)."""
     round_grasps: int = 4_000
     """Grasps collected per online round."""
