@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=2000)
     ap.add_argument("--bundle", type=Path, help="bundle to serve (default: trainer random init)")
     ap.add_argument("--torch-decisions", type=int, default=300)
+    ap.add_argument("--iterations", type=int, default=2, help="CEM iterations (default 2)")
     args = ap.parse_args()
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -51,15 +52,14 @@ def main() -> None:
 
     from trainer.cem import CemConfig as TorchCem
     from trainer.cem import cem_maximise
-    from trainer.export import load_weights, make_bundle
+    from trainer.export import load_qnet, make_bundle
     from trainer.qnet import QNet
 
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="cem-bench-")
     if args.bundle:
         bundle = validate_bundle(args.bundle)
-        net = QNet().eval()
-        load_weights(net, bundle.weights_path.read_bytes())
+        net = load_qnet(bundle).eval()
         source = str(args.bundle)
     else:
         torch.manual_seed(0)
@@ -67,7 +67,7 @@ def main() -> None:
         bundle = make_bundle(net, {"condition": "bench"}, Path(tmp))
         source = "trainer export (random init QNet)"
 
-    ccfg = CemConfig()
+    ccfg = CemConfig(iterations=args.iterations)
     policy = load_policy(
         bundle, PolicyConfig(provider="cpu", intra_op_threads=1, warmup_runs=20), ccfg
     )
