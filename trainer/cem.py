@@ -16,33 +16,22 @@ QT-Opt defaults: 64 samples, 6 elites, 2 iterations.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from agent.cem import CemParams
 
 ScoreFn = Callable[[Tensor], Tensor]
 """Scores candidates [B, N, A] -> Q [B, N] (any monotone score: logits work too)."""
 
 
-@dataclass(frozen=True)
-class CemConfig:
-    """CEM hyper-parameters (mirror ``agent.cem.CemParams``)."""
+CemConfig = CemParams
+"""CEM hyper-parameters: the agent's own (one definition for serving and Bellman targets);
+``init_std`` and ``min_std`` are fractions of each dimension's half-range."""
 
-    samples: int = 64
-    """Candidates per iteration and state."""
-    elites: int = 6
-    """Candidates kept to refit the Gaussian."""
-    iterations: int = 2
-    """Sample/refit rounds."""
-    init_std: float = 0.5
-    """Initial std as a fraction of the half-range of each action dimension."""
-    min_std: float = 0.01
-    """Floor on the refitted std, as a fraction of the half-range."""
-
-    def __post_init__(self) -> None:
-        if self.samples < 2 or not 1 <= self.elites <= self.samples or self.iterations < 1:
-            raise ValueError(f"bad CEM config: {self}")
+DEFAULT_CEM = CemConfig()
+"""QT-Opt's defaults: 64 samples, 6 elites, 2 iterations."""
 
 
 def cem_maximise(
@@ -50,7 +39,7 @@ def cem_maximise(
     batch: int,
     low: Tensor,
     high: Tensor,
-    config: CemConfig = CemConfig(),
+    config: CemConfig = DEFAULT_CEM,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Maximise ``score`` over the box for ``batch`` states; returns (actions [B, A], q [B])."""
