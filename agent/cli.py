@@ -96,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, like other CLI tools.
+        sys.stderr.close()
+        return 0
     return status
 
 
