@@ -54,17 +54,21 @@ ActFn = Callable[[npt.NDArray[np.uint8], object, np.random.Generator], npt.NDArr
 
 
 def _prior_actor(cfg: CollectConfig, spec: object) -> ActFn:
+    from agent.spec import Spec
     from drivers.sim.scripted import ScriptedPolicy
+
+    assert isinstance(spec, Spec)
+    scripted: dict[int, ScriptedPolicy] = {}
 
     def act(
         image: npt.NDArray[np.uint8], truth: object, rng: np.random.Generator
     ) -> npt.NDArray[np.float32]:
-        from agent.spec import Spec
-
-        assert isinstance(spec, Spec)
         if rng.random() < cfg.random_frac:
             return rng.uniform(spec.low, spec.high).astype(np.float32)
-        a = ScriptedPolicy(spec, rng, position_noise_m=cfg.position_noise_m).act(image, truth)  # type: ignore[arg-type]
+        pol = scripted.get(id(rng))
+        if pol is None:
+            pol = scripted[id(rng)] = ScriptedPolicy(spec, rng, cfg.position_noise_m)
+        a = pol.act(image, truth)  # type: ignore[arg-type]
         if rng.random() < cfg.yaw_random_frac:
             a[2] = rng.uniform(-1.0, 1.0)
         return a

@@ -26,7 +26,6 @@ from drivers.base import GraspOutcome, Observation, StepResult
 from drivers.sim import effects
 from drivers.sim.camera import Camera, Frame, Lighting
 from drivers.sim.conditions import (
-    Baseline,
     Checkerboard,
     Condition,
     ExtendGripper,
@@ -459,7 +458,3 @@ class SimCell:
             self._settle(self.config.physics.settle_steps)
         if self.config.refresh_every > 0 and self._grasps % self.config.refresh_every == 0:
             self._reset_objects()
-
-
-def _unused(_: Baseline) -> None:  # keeps Baseline imported for isinstance users
-    return None
