@@ -34,6 +34,18 @@ class PolicyLoadError(RuntimeError):
     """A bundle could not be turned into a served policy."""
 
 
+class PolicyFault(RuntimeError):
+    """A served policy misbehaved at run time (non-finite or out-of-range Q, over budget).
+
+    Raised by :meth:`Policy.act`; the daemon takes the policy out of service and
+    restores the last good one. ``reason`` is a short machine-readable code.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Decision:
     """One decision: the action, its Q and how long it took."""
