@@ -4,7 +4,8 @@ A driver owns the hardware (or simulator). It is opened by ``start()`` (or a
 ``with`` block), never in its constructor. One grasp attempt is
 ``observe() -> execute(action)`` repeated ``spec.horizon`` times; the last
 ``execute`` returns a :class:`StepResult` with ``done=True`` and the
-:class:`GraspOutcome`.
+:class:`GraspOutcome`. A driver that cannot reach its robot raises
+:class:`DriverUnavailable`; the caller stops actuating and retries later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.spec import Spec
+
+
+class DriverUnavailable(Exception):
+    """The robot cannot be reached (bridge down, link lost, robot refusing commands).
+
+    Raised by ``observe``, ``execute``, ``shuffle``, ``reset`` or ``home``-like calls. It means
+    no action was executed, or that the outcome of the action is unknown: either way the
+    attempt must not be logged as a grasp. The driver reconnects by itself; the caller only
+    retries later (with backoff) and reports the outage.
+    """
 
 
 @dataclass(frozen=True)
@@ -71,11 +82,18 @@ class Driver(Protocol):
         ...
 
     def observe(self) -> Observation:
-        """Capture the image for the next decision. Raises RuntimeError if not started."""
+        """Capture the image for the next decision.
+
+        Raises RuntimeError if not started, DriverUnavailable if the robot cannot be reached.
+        """
         ...
 
     def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
-        """Carry out one normalised action; raises ValueError on a bad action."""
+        """Carry out one normalised action.
+
+        Raises ValueError on a bad action (nothing moved), DriverUnavailable when the robot
+        cannot be reached or the outcome is unknown.
+        """
         ...
 
     def shuffle(self) -> None:

@@ -36,6 +36,7 @@ from drivers.sim.conditions import (
 )
 from drivers.sim.gripper import Gripper, GripperGeometry
 from drivers.sim.objects import Split, object_ids, object_urdf
+from drivers.sim.schedule import parse_schedule
 
 HOME = (-0.205, 0.0, 0.10)
 """Where the gripper waits while the camera looks: the left edge of the image."""
@@ -90,6 +91,8 @@ class SimConfig:
     """Initial condition name (see drivers.sim.conditions)."""
     condition_params: dict[str, float] = field(default_factory=dict)
     """Severity overrides of the initial condition."""
+    schedule: tuple[tuple[int, str], ...] = ()
+    """(grasp count since start, condition) pairs: the world changes by itself (see schedule.py)."""
     success_height_m: float = 0.12
     """An object is lifted when its base is this far above the floor."""
     step_penalty: float = 0.0
@@ -122,6 +125,8 @@ class SimCell:
         self._p: Any = None
         self._client = -1
         self._rng = np.random.default_rng(self.config.seed)
+        self._schedule = parse_schedule(self.config.schedule)
+        self._scheduled = -1
         self._camera = Camera(self._spec.image_width, self._spec.image_height)
         self._gripper: Gripper | None = None
         self._tray = -1
@@ -160,6 +165,7 @@ class SimCell:
         self._client = pybullet.connect(pybullet.DIRECT)
         self._data_root = Path(pybullet_data.getDataPath())
         self._build_world()
+        self._apply_schedule()
 
     def _build_world(self) -> None:
         """Build tray, gripper and objects in an empty world."""
@@ -200,6 +206,7 @@ class SimCell:
         self._grasps = t0 + 1
         success = detail["lifted"] > 0.5
         self._after_grasp()
+        self._apply_schedule()
         outcome = GraspOutcome(success=success, sensed_by="sim_height", detail=detail)
         ph = self.config.physics
         steps = ph.descend_steps + ph.close_steps + ph.lift_steps + ph.hold_steps
@@ -265,6 +272,13 @@ class SimCell:
                 self._build_gripper()
             self._refresh_condition_cache()
         return cond
+
+    def _apply_schedule(self) -> None:
+        """Switch to the scheduled condition when the grasp count reaches its entry."""
+        i = self._schedule.index_at(self._grasps)
+        if i >= 0 and i != self._scheduled:
+            self._scheduled = i
+            self.set_condition(self._schedule.entries[i][1])
 
     def privileged(self) -> Privileged:
         """Ground truth of the last observation (simulation only)."""

@@ -1,0 +1,62 @@
+"""The sim world changes condition by itself at the scheduled grasp counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.schedule import Schedule, parse_schedule
+
+
+def test_schedule_switches_conditions_at_the_given_grasp_counts() -> None:
+    cfg = SimConfig(
+        seed=2,
+        n_objects=2,
+        condition="checkerboard",
+        schedule=((0, "baseline"), (3, "harsh_lighting"), (5, "transparent")),
+    )
+    seen: list[str] = []
+    with SimCell(cfg) as cell:
+        for _ in range(7):
+            seen.append(cell.condition.name)  # the condition the next grasp runs under
+            cell.observe()
+            cell.execute(np.zeros(3, np.float32))
+        seen.append(cell.condition.name)
+    assert seen == ["baseline"] * 3 + ["harsh_lighting"] * 2 + ["transparent"] * 3
+
+
+def test_schedule_changes_the_image_the_agent_sees() -> None:
+    cfg = SimConfig(seed=2, n_objects=2, schedule=((0, "baseline"), (1, "checkerboard")))
+    with SimCell(cfg) as cell:
+        before = cell.observe().image
+        cell.execute(np.zeros(3, np.float32))
+        after = cell.observe().image
+    assert np.abs(after.astype(int) - before.astype(int)).mean() > 5
+
+
+def test_schedule_before_its_first_entry_keeps_the_configured_condition() -> None:
+    s = parse_schedule([[10, "transparent"]])
+    assert s.condition_at(0) is None and s.condition_at(10) == "transparent"
+    cell = SimCell(SimConfig(condition="checkerboard", schedule=s.entries))
+    assert cell.condition.name == "checkerboard"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ([[0, "fog"]], "schedule[0]: unknown condition 'fog'; allowed: baseline"),
+        ([[5, "baseline"], [5, "transparent"]], "schedule[1]: grasp counts must strictly"),
+        ([[-1, "baseline"]], "schedule[0]: grasp count -1"),
+        ([["0", "baseline"]], "schedule[0]: grasp count '0'"),
+        ([[0]], "schedule[0]"),
+    ],
+)
+def test_bad_schedule_names_the_entry(raw: list, needle: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError) as ei:
+        parse_schedule(raw)
+    assert needle in str(ei.value)
+
+
+def test_empty_schedule_is_inert() -> None:
+    assert Schedule().condition_at(1000) is None
