@@ -20,22 +20,38 @@ ScoreFn = Callable[[F32], F32]
 
 @dataclass(frozen=True)
 class CemParams:
-    """CEM hyper-parameters."""
+    """Cross-entropy method over the normalised action box (the ``[cem]`` config table)."""
 
     samples: int = 64
-    """Candidates per iteration."""
+    """Candidate actions per iteration."""
     elites: int = 6
-    """Candidates kept to refit the Gaussian."""
+    """Best candidates kept to refit the Gaussian."""
     iterations: int = 2
-    """Sample/refit rounds."""
+    """Sample/refit rounds per decision."""
     init_std: float = 0.5
-    """Initial std; the mean starts at the box centre."""
+    """Initial standard deviation, a fraction of the half-range (the mean starts at the centre)."""
     min_std: float = 0.01
-    """Floor on the refitted std."""
+    """Floor on the refitted standard deviation, as a fraction of the half-range."""
+    seed: int = 0
+    """Seed of the sampler."""
 
     def __post_init__(self) -> None:
-        if self.samples < 2 or not 1 <= self.elites <= self.samples or self.iterations < 1:
-            raise ValueError(f"bad CEM parameters: {self}")
+        problems = [
+            msg
+            for bad, msg in (
+                (self.samples < 2, f"cem.samples = {self.samples}: must be >= 2"),
+                (
+                    not 1 <= self.elites <= self.samples,
+                    f"cem.elites = {self.elites}: must be in [1, cem.samples]",
+                ),
+                (self.iterations < 1, f"cem.iterations = {self.iterations}: must be >= 1"),
+                (not self.init_std > 0, f"cem.init_std = {self.init_std}: must be > 0"),
+                (not self.min_std >= 0, f"cem.min_std = {self.min_std}: must be >= 0"),
+            )
+            if bad
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -53,13 +69,13 @@ class CemResult:
 class Cem:
     """A reusable CEM optimiser for one action box; holds its own RNG."""
 
-    def __init__(self, params: CemParams, low: F32, high: F32, seed: int = 0) -> None:
+    def __init__(self, params: CemParams, low: F32, high: F32, seed: int | None = None) -> None:
         self.params = params
         self.low = np.asarray(low, dtype=np.float32)
         self.high = np.asarray(high, dtype=np.float32)
         if self.low.shape != self.high.shape or np.any(self.low >= self.high):
             raise ValueError("action bounds must have equal shape and low < high")
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(params.seed if seed is None else seed)
         self._centre: F32 = ((self.low + self.high) / 2).astype(np.float32)
         self._half: F32 = ((self.high - self.low) / 2).astype(np.float32)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.cem import CemParams
+
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
 ThresholdMethod = Literal["markov", "simulate"]
@@ -60,24 +62,30 @@ class PolicyConfig:
     """Full CEM decisions run on a grey image before a session is used."""
     split_trunk: bool = True
     """Run the image-only part of the graph once per decision (checked equal to the full graph)."""
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    """Largest total size of a bundle directory; checked before anything is copied or read."""
+    probe_images: int = 8
+    """Recorded images of the current condition probed at validation (besides grey and noise)."""
+    latency_runs: int = 10
+    """Full CEM decisions timed at validation; their median is the policy's warm latency."""
+    max_latency_factor: float = 1.5
+    """A new policy's warm latency may be at most this times the active policy's."""
+    latency_floor_s: float = 0.002
+    """Warm latencies below this always pass the factor check (timer noise on tiny models)."""
+    max_latency_s: float = 0.25
+    """Absolute cap on a new policy's warm decision latency."""
+    budget_factor: float = 4.0
+    """Serving budget per decision = max(budget_factor x warm latency, budget_floor_s)."""
+    budget_floor_s: float = 0.1
+    """Smallest serving budget per decision."""
+    budget_strikes: int = 5
+    """Consecutive decisions over budget that take a policy out of service."""
+    budget_hard_cap_s: float = 2.0
+    """One decision this long (and busy on the CPU beyond budget) takes a policy out at once."""
 
 
-@dataclass(frozen=True)
-class CemConfig:
-    """Cross-entropy method over the normalised action box."""
-
-    samples: int = 64
-    """Candidate actions per iteration."""
-    elites: int = 6
-    """Best candidates kept to refit the Gaussian."""
-    iterations: int = 2
-    """Sample/refit rounds per decision."""
-    init_std: float = 0.5
-    """Initial standard deviation (the mean starts at the centre of the box)."""
-    min_std: float = 0.01
-    """Floor on the refitted standard deviation."""
-    seed: int = 0
-    """Seed of the sampler."""
+CemConfig = CemParams
+"""The ``[cem]`` table is :class:`agent.cem.CemParams` itself (one CEM settings class)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,7 @@ class AgentConfig:
     """Which robot to drive."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """Policy store and ONNX Runtime."""
-    cem: CemConfig = field(default_factory=CemConfig)
+    cem: CemParams = field(default_factory=CemParams)
     """Action selection."""
     grasp_log: GraspLogConfig = field(default_factory=GraspLogConfig)
     """SQLite grasp log."""
@@ -213,7 +221,12 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a settings class that checks itself (e.g. CemParams)
+        raise ConfigError(str(exc)) from exc
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -260,15 +273,23 @@ def _need(cond: bool, msg: str) -> None:
 
 def validate(cfg: AgentConfig) -> None:
     """Check cross-field constraints; raises ConfigError naming the key."""
-    c = cfg.cem
-    _need(c.samples >= 2, f"cem.samples = {c.samples}: must be >= 2")
-    _need(1 <= c.elites <= c.samples, f"cem.elites = {c.elites}: must be in [1, cem.samples]")
-    _need(c.iterations >= 1, f"cem.iterations = {c.iterations}: must be >= 1")
-    _need(c.init_std > 0, f"cem.init_std = {c.init_std}: must be > 0")
-    _need(c.min_std >= 0, f"cem.min_std = {c.min_std}: must be >= 0")
+    # [cem] is agent.cem.CemParams, which checks itself when built (ConfigError via _build).
     p = cfg.policy
     _need(1 <= p.intra_op_threads <= 64, "policy.intra_op_threads: must be in [1, 64]")
     _need(p.warmup_runs >= 1, "policy.warmup_runs: must be >= 1 (a session is warmed before use)")
+    _need(p.max_bundle_bytes >= 1024, "policy.max_bundle_bytes: must be >= 1024")
+    _need(p.probe_images >= 0, "policy.probe_images: must be >= 0")
+    _need(p.latency_runs >= 1, "policy.latency_runs: must be >= 1")
+    _need(p.max_latency_factor >= 1, "policy.max_latency_factor: must be >= 1")
+    _need(p.latency_floor_s >= 0, "policy.latency_floor_s: must be >= 0")
+    _need(p.max_latency_s > 0, "policy.max_latency_s: must be > 0")
+    _need(p.budget_factor >= 1, "policy.budget_factor: must be >= 1")
+    _need(p.budget_floor_s > 0, "policy.budget_floor_s: must be > 0")
+    _need(p.budget_strikes >= 1, "policy.budget_strikes: must be >= 1")
+    _need(
+        p.budget_hard_cap_s >= p.budget_floor_s,
+        "policy.budget_hard_cap_s: must be >= policy.budget_floor_s",
+    )
     d = cfg.detector
     _need(d.arl0 >= 10, f"detector.arl0 = {d.arl0}: must be >= 10 grasps")
     _need(0 < d.min_drop < 1, f"detector.min_drop = {d.min_drop}: must be in (0, 1)")

@@ -1,29 +1,61 @@
 """Loading policies off the control thread.
 
-:class:`PolicyLoader` owns one worker thread. :meth:`submit` queues a bundle
-directory; the worker copies it into the policy store (the agent keeps every
-bundle it ever ran), validates it (:func:`agent.bundle.validate_bundle`),
-opens and warms its ONNX Runtime sessions, and posts a :class:`LoadResult`.
-The control thread collects results with :meth:`poll` between grasps and
-swaps the policy by reference.
+:class:`PolicyLoader` owns one worker thread. :meth:`PolicyLoader.submit`
+queues a bundle directory; the worker checks its layout and size from
+``lstat`` alone, copies it into a temporary directory inside the policy store,
+validates the copy (:func:`agent.bundle.validate_bundle`, probed on grey,
+noise and recorded images of the current condition), opens and warms it
+(:func:`agent.policy.load_policy`), compares its warm decision latency with
+the active policy's, and only then renames it to ``store/<id>``: a refused
+bundle leaves nothing in the store. A source claiming an id already in the
+store must match that copy byte for byte, or it is refused as ``tampered``.
+:meth:`PolicyLoader.submit_stored` reloads a bundle already in the store
+after the hash-level checks only. The control thread collects
+:class:`LoadResult` with :meth:`PolicyLoader.poll` between grasps and swaps
+the policy by reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import queue
 import shutil
+import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import BundleError, read_meta, validate_bundle
-from agent.config import CemConfig, PolicyConfig
+import numpy as np
+import numpy.typing as npt
+
+from agent.bundle import (
+    BUNDLE_FILES,
+    META_FILE,
+    Bundle,
+    BundleError,
+    copy_bundle_files,
+    is_bundle_id,
+    probe_images,
+    read_meta,
+    scan_bundle_dir,
+    sha256_file,
+    validate_bundle,
+    verify_bundle,
+)
+from agent.cem import CemParams
+from agent.config import PolicyConfig
 from agent.policy import Policy, PolicyLoadError, load_policy
 from agent.spec import Spec
 
 log = logging.getLogger(__name__)
+
+Images = Sequence[npt.NDArray[np.uint8]]
+IMPORT_PREFIX = ".import-"
+"""Temporary directories inside the store; leftovers from a crash are removed at start."""
 
 
 @dataclass(frozen=True)
@@ -38,57 +70,230 @@ class LoadResult:
     """The loaded policy, or None on failure."""
     error: str
     """Why it failed ('' on success)."""
+    reason: str = ""
+    """Machine-readable code of the failure (agent.bundle.REASONS; '' on success)."""
+    policy_id: str = ""
+    """The bundle's id as its meta.json claims it ('' when unreadable), also on failure."""
+    parent_id: str | None = None
+    """The parent id meta.json claims (None when absent or unreadable)."""
+    latency_s: float | None = None
+    """Median warm decision latency of the loaded policy (None on failure)."""
 
 
-def import_bundle(source: Path, store: Path) -> Path:
-    """Copy a bundle into ``store/<id>`` unless it is already there; returns the store path."""
-    source = Path(source)
-    meta = read_meta(source)
-    bid = str(meta.get("id", ""))
-    if not bid or "/" in bid or bid.startswith("."):
-        raise BundleError(f"{source}: meta.json has no usable id")
-    dest = store / bid
-    if source.resolve() == dest.resolve() or dest.is_dir():
-        return dest
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".{bid}.importing"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    tmp.rename(dest)
-    return dest
-
-
-def load_from_store(
-    source: Path, store: Path, spec: Spec, pcfg: PolicyConfig, ccfg: CemConfig
+def load_bundle(
+    source: Path | str,
+    store: Path,
+    spec: Spec,
+    pcfg: PolicyConfig,
+    cem: CemParams,
+    images: Images = (),
+    active_latency_s: float | None = None,
 ) -> Policy:
-    """Import, validate, open and warm a bundle (blocking); raises BundleError/PolicyLoadError."""
-    path = import_bundle(source, store)
-    bundle = validate_bundle(path, spec)
-    return load_policy(bundle, pcfg, ccfg)
+    """Validate, import into ``store``, open and warm a bundle (blocking).
+
+    ``images``: recorded images of the current condition to probe on.
+    ``active_latency_s``: the serving policy's warm latency (None for the
+    first policy): the new one's must be at most max(max_latency_factor x it,
+    latency_floor_s), and never over max_latency_s. Raises BundleError (with
+    its reason) or PolicyLoadError; on any failure nothing is left in the store.
+    """
+    source = Path(source)
+    scan_bundle_dir(source, pcfg.max_bundle_bytes)  # size and layout before any copy
+    meta = read_meta(source)
+    claimed = str(meta.get("id", ""))
+    if not is_bundle_id(claimed):
+        raise BundleError("bad_meta", f"{source}: meta.id {claimed!r} is not 16 hex digits")
+    final = store / claimed
+    if _same_dir(source, final):  # already in the store: check in place
+        bundle = _validate(source, spec, pcfg, cem, images)
+        return _open(bundle, pcfg, cem, images, active_latency_s)
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=store))
+    try:
+        copy_bundle_files(source, tmp, pcfg.max_bundle_bytes)
+        try:
+            bundle = _validate(tmp, spec, pcfg, cem, images)
+        except BundleError as exc:
+            if exc.reason in ("hash_mismatch", "id_mismatch") and final.exists():
+                raise BundleError(
+                    "tampered",
+                    f"{source}: content does not match bundle {claimed} already in the store"
+                    f" ({exc})",
+                ) from exc
+            raise
+        if final.exists():
+            _check_same(tmp, final, claimed, source)
+        policy = _open(bundle, pcfg, cem, images, active_latency_s)
+        if final.exists():
+            shutil.rmtree(tmp)
+        else:
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(store)
+        policy.bundle = dataclasses.replace(policy.bundle, path=final)
+        return policy
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_stored(
+    store: Path,
+    policy_id: str,
+    spec: Spec,
+    pcfg: PolicyConfig,
+    cem: CemParams,
+    images: Images = (),
+) -> Policy:
+    """Reload ``store/<policy_id>`` after the hash-level checks only (it was validated on import).
+
+    For the warm "last good" policy and restarts: no probe and no latency
+    comparison; the latency is still measured so the run-time guard is armed.
+    """
+    if not is_bundle_id(policy_id):
+        raise BundleError("bad_meta", f"{policy_id!r} is not a bundle id")
+    bundle = verify_bundle(store / policy_id, spec, max_bytes=pcfg.max_bundle_bytes)
+    return load_policy(bundle, pcfg, cem, images)
+
+
+def import_bundle(
+    source: Path, store: Path, spec: Spec, pcfg: PolicyConfig, cem: CemParams | None = None
+) -> Path:
+    """Validate and import a bundle into ``store`` without keeping the session; its store path."""
+    return load_bundle(source, store, spec, pcfg, cem or CemParams()).bundle.path
+
+
+def _validate(path: Path, spec: Spec, pcfg: PolicyConfig, cem: CemParams, images: Images) -> Bundle:
+    counts = (1, 7, 64, cem.samples)
+    return validate_bundle(
+        path, spec, images=images, action_counts=counts, max_bytes=pcfg.max_bundle_bytes
+    )
+
+
+def _open(
+    bundle: Bundle,
+    pcfg: PolicyConfig,
+    cem: CemParams,
+    images: Images,
+    active_latency_s: float | None,
+) -> Policy:
+    policy = load_policy(bundle, pcfg, cem, images)
+    limit = pcfg.max_latency_s
+    if active_latency_s is not None:
+        limit = min(limit, max(pcfg.max_latency_factor * active_latency_s, pcfg.latency_floor_s))
+    latency = policy.validated_latency_s
+    assert latency is not None
+    if latency > limit:  # measure once more: one busy moment of the machine is not the policy
+        again = policy.measure_latency(probe_images(bundle.spec, images), pcfg.latency_runs)
+        latency = policy.validated_latency_s = min(latency, again)
+    if latency > limit:
+        active = "none" if active_latency_s is None else f"{active_latency_s * 1000:.2f} ms"
+        raise BundleError(
+            "too_slow",
+            f"{bundle.path}: warm decision {latency * 1000:.2f} ms > limit {limit * 1000:.2f} ms"
+            f" (active {active}, factor {pcfg.max_latency_factor},"
+            f" cap {pcfg.max_latency_s * 1000:.0f} ms)",
+        )
+    return policy
+
+
+def _check_same(new: Path, stored: Path, bid: str, source: Path) -> None:
+    for name in sorted(BUNDLE_FILES):
+        a, b = new / name, stored / name
+        if not b.is_file() or sha256_file(a) != sha256_file(b):
+            what = "meta.json" if name == META_FILE else name
+            raise BundleError(
+                "tampered",
+                f"{source}: {what} differs from bundle {bid} already in the store",
+            )
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve(strict=True) == b.resolve(strict=True)
+    except OSError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _claimed(source: Path) -> tuple[str, str | None]:
+    try:
+        meta = read_meta(source)
+    except (BundleError, OSError):
+        return "", None
+    bid, parent = meta.get("id"), meta.get("parent_id")
+    return (
+        bid if isinstance(bid, str) and is_bundle_id(bid) else "",
+        parent if isinstance(parent, str) else None,
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    tag: Any
+    active_latency_s: float | None
+    stored: bool
 
 
 class PolicyLoader:
-    """One background thread that turns bundle directories into warmed policies."""
+    """One background thread that turns bundle directories into warmed policies.
 
-    def __init__(self, store: Path, spec: Spec, pcfg: PolicyConfig, ccfg: CemConfig) -> None:
-        self.store = store
+    ``probe_images`` (optional) is called on the loader thread for each
+    :meth:`submit`; it returns recorded images of the current condition (the
+    caller makes it thread-safe). Constructing does no I/O; :meth:`start`
+    removes import leftovers from the store and starts the thread.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        spec: Spec,
+        pcfg: PolicyConfig,
+        cem: CemParams,
+        probe_images: Callable[[], list[npt.NDArray[np.uint8]]] | None = None,
+    ) -> None:
+        self.store = Path(store)
         self.spec = spec
         self.pcfg = pcfg
-        self.ccfg = ccfg
-        self._jobs: queue.Queue[tuple[Path, Any] | None] = queue.Queue()
+        self.cem = cem
+        self.probe_images = probe_images
+        """Callable returning recorded images of the current condition (loader thread)."""
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._results: queue.Queue[LoadResult] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.pending = 0
+        """Submitted loads whose result has not been collected yet."""
 
     def start(self) -> None:
+        """Remove leftover temporary imports and start the worker thread."""
         if self._thread is None:
+            if self.store.is_dir():
+                for p in self.store.glob(IMPORT_PREFIX + "*"):
+                    shutil.rmtree(p, ignore_errors=True)
             self._thread = threading.Thread(target=self._work, name="policy-loader", daemon=True)
             self._thread.start()
 
-    def submit(self, source: Path, tag: Any = None) -> None:
-        """Queue a bundle for loading (thread-safe)."""
+    def submit(self, source: Path, tag: Any = None, active_latency_s: float | None = None) -> None:
+        """Queue a bundle for full validation and loading (thread-safe).
+
+        ``active_latency_s``: the serving policy's ``validated_latency_s``
+        (None when nothing serves yet).
+        """
         self.pending += 1
-        self._jobs.put((Path(source), tag))
+        self._jobs.put(_Job(Path(source), tag, active_latency_s, False))
+
+    def submit_stored(self, policy_id: str, tag: Any = None) -> None:
+        """Queue a reload of ``store/<policy_id>`` with the hash-level checks only."""
+        self.pending += 1
+        self._jobs.put(_Job(self.store / policy_id, tag, None, True))
 
     def poll(self) -> LoadResult | None:
         """A finished load, or None."""
@@ -114,21 +319,51 @@ class PolicyLoader:
             self._thread.join(timeout)
             self._thread = None
 
+    def _images(self) -> list[npt.NDArray[np.uint8]]:
+        if self.probe_images is None:
+            return []
+        try:
+            images = list(self.probe_images())
+        except Exception:
+            log.exception("probe_images callback failed; probing grey and noise only")
+            return []
+        return images[: self.pcfg.probe_images]
+
     def _work(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item is None:
+            job = self._jobs.get()
+            if job is None:
                 return
-            source, tag = item
-            try:
-                pol = load_from_store(source, self.store, self.spec, self.pcfg, self.ccfg)
-            except (BundleError, PolicyLoadError, OSError) as exc:
-                log.warning("policy at %s refused: %s", source, exc)
-                self._results.put(LoadResult(str(source), tag, None, str(exc)))
-            except Exception as exc:  # the worker must survive any bundle
-                log.exception("loading %s failed", source)
-                self._results.put(
-                    LoadResult(str(source), tag, None, f"{type(exc).__name__}: {exc}")
+            self._results.put(self._run(job))
+
+    def _run(self, job: _Job) -> LoadResult:
+        source = str(job.source)
+        bid, parent = _claimed(job.source)
+        try:
+            if job.stored:
+                pol = load_stored(
+                    self.store, job.source.name, self.spec, self.pcfg, self.cem, self._images()
                 )
             else:
-                self._results.put(LoadResult(str(source), tag, pol, ""))
+                pol = load_bundle(
+                    job.source,
+                    self.store,
+                    self.spec,
+                    self.pcfg,
+                    self.cem,
+                    self._images(),
+                    job.active_latency_s,
+                )
+        except (BundleError, PolicyLoadError) as exc:
+            log.warning("policy at %s refused (%s): %s", source, exc.reason, exc)
+            return LoadResult(source, job.tag, None, str(exc), exc.reason, bid, parent)
+        except OSError as exc:
+            log.warning("policy at %s refused: %s", source, exc)
+            return LoadResult(source, job.tag, None, str(exc), "io_error", bid, parent)
+        except Exception as exc:  # the worker must survive any bundle
+            log.exception("loading %s failed", source)
+            msg = f"{type(exc).__name__}: {exc}"
+            return LoadResult(source, job.tag, None, msg, "internal", bid, parent)
+        return LoadResult(
+            source, job.tag, pol, "", "", pol.id, pol.bundle.parent_id, pol.validated_latency_s
+        )

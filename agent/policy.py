@@ -1,10 +1,12 @@
 """Policy serving: ONNX Runtime sessions for a validated bundle, plus CEM.
 
-The only module that talks to ONNX Runtime. :func:`load_policy` opens the
+The only module that serves with ONNX Runtime. :func:`load_policy` opens the
 sessions (CUDA when present, else CPU; no thread spinning), optionally splits
 the graph into an image-only trunk and an action head so the trunk runs once
-per decision, checks the split against the full graph, and warms up with full
-CEM decisions before returning. :meth:`Policy.act` is one decision.
+per decision, checks the split against the full graph, warms up with full CEM
+decisions, times its warm decision latency and arms the run-time guard.
+:meth:`Policy.act` is one decision; it raises :class:`PolicyFault` when the
+policy misbehaves (see :meth:`Policy.act`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.bundle import Bundle
+from agent.bundle import Bundle, check_q, probe_images
 from agent.cem import Cem, CemParams, CemResult
-from agent.config import CemConfig, PolicyConfig
+from agent.config import PolicyConfig
 from agent.spec import ONNX_ACTIONS_INPUT, ONNX_IMAGE_INPUT, ONNX_Q_OUTPUT, Spec
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,11 @@ SPLIT_TOLERANCE = 1e-5
 
 
 class PolicyLoadError(RuntimeError):
-    """A bundle could not be turned into a served policy."""
+    """A bundle could not be turned into a served policy; ``reason`` is a bundle reason code."""
+
+    def __init__(self, message: str, reason: str = "load_failed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PolicyFault(RuntimeError):
@@ -156,6 +164,15 @@ class Policy:
         self._features = features or []
         self._cem = cem
         self.warm = False
+        self.validated_latency_s: float | None = None
+        """Median warm decision latency measured at load (None until measured)."""
+        self.latency_budget_s: float | None = None
+        """Per-decision budget of the run-time guard (None: latency not guarded)."""
+        self.budget_strikes = 5
+        """Consecutive decisions over budget that raise PolicyFault."""
+        self.budget_hard_cap_s = float("inf")
+        """One decision this long (and CPU-busy beyond the budget) raises PolicyFault."""
+        self._strikes = 0
 
     @property
     def id(self) -> str:
@@ -177,7 +194,7 @@ class Policy:
         )
         return np.asarray(q, dtype=np.float32)
 
-    def scorer(self, image: npt.NDArray[np.uint8]) -> Any:
+    def scorer(self, image: npt.NDArray[np.uint8]) -> Callable[[F32], F32]:
         """A score function for CEM on this image; runs the trunk now if the graph is split."""
         if self._trunk is None or self._head is None:
             return lambda a: self.q_values(image, a)
@@ -188,17 +205,63 @@ class Policy:
         def score(actions: F32) -> F32:
             feed[ONNX_ACTIONS_INPUT] = actions
             (q,) = head.run([ONNX_Q_OUTPUT], feed)
-            return np.asarray(q, dtype=np.float32)
+            return np.asarray(q)
 
         return score
 
+    def arm(self, budget_s: float, strikes: int, hard_cap_s: float) -> None:
+        """Guard decision latency from now on (see :meth:`act`)."""
+        self.latency_budget_s = budget_s
+        self.budget_strikes = strikes
+        self.budget_hard_cap_s = hard_cap_s
+        self._strikes = 0
+
     def act(self, image: npt.NDArray[np.uint8]) -> Decision:
-        """Pick an action for ``image`` by CEM; raises ValueError on a bad image."""
+        """Pick an action for ``image`` by CEM (one decision).
+
+        Raises ValueError on a bad image (the caller's fault) and
+        :class:`PolicyFault` when the policy misbehaves: every scored batch
+        must be float32 [N] of finite values in [0, 1] (``bad_output_shape``,
+        ``non_finite``, ``out_of_range``); ONNX Runtime must not fail
+        (``inference_failed``); once armed, ``budget_strikes`` consecutive
+        decisions over ``latency_budget_s``, or one decision over
+        ``budget_hard_cap_s`` whose thread CPU time also exceeds the budget
+        (a stalled process burns no CPU, so an OS hiccup never counts), raise
+        ``over_budget``.
+        """
         self.spec.check_image(image)
         t0 = time.perf_counter()
-        res: CemResult = self._cem.optimise(self.scorer(image))
+        c0 = time.thread_time()
+        try:
+            res: CemResult = self._cem.optimise(_guarded(self.scorer(image)))
+        except PolicyFault:
+            raise
+        except Exception as exc:
+            raise PolicyFault("inference_failed", f"policy {self.id}: {exc}") from exc
         dt = time.perf_counter() - t0
+        if self.latency_budget_s is not None:
+            self._check_budget(dt, time.thread_time() - c0)
         return Decision(action=self.spec.clip_action(res.action), q=res.q, latency_s=dt)
+
+    def _check_budget(self, dt: float, cpu: float) -> None:
+        budget = self.latency_budget_s
+        assert budget is not None
+        if dt <= budget:
+            self._strikes = 0
+            return
+        self._strikes += 1
+        if dt > self.budget_hard_cap_s and cpu > budget:
+            raise PolicyFault(
+                "over_budget",
+                f"policy {self.id}: one decision took {dt:.3f} s"
+                f" (hard cap {self.budget_hard_cap_s:.3f} s)",
+            )
+        if self._strikes >= self.budget_strikes:
+            raise PolicyFault(
+                "over_budget",
+                f"policy {self.id}: {self._strikes} decisions in a row over the"
+                f" {budget * 1000:.1f} ms budget (last {dt * 1000:.1f} ms)",
+            )
 
     def warm_up(self, runs: int) -> None:
         """Run full decisions on a grey and a noise image so the first real one is fast."""
@@ -211,26 +274,57 @@ class Policy:
             self.act(img)
         self.warm = True
 
+    def measure_latency(self, images: Sequence[npt.NDArray[np.uint8]], runs: int) -> float:
+        """Median wall time of ``runs`` full decisions cycling over ``images``."""
+        times = [self.act(images[i % len(images)]).latency_s for i in range(runs)]
+        return float(statistics.median(times))
 
-def load_policy(bundle: Bundle, pcfg: PolicyConfig, ccfg: CemConfig) -> Policy:
-    """Open ONNX Runtime sessions for a validated bundle, check the split and warm up."""
+
+def _guarded(score: Callable[[F32], F32]) -> Callable[[F32], F32]:
+    """Wrap a score function so a bad batch of Q raises PolicyFault (two reductions per batch)."""
+
+    def guarded(actions: F32) -> F32:
+        q = score(actions)
+        code = check_q(q, actions.shape[0])
+        if code:
+            raise PolicyFault(code, _describe(q, actions.shape[0]))
+        return q
+
+    return guarded
+
+
+def _describe(q: Any, n: int) -> str:
+    q = np.asarray(q)
+    if q.shape != (n,) or q.dtype != np.float32:
+        return f"q is {q.dtype} {list(q.shape)}, expected float32 [{n}]"
+    return f"Q in [{float(q.min()):.4g}, {float(q.max()):.4g}] (must be finite, in [0, 1])"
+
+
+def load_policy(
+    bundle: Bundle,
+    pcfg: PolicyConfig,
+    ccfg: CemParams,
+    latency_images: Sequence[npt.NDArray[np.uint8]] = (),
+) -> Policy:
+    """Open ONNX Runtime sessions for a validated bundle, check the split, warm up, arm.
+
+    After ``pcfg.warmup_runs`` decisions, times ``pcfg.latency_runs`` more on
+    grey, noise and ``latency_images`` (median = ``validated_latency_s``) and
+    arms the guard with budget max(budget_factor x that, budget_floor_s).
+    Raises PolicyLoadError (its ``reason`` a bundle reason code).
+    """
     import onnx
     import onnxruntime as ort
 
     providers = choose_providers(pcfg.provider)
     so = session_options(pcfg.intra_op_threads)
     try:
-        model = onnx.load(str(bundle.model_path))
+        model = onnx.load(str(bundle.model_path), load_external_data=False)
         full = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     except Exception as exc:
         raise PolicyLoadError(f"policy {bundle.id}: ONNX Runtime could not load it: {exc}") from exc
     spec = bundle.spec
-    cem = Cem(
-        CemParams(ccfg.samples, ccfg.elites, ccfg.iterations, ccfg.init_std, ccfg.min_std),
-        spec.low,
-        spec.high,
-        seed=ccfg.seed,
-    )
+    cem = Cem(ccfg, spec.low, spec.high)
     trunk = head = None
     features: list[str] | None = None
     if pcfg.split_trunk:
@@ -255,8 +349,17 @@ def load_policy(bundle: Bundle, pcfg: PolicyConfig, ccfg: CemConfig) -> Policy:
         policy = Policy(bundle, full, cem)
     try:
         policy.warm_up(pcfg.warmup_runs)
+        latency = policy.measure_latency(probe_images(spec, latency_images), pcfg.latency_runs)
+    except PolicyFault as exc:
+        raise PolicyLoadError(f"policy {bundle.id}: warm-up: {exc}", exc.reason) from exc
     except Exception as exc:
         raise PolicyLoadError(f"policy {bundle.id}: warm-up failed: {exc}") from exc
+    policy.validated_latency_s = latency
+    policy.arm(
+        max(pcfg.budget_factor * latency, pcfg.budget_floor_s),
+        pcfg.budget_strikes,
+        pcfg.budget_hard_cap_s,
+    )
     return policy
 
 
