@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from agent.config import DriverConfig
@@ -12,6 +13,11 @@ from drivers.base import Driver
 def make_driver(cfg: DriverConfig) -> Driver:
     """Construct (not start) the driver: "sim" -> SimCell, "import" -> factory(**options)."""
     if cfg.type == "sim":
+        if importlib.util.find_spec("pybullet") is None:  # imported only at start(): say it now
+            raise ValueError(
+                'driver.type = "sim" needs the [sim] extra (pybullet), not installed here: '
+                "pip install '.[sim]'"
+            )
         from drivers.sim.cell import SimCell, SimConfig
 
         options: dict[str, Any] = dict(cfg.options)
