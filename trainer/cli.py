@@ -7,6 +7,11 @@ Subcommands:
 - ``pretrain --out DIR [--ship DIR] [recipe overrides]``: run or resume the
   pre-training recipe of :mod:`trainer.pretrain`; with ``--ship`` the base
   bundle is also copied there (the repo ships ``policies/base``).
+- ``finetune --parent BUNDLE --new DATA [--prior DATA ...] --out DIR
+  [--init scratch] [--max-steps N] ...``: :func:`trainer.finetune.finetune`;
+  prints the result as one JSON object on stdout, progress lines on stderr.
+- ``base-data --out DIR [--grasps N]``: base replay data (base policy,
+  baseline, training objects) in the episode format.
 """
 
 from __future__ import annotations
@@ -57,6 +62,51 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    import threading
+
+    from trainer.finetune import FinetuneConfig, finetune
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(FinetuneConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    cfg = FinetuneConfig(**overrides)
+
+    def progress(p: dict[str, object]) -> None:
+        val = p.get("val")
+        line = {"phase": p["phase"], "step": p["step"], "loss": p["loss"], "best": p["best_step"]}
+        if isinstance(val, dict) and val.get("step") == p["step"]:
+            line["new"] = val.get("new")
+            line["prior"] = val.get("prior")
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    res = finetune(
+        cfg,
+        Path(args.parent),
+        [Path(p) for p in args.new],
+        [Path(p) for p in args.prior],
+        Path(args.out),
+        progress=progress,
+        stop=threading.Event(),
+        job_id=args.job_id,
+        condition=args.condition,
+    )
+    print(json.dumps(res.to_json()))
+    return 0
+
+
+def _base_data(args: argparse.Namespace) -> int:
+    from trainer.basedata import DatasetSpec, collect_dataset
+
+    spec = DatasetSpec(
+        bundle=Path(args.bundle), grasps=args.grasps, seed=args.seed, workers=args.workers
+    )
+    print(json.dumps(collect_dataset(spec, Path(args.out))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also the CLI help)."""
     parser = argparse.ArgumentParser(prog="robot-trainer", description=__doc__.splitlines()[0])
@@ -72,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="run directory (state, data, checkpoints)")
     pt.add_argument("--ship", default="", help="also copy the final bundle to this directory")
     for f in dataclasses.fields(PretrainConfig):
+        if not isinstance(f.default, (int, float, str)):
+            continue
         pt.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -80,6 +132,34 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"(default {f.default})",
         )
     pt.set_defaults(func=_pretrain)
+    from trainer.basedata import DEFAULT_BASE_GRASPS
+    from trainer.finetune import FinetuneConfig
+
+    ft = sub.add_parser("finetune", help="fine-tune a bundle on a new condition (resumable)")
+    ft.add_argument("--parent", required=True, help="parent bundle directory")
+    ft.add_argument("--new", required=True, action="append", help="new-condition dataset (repeat)")
+    ft.add_argument("--prior", action="append", default=[], help="prior dataset (repeat)")
+    ft.add_argument("--out", required=True, help="job directory (checkpoints, result, bundle)")
+    ft.add_argument("--job-id", default=None, help="job id recorded in the child's meta")
+    ft.add_argument("--condition", default="", help="condition label recorded in the child's meta")
+    for f in dataclasses.fields(FinetuneConfig):
+        if not isinstance(f.default, (int, float, str)) or f.name in ("condition",):
+            continue
+        ft.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            help=f"(default {f.default})",
+        )
+    ft.set_defaults(func=_finetune)
+    bd = sub.add_parser("base-data", help="collect base replay data with the base policy")
+    bd.add_argument("--out", required=True, help="episode dataset directory to write")
+    bd.add_argument("--grasps", type=int, default=DEFAULT_BASE_GRASPS, help="grasps to collect")
+    bd.add_argument("--bundle", default="policies/base", help="policy bundle collecting them")
+    bd.add_argument("--seed", type=int, default=7, help="collection seed")
+    bd.add_argument("--workers", type=int, default=2, help="collection processes")
+    bd.set_defaults(func=_base_data)
     return parser
 
 

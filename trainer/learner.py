@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -107,10 +108,11 @@ class Learner:
             t.requires_grad_(False)
         self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
         self.steps = 0
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.device = next(net.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.low = torch.tensor(spec.action_low, dtype=torch.float32)
-        self.high = torch.tensor(spec.action_high, dtype=torch.float32)
+        self.low = torch.tensor(spec.action_low, dtype=torch.float32, device=self.device)
+        self.high = torch.tensor(spec.action_high, dtype=torch.float32, device=self.device)
         pm = pixels if pixels is not None else getattr(net, "config", None)
         pm = getattr(pm, "pixels", pm)
         self.allowed = allowed_transforms(pm) if isinstance(pm, PixelMapping) else (0,)
@@ -151,12 +153,24 @@ class Learner:
             images_np, next_np, actions_np = augment(
                 images_np, next_np, actions_np, ks, self.spec, has_next=~batch.dones
             )
-        images = torch.from_numpy(images_np)
-        next_images = torch.from_numpy(next_np)
-        actions = torch.from_numpy(actions_np).to(torch.float32)
-        rewards = torch.from_numpy(batch.rewards).to(torch.float32)
-        dones = torch.from_numpy(batch.dones)
-        return images, actions, rewards, dones, next_images
+        return self._tensors(images_np, actions_np, batch.rewards, batch.dones, next_np)
+
+    def _tensors(
+        self,
+        images: npt.NDArray[np.uint8],
+        actions: npt.NDArray[np.float32],
+        rewards: npt.NDArray[np.float32],
+        dones: npt.NDArray[np.bool_],
+        next_images: npt.NDArray[np.uint8],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        d = self.device
+        return (
+            torch.from_numpy(np.ascontiguousarray(images)).to(d),
+            torch.from_numpy(np.ascontiguousarray(actions)).to(d, torch.float32),
+            torch.from_numpy(rewards).to(d, torch.float32),
+            torch.from_numpy(dones).to(d),
+            torch.from_numpy(np.ascontiguousarray(next_images)).to(d),
+        )
 
     def step(self, batch: Batch) -> StepStats:
         """One gradient step on ``batch``; updates the target networks afterwards."""
@@ -191,18 +205,29 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> float:
         """BCE of the online network (eval mode, no augmentation) on ``batch``."""
-        self.net.eval()
-        images = torch.from_numpy(batch.images)
-        actions = torch.from_numpy(batch.actions).to(torch.float32)
-        y = self.targets(
-            torch.from_numpy(batch.next_images),
-            torch.from_numpy(batch.rewards).to(torch.float32),
-            torch.from_numpy(batch.dones),
-        )
-        q = self._q(self.net)
-        logits = q.logits_from(q.encode(images), actions.unsqueeze(1)).squeeze(1)
-        self.net.train()
+        logits, y = self.logits_and_targets(batch)
         return float(F.binary_cross_entropy_with_logits(logits, y))
+
+    @torch.no_grad()
+    def logits_and_targets(self, batch: Batch, chunk: int = 512) -> tuple[Tensor, Tensor]:
+        """Online logits (eval mode, no augmentation) and Bellman targets of ``batch`` (CPU)."""
+        was = self.net.training
+        self.net.eval()
+        q = self._q(self.net)
+        outs, ys = [], []
+        for i in range(0, len(batch), chunk):
+            sl = slice(i, i + chunk)
+            images, actions, rewards, dones, next_images = self._tensors(
+                batch.images[sl],
+                batch.actions[sl],
+                batch.rewards[sl],
+                batch.dones[sl],
+                batch.next_images[sl],
+            )
+            ys.append(self.targets(next_images, rewards, dones).cpu())
+            outs.append(q.logits_from(q.encode(images), actions.unsqueeze(1)).squeeze(1).cpu())
+        self.net.train(was)
+        return torch.cat(outs), torch.cat(ys)
 
     @torch.no_grad()
     def _update_targets(self) -> None:

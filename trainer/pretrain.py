@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ import torch
 
 from agent.bundle import Bundle
 from agent.spec import DEFAULT_SPEC
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer import loop
+from trainer.checkpoint import load_checkpoint
 from trainer.collect import CollectConfig, collect, load_shards
 from trainer.dataset import Episode, EpisodeDataset, EpisodeWriter, Step
 from trainer.export import make_bundle
@@ -69,6 +70,8 @@ class PretrainConfig:
     """Steps between checkpoints."""
     holdout: float = 0.03
     """Share of episodes held out to report the validation loss."""
+    network: QNetConfig = field(default_factory=QNetConfig)
+    """Shape of the Q-network (tests use a tiny one)."""
 
 
 def _stage(out: Path) -> dict[str, Any]:
@@ -113,31 +116,17 @@ def _train(
     until: int,
     cfg: PretrainConfig,
     ckpt: Path,
-    rng: np.random.Generator,
     label: str,
 ) -> float:
-    """Train until ``learner.steps == until``; returns the held-out loss."""
-    t0 = time.time()
-    start = learner.steps
-    losses: list[float] = []
+    """Train until ``learner.steps == until`` through :mod:`trainer.loop`; returns held-out BCE."""
     held_batch = held.sample(min(1024, max(len(held), 1)), np.random.default_rng(1))
-    while learner.steps < until:
-        st = learner.step(data.sample(cfg.batch_size, rng))
-        losses.append(st.loss)
-        done = learner.steps - start
-        if learner.steps % 25 == 0 or learner.steps == until:
-            rate = done / max(time.time() - t0, 1e-9)
-            eta = (until - learner.steps) / max(rate, 1e-9)
-            print(
-                f"\r{label}: step {learner.steps}/{until}  loss {np.mean(losses[-100:]):.4f}"
-                f"  {rate:4.1f} steps/s  eta {eta / 60:4.1f} min",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        if learner.steps % cfg.checkpoint_every == 0 or learner.steps == until:
-            save_checkpoint(learner, ckpt, {"label": label})
-    print(file=sys.stderr)
+    loop.run(
+        learner,
+        lambda rng: data.sample(cfg.batch_size, rng),
+        until,
+        ckpt,
+        loop.LoopConfig(seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, label=label),
+    )
     return learner.evaluate(held_batch)
 
 
@@ -157,17 +146,16 @@ def pretrain(cfg: PretrainConfig, out: Path) -> Bundle:
         )
         n = ingest_shards(out / "data" / "prior", dataset, "prior")
         _mark(out, state, "prior", prior_grasps=n)
-    net = QNet(QNetConfig())
+    net = QNet(cfg.network).to(loop.pick_device())
     learner = Learner(net, DEFAULT_SPEC, LearnerConfig(lr=cfg.lr, seed=cfg.seed))
     resumed = load_checkpoint(learner, out / "checkpoint")
     if resumed:
         print(f"resumed from checkpoint at step {learner.steps}", file=sys.stderr)
-    rng = np.random.default_rng(cfg.seed + learner.steps)
     held_loss = float("nan")
     data, held = EpisodeDataset.open(dataset).split_episodes(cfg.holdout, seed=cfg.seed)
     if "offline" not in state["done"]:
         held_loss = _train(
-            learner, data, held, cfg.offline_steps, cfg, out / "checkpoint", rng, "offline"
+            learner, data, held, cfg.offline_steps, cfg, out / "checkpoint", "offline"
         )
         _mark(out, state, "offline", offline_held_loss=held_loss)
     for r in range(1, cfg.rounds + 1):
@@ -177,7 +165,9 @@ def pretrain(cfg: PretrainConfig, out: Path) -> Bundle:
         shard_dir = out / "data" / name
         if f"{name}-collect" not in state["done"]:
             policy = make_bundle(
-                net.eval(), {"condition": "baseline", "training": {"stage": name}}, out / "bundles"
+                loop.on_cpu(net).eval(),
+                {"condition": "baseline", "training": {"stage": name}},
+                out / "bundles",
             )
             net.train()
             print(f"stage {name}: collecting with policy {policy.id}", file=sys.stderr)
@@ -195,7 +185,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> Bundle:
             _mark(out, state, f"{name}-collect")
         data, held = EpisodeDataset.open(dataset).split_episodes(cfg.holdout, seed=cfg.seed)
         until = cfg.offline_steps + r * cfg.round_steps
-        held_loss = _train(learner, data, held, until, cfg, out / "checkpoint", rng, name)
+        held_loss = _train(learner, data, held, until, cfg, out / "checkpoint", name)
         _mark(out, state, name, **{f"{name}_held_loss": held_loss})
     full = EpisodeDataset.open(dataset)
     meta = {
@@ -208,6 +198,6 @@ def pretrain(cfg: PretrainConfig, out: Path) -> Bundle:
         },
         "validation": {"held_out_bce": held_loss},
     }
-    bundle = make_bundle(net.eval(), meta, out / "bundles")
+    bundle = make_bundle(loop.on_cpu(net).eval(), meta, out / "bundles")
     _mark(out, state, "export", bundle=str(bundle.path), bundle_id=bundle.id)
     return bundle

@@ -37,22 +37,22 @@ class MixtureSampler:
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
 
-    def counts(self) -> npt.NDArray[np.int64]:
+    def counts(self, rng: np.random.Generator | None = None) -> npt.NDArray[np.int64]:
         """How many transitions the next batch takes from each source."""
+        g = self.rng if rng is None else rng
         base: npt.NDArray[np.int64] = np.floor(self.weights * self.batch_size).astype(np.int64)
         rest = self.batch_size - int(base.sum())
         if rest:
             base += np.bincount(
-                self.rng.choice(len(self.weights), size=rest, p=self.weights),
+                g.choice(len(self.weights), size=rest, p=self.weights),
                 minlength=len(self.weights),
             )
         return base
 
-    def sample(self) -> Batch:
-        """One mixed batch (sources in order; the learner shuffles nothing it doesn't need to)."""
+    def sample(self, rng: np.random.Generator | None = None) -> Batch:
+        """One mixed batch (sources in order), drawn with ``rng`` (default: the sampler's own)."""
+        g = self.rng if rng is None else rng
         parts = [
-            ds.sample(int(k), self.rng)
-            for ds, k in zip(self.sources, self.counts(), strict=True)
-            if k
+            ds.sample(int(k), g) for ds, k in zip(self.sources, self.counts(g), strict=True) if k
         ]
         return parts[0] if len(parts) == 1 else concat_batches(parts)

@@ -65,10 +65,7 @@ def test_no_checkpoint_returns_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_pretrain_runs_every_stage_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("trainer.pretrain.QNetConfig", lambda: TINY)
+def test_pretrain_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     cfg = PretrainConfig(
         prior_grasps=30,
         offline_steps=4,
@@ -80,6 +77,7 @@ def test_pretrain_runs_every_stage_and_resumes(
         checkpoint_every=2,
         batch_size=8,
         holdout=0.1,
+        network=TINY,
     )
     out = tmp_path / "run"
     bundle = pretrain(cfg, out)

@@ -1,0 +1,214 @@
+"""Fine-tuning: the recipe's mix and learning rate, early stopping, resume, the CLI (tiny nets)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from agent.bundle import validate_bundle
+from agent.spec import DEFAULT_SPEC
+from trainer.cli import main
+from trainer.dataset import Episode, EpisodeWriter, Step
+from trainer.early_stop import Candidate, auc, choose
+from trainer.export import make_bundle
+from trainer.finetune import FinetuneConfig, _open_data, finetune
+from trainer.pretrain import PretrainConfig
+from trainer.qnet import QNet, QNetConfig
+
+torch.set_num_threads(1)
+
+TINY = QNetConfig(
+    trunk_channels=(8, 8, 8),
+    trunk_strides=(2, 2, 2),
+    merge_channels=8,
+    action_hidden=8,
+    head_hidden=8,
+)
+FAST = FinetuneConfig(
+    max_steps=60,
+    eval_every=10,
+    patience=3,
+    batch_size=16,
+    probe_steps=20,
+    threads=1,
+    checkpoint_every=10,
+    max_eval=256,
+)
+
+
+def _parent(root: Path) -> Path:
+    torch.manual_seed(0)
+    return make_bundle(QNet(TINY).eval(), {"condition": "baseline"}, root).path
+
+
+def _dataset(root: Path, n: int, seed: int, learnable: bool, condition: str) -> Path:
+    """``n`` one-step grasps; learnable: success iff the image is bright; else coin flips."""
+    rng = np.random.default_rng(seed)
+    with EpisodeWriter(root, DEFAULT_SPEC) as w:
+        for _ in range(n):
+            ok = bool(rng.random() < 0.5)
+            if learnable:
+                level = rng.integers(170, 255) if ok else rng.integers(0, 85)
+                image = np.full((64, 64, 3), level, np.uint8)
+            else:
+                image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            w.append(
+                Episode(
+                    steps=(
+                        Step(
+                            image=image,
+                            action=rng.uniform(-1, 1, 3).astype(np.float32),
+                            reward=float(ok),
+                            done=True,
+                        ),
+                    ),
+                    success=ok,
+                    condition=condition,
+                    policy_id="p",
+                    timestamp=0.0,
+                )
+            )
+    return root
+
+
+def test_recipe_batches_are_half_prior_half_new(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 60, 1, True, "c")
+    prior = [
+        _dataset(tmp_path / "base", 90, 2, True, "baseline"),
+        _dataset(tmp_path / "c0", 30, 3, True, "old"),
+    ]
+    data = _open_data(FinetuneConfig(batch_size=128), [new], prior)
+    sampler = data.sampler
+    names = [ds.name for ds in sampler.sources]
+    is_prior = np.array(["new" not in n for n in names])
+    assert sampler.weights[is_prior].sum() == pytest.approx(0.5)
+    assert sampler.weights[~is_prior].sum() == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    per_batch = [int(sampler.counts(rng)[is_prior].sum()) for _ in range(400)]
+    assert np.mean(per_batch) == pytest.approx(64, abs=1.0)
+    assert data.counts["batch_shares"] == {"prior": 0.5, "new": 0.5}
+
+
+def test_no_prior_data_means_all_new(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 40, 1, True, "c")
+    data = _open_data(FinetuneConfig(), [new], [])
+    assert data.sampler.weights.sum() == pytest.approx(1.0)
+    assert data.counts["batch_shares"]["prior"] == 0.0
+
+
+def test_finetune_optimiser_runs_at_a_quarter_of_the_pretraining_rate(tmp_path: Path) -> None:
+    assert FinetuneConfig().lr == pytest.approx(0.25 * PretrainConfig().lr)
+    seen: list[float] = []
+    new = _dataset(tmp_path / "new", 40, 1, True, "c")
+    cfg = FinetuneConfig(**{**FAST.__dict__, "max_steps": 10, "augment": "off"})
+    finetune(
+        cfg,
+        _parent(tmp_path / "b"),
+        new,
+        [],
+        tmp_path / "job",
+        progress=lambda p: seen.append(p["lr"]),
+    )
+    assert seen and all(lr == pytest.approx(0.25 * PretrainConfig().lr) for lr in seen)
+
+
+def test_early_stopping_returns_no_improvement_on_noise(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 400, 1, False, "c")
+    prior = _dataset(tmp_path / "base", 200, 2, False, "baseline")
+    res = finetune(FAST, _parent(tmp_path / "b"), new, [prior], tmp_path / "job")
+    assert res.status == "no_improvement"
+    assert res.bundle_path is None and res.bundle_id is None
+    assert not (tmp_path / "job" / "bundles").exists()
+    assert res.meta["validation"]["curve"]
+
+
+def test_learnable_new_data_gives_a_valid_child_with_lineage(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 80, 1, True, "c")
+    prior = _dataset(tmp_path / "base", 80, 2, True, "baseline")
+    parent = _parent(tmp_path / "b")
+    res = finetune(FAST, parent, new, [prior], tmp_path / "job", job_id="j1", condition="anon-1")
+    assert res.status == "improved" and res.bundle_path is not None
+    child = validate_bundle(res.bundle_path)
+    assert child.id == res.bundle_id
+    assert child.parent_id == validate_bundle(parent).id
+    m = child.meta
+    assert m["job_id"] == "j1" and m["condition"] == "anon-1"
+    assert m["training"]["chosen_step"] > 0
+    assert m["training"]["steps_run"] >= m["training"]["chosen_step"]
+    assert m["data"]["new"][0]["episodes"] == 80 and m["data"]["prior"][0]["episodes"] == 80
+    assert m["validation"]["chosen"]["score_new"] > m["validation"]["parent"]["score_new"]
+    assert set(m["training"]["augment_probe"]) == {"aug", "noaug"}
+
+
+def test_stopped_finetune_resumes_from_its_checkpoint_with_the_same_result(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 80, 1, True, "c")
+    prior = _dataset(tmp_path / "base", 80, 2, True, "baseline")
+    parent = _parent(tmp_path / "b")
+    whole = finetune(FAST, parent, new, [prior], tmp_path / "whole")
+    stop = threading.Event()
+
+    def progress(p: dict[str, Any]) -> None:
+        if p["phase"] == "train" and p["step"] >= 25:
+            stop.set()
+
+    job = tmp_path / "job"
+    first = finetune(FAST, parent, new, [prior], job, progress=progress, stop=stop)
+    assert first.status == "stopped"
+    state = (
+        json.loads((job / "arm-aug" / "checkpoint" / "checkpoint.json").read_text())
+        if (job / "arm-aug" / "checkpoint").exists()
+        else json.loads((job / "arm-noaug" / "checkpoint" / "checkpoint.json").read_text())
+    )
+    assert state["steps"] >= 25
+    again = finetune(FAST, parent, new, [prior], job)
+    assert again.status == whole.status
+    assert again.bundle_id == whole.bundle_id
+    assert again.meta["validation"]["curve"] == whole.meta["validation"]["curve"]
+    # Finished: a further call returns the stored result without training.
+    t0 = time.time()
+    assert finetune(FAST, parent, new, [prior], job).bundle_id == whole.bundle_id
+    assert time.time() - t0 < 2.0
+
+
+def test_a_different_job_in_the_same_directory_is_refused(tmp_path: Path) -> None:
+    new = _dataset(tmp_path / "new", 40, 1, True, "c")
+    parent = _parent(tmp_path / "b")
+    stop = threading.Event()
+    stop.set()
+    finetune(FAST, parent, new, [], tmp_path / "job", stop=stop)
+    with pytest.raises(ValueError, match="different fine-tune job"):
+        finetune(FinetuneConfig(seed=5), parent, new, [], tmp_path / "job", stop=stop)
+
+
+def test_cli_finetune_prints_one_json_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = _dataset(tmp_path / "new", 60, 1, True, "c")
+    parent = _parent(tmp_path / "b")
+    argv = ["finetune", "--parent", str(parent), "--new", str(new), "--out", str(tmp_path / "j")]
+    argv += ["--max-steps", "20", "--eval-every", "10", "--batch-size", "16", "--augment", "off"]
+    argv += ["--init", "scratch", "--threads", "1"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out.strip())
+    assert res["status"] in ("improved", "no_improvement")
+    assert res["meta"]["training"]["init"] == "scratch"
+    assert '"phase": "train"' in cap.err
+
+
+def test_auc_and_selection_rule() -> None:
+    y = np.array([0, 0, 1, 1], dtype=np.float64)
+    assert auc(np.array([0.1, 0.2, 0.3, 0.4]), y) == 1.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), y) == 0.5
+    parent = Candidate(0, 0.6, 0.9)
+    forgetful = Candidate(100, 0.9, 0.8)  # best on new data but loses 0.1 on prior
+    steady = Candidate(50, 0.7, 0.89)
+    assert choose([steady, forgetful], parent, 0.02, 0.005, 0.01, 1.5) == steady
+    assert choose([steady], parent, 0.02, 0.005, 0.2, 1.5) is None  # within noise
