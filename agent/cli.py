@@ -1,7 +1,9 @@
 """``robot-agent``: run the daemon, or talk to a running one.
 
 - ``robot-agent run --config FILE``: run the daemon (systemd Type=notify).
-- ``robot-agent ctl COMMAND [ARGS...] [--json] [--timeout S]``: send an operator command.
+- ``robot-agent ctl COMMAND [ARGS...] [--json] [--timeout S] [--client-key F --server-key F]``:
+  send an operator command (CURVE keys for a daemon that binds off loopback).
+- ``robot-agent keygen --out DIR [--name NAME]``: make a CURVE key pair (zmq.auth format).
 - ``robot-agent config``: print a TOML file with every key, its default and its help.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ctl(args: argparse.Namespace) -> int:
     from agent.ctl import CtlError, format_reply, help_text, request
+    from agent.transport import ClientKeys
 
     if args.command == "help":
         print(help_text())
@@ -49,18 +53,73 @@ def _ctl(args: argparse.Namespace) -> int:
     if len(args.args) > len(cls.params):
         print(f"usage: robot-agent ctl {cls.usage()}", file=sys.stderr)
         return 2
-    cmd_args = {p: v for (p, _), v in zip(cls.params, args.args, strict=False)}
+    cmd_args = {p.name: v for p, v in zip(cls.params, args.args, strict=False)}
+    if args.command == "promote" and "id" in cmd_args:
+        cmd_args["id"] = _bundle_arg(cmd_args["id"])
+    client_key = args.client_key or os.environ.get("ROBOT_AGENT_CLIENT_KEY", "")
+    server_key = args.server_key or os.environ.get("ROBOT_AGENT_SERVER_KEY", "")
+    keys = None
+    if client_key or server_key:
+        if not (client_key and server_key):
+            print("robot-agent ctl: --client-key and --server-key go together", file=sys.stderr)
+            return 2
+        try:
+            keys = ClientKeys.load(client_key, server_key)
+        except ValueError as exc:
+            print(f"robot-agent ctl: {exc}", file=sys.stderr)
+            return 2
     endpoint = args.endpoint
     if endpoint is None:
-        cfg = load_config(args.config) if args.config else AgentConfig()
+        try:
+            cfg = load_config(args.config) if args.config else AgentConfig()
+        except ConfigError as exc:
+            print(f"robot-agent ctl: {exc}", file=sys.stderr)
+            return 2
         endpoint = cfg.sockets.command_endpoint
     try:
-        reply = request(endpoint, args.command, cmd_args, timeout_s=args.timeout)
+        reply = request(endpoint, args.command, cmd_args, timeout_s=args.timeout, keys=keys)
     except CtlError as exc:
         print(f"robot-agent ctl: {exc}", file=sys.stderr)
         return 3
     print(json.dumps(reply, indent=2) if args.json else format_reply(args.command, reply))
     return 0 if reply.get("ok") else 1
+
+
+def _bundle_arg(value: str) -> str:
+    """A promote argument that names a local directory is sent as an absolute path."""
+    looks_like_path = os.sep in value or value in (".", "..") or Path(value).is_dir()
+    return str(Path(value).resolve()) if value and looks_like_path else value
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    import re
+
+    import zmq.auth
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.name):
+        print(f"robot-agent keygen: bad --name {args.name!r}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    public, secret = out / f"{args.name}.key", out / f"{args.name}.key_secret"
+    for f in (public, secret):
+        if f.exists():
+            print(f"robot-agent keygen: {f} exists; not overwriting it", file=sys.stderr)
+            return 2
+    out.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o077)  # the secret file is never readable by others, not even briefly
+    try:
+        zmq.auth.create_certificates(out, args.name)
+    finally:
+        os.umask(old)
+    secret.chmod(0o600)
+    public.chmod(0o644)
+    print(f"public key: {public}\nsecret key: {secret} (mode 600; keep it private)")
+    print(
+        "server: set sockets.curve_server_secret to the secret file; clients need the public one\n"
+        "client: copy the public file into the daemon's sockets.curve_clients_dir; "
+        "run ctl with --client-key SECRET --server-key SERVER.key"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", type=Path, help="read the endpoint from this config")
     c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     c.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    c.add_argument(
+        "--client-key",
+        help="this client's secret key file, NAME.key_secret (env ROBOT_AGENT_CLIENT_KEY)",
+    )
+    c.add_argument(
+        "--server-key",
+        help="the daemon's public key file, NAME.key (env ROBOT_AGENT_SERVER_KEY)",
+    )
     c.set_defaults(func=_ctl)
+    k = sub.add_parser("keygen", help="make a CURVE key pair (NAME.key and NAME.key_secret)")
+    k.add_argument("--out", required=True, help="directory to write the two files into")
+    k.add_argument("--name", default="robot-agent", help="file name stem (default robot-agent)")
+    k.set_defaults(func=_keygen)
     e = sub.add_parser("config", help="print a config file with every default")
     e.set_defaults(func=lambda a: print(example_toml()) or 0)
     return p

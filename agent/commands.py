@@ -12,11 +12,13 @@ raises: every failure becomes an error reply. Commands act on an
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from agent.lifecycle import LifecycleError
-from agent.wire import WireError, decode, encode
+from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,54 @@ class AgentControl(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+"""A condition name or a policy id: 1-64 of [A-Za-z0-9._-], starting alphanumeric, no "..";
+safe as a single directory name under data_dir."""
+NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"
+TEXT_PATTERN = r"[^\x00-\x08\x0a-\x1f\x7f]*"
+"""Free text (notes, reasons): anything but control characters (tab allowed)."""
+REQUEST_FIELDS = frozenset({"id", "command", "args"})
+"""Header fields a command request may carry (besides "v" and "type")."""
+MAX_ID_CHARS = 128
+"""Longest string request id echoed back."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of a command: every argument is a JSON string checked against this."""
+
+    name: str
+    """Argument name (the key in "args"; its position on the ctl command line)."""
+    required: bool = True
+    """Whether the request must carry it."""
+    pattern: str = TEXT_PATTERN
+    """Regular expression the whole value must match."""
+    rule: str = "text without control characters"
+    """The pattern in words, for error messages and help."""
+    max_chars: int = 1024
+    """Longest value accepted."""
+
+    def check(self, command: str, value: Any) -> str | None:
+        """None if ``value`` is acceptable, else the ``bad_args`` message."""
+        if not isinstance(value, str):
+            return f"{command}: argument {self.name!r} must be a string"
+        if len(value) > self.max_chars:
+            return f"{command}: argument {self.name!r} is longer than {self.max_chars} characters"
+        if not re.fullmatch(self.pattern, value):
+            return f"{command}: argument {self.name!r} = {value[:80]!r}: expected {self.rule}"
+        return None
+
+
+def name_param(name: str) -> Param:
+    """A required name/id argument (NAME_PATTERN)."""
+    return Param(name, True, NAME_PATTERN, NAME_RULE, 64)
+
+
 class Command:
-    """Base class: ``name``, positional ``params`` (name, required) and ``run``."""
+    """Base class: ``name``, positional ``params`` (argument schemas) and ``run``."""
 
     name: ClassVar[str] = ""
-    params: ClassVar[tuple[tuple[str, bool], ...]] = ()
+    params: ClassVar[tuple[Param, ...]] = ()
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -59,7 +104,7 @@ class Command:
 
     @classmethod
     def usage(cls) -> str:
-        ps = " ".join(p if req else f"[{p}]" for p, req in cls.params)
+        ps = " ".join(p.name if p.required else f"[{p.name}]" for p in cls.params)
         return f"{cls.name} {ps}".strip()
 
 
@@ -82,7 +127,7 @@ class MarkCondition(Command):
     """
 
     name = "mark-condition"
-    params = (("name", True), ("note", False))
+    params = (name_param("name"), Param("note", required=False))
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         return agent.mark_condition(args["name"], args.get("note", ""))
@@ -107,7 +152,7 @@ class Pause(Command):
     """
 
     name = "pause"
-    params = (("reason", False),)
+    params = (Param("reason", required=False, max_chars=256),)
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         return agent.pause(args.get("reason", "operator"))
@@ -144,7 +189,7 @@ class Rollback(Command):
     """
 
     name = "rollback"
-    params = (("id", True),)
+    params = (name_param("id"),)
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         return agent.rollback(args["id"])
@@ -157,7 +202,14 @@ class Promote(Command):
     """
 
     name = "promote"
-    params = (("id", True),)
+    params = (
+        Param(
+            "id",
+            pattern=rf"{NAME_PATTERN}|/[^\x00-\x1f\x7f]{{0,4095}}",
+            rule=f"a policy id ({NAME_RULE}) or an absolute bundle directory path",
+            max_chars=4096,
+        ),
+    )
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         return agent.promote(args["id"])
@@ -182,32 +234,62 @@ COMMANDS: dict[str, type[Command]] = {
 
 
 def error_reply(req_id: Any, code: str, message: str) -> dict[str, Any]:
+    """The reply header of a failed request (``code`` from :data:`agent.wire.ERROR_CODES`)."""
     return {"id": req_id, "ok": False, "error": {"code": code, "message": message}}
 
 
-def handle(agent: AgentControl, header: dict[str, Any]) -> dict[str, Any]:
-    """Run one decoded request header; always returns a reply header."""
+def _valid_id(req_id: Any) -> bool:
+    if req_id is None:
+        return True
+    if isinstance(req_id, str):
+        return len(req_id) <= MAX_ID_CHARS
+    return type(req_id) is int and abs(req_id) < 2**53
+
+
+def check_request(header: dict[str, Any]) -> tuple[type[Command], dict[str, str]] | dict[str, Any]:
+    """Parse a request header against the command schemas: (class, args) or an error reply."""
     req_id = header.get("id")
+    if not _valid_id(req_id):
+        return error_reply(
+            None, "bad_request", f"field 'id' must be a string of <= {MAX_ID_CHARS} or an integer"
+        )
+    unknown = sorted(set(header) - REQUEST_FIELDS)
+    if unknown:
+        return error_reply(req_id, "bad_request", f"unknown header field {unknown[0][:64]!r}")
     name = header.get("command")
-    args = header.get("args", {})
     if not isinstance(name, str):
         return error_reply(req_id, "bad_request", "field 'command' must be a string")
     cls = COMMANDS.get(name)
     if cls is None:
         return error_reply(
-            req_id, "unknown_command", f"unknown command {name!r}; known: {', '.join(COMMANDS)}"
+            req_id,
+            "unknown_command",
+            f"unknown command {name[:64]!r}; known: {', '.join(COMMANDS)}",
         )
+    args = header.get("args", {})
     if not isinstance(args, dict):
         return error_reply(req_id, "bad_args", "field 'args' must be an object")
-    allowed = {p for p, _ in cls.params}
-    extra = sorted(set(args) - allowed)
+    extra = sorted(set(args) - {p.name for p in cls.params})
     if extra:
-        return error_reply(req_id, "bad_args", f"{name}: unknown argument {extra[0]!r}")
-    for p, required in cls.params:
-        if required and p not in args:
-            return error_reply(req_id, "bad_args", f"{name}: missing argument {p!r}")
-        if p in args and (not isinstance(args[p], str) or len(args[p]) > 4096):
-            return error_reply(req_id, "bad_args", f"{name}: argument {p!r} must be a string")
+        return error_reply(req_id, "bad_args", f"{name}: unknown argument {extra[0][:64]!r}")
+    for p in cls.params:
+        if p.name not in args:
+            if p.required:
+                return error_reply(req_id, "bad_args", f"{name}: missing argument {p.name!r}")
+            continue
+        problem = p.check(name, args[p.name])
+        if problem:
+            return error_reply(req_id, "bad_args", problem)
+    return cls, args
+
+
+def handle(agent: AgentControl, header: dict[str, Any]) -> dict[str, Any]:
+    """Run one decoded request header; always returns a reply header."""
+    parsed = check_request(header)
+    if isinstance(parsed, dict):
+        return parsed
+    cls, args = parsed
+    req_id, name = header.get("id"), cls.name
     try:
         result = cls().run(agent, args)
     except CommandError as exc:
@@ -224,22 +306,33 @@ def handle(agent: AgentControl, header: dict[str, Any]) -> dict[str, Any]:
     return {"id": req_id, "ok": True, "result": result}
 
 
+REPLY_MAX_BYTES = MAX_MESSAGE_BYTES
+"""Cap on a reply, header included (a long policy list must not hit the 64 KiB request cap)."""
+
+
 def dispatch(agent: AgentControl, frames: Sequence[bytes], max_bytes: int) -> list[bytes]:
     """Decode a request, run it, encode the reply. Never raises for a bad request."""
     try:
+        reply = _reply_header(agent, frames, max_bytes)
+    except Exception as exc:  # a bug, never the client's doing: still answer
+        log.exception("dispatch failed")
+        reply = error_reply(None, "internal", f"{type(exc).__name__}: {exc}")
+    try:
+        return encode("reply", reply, max_bytes=REPLY_MAX_BYTES, max_header_bytes=REPLY_MAX_BYTES)
+    except WireError as exc:  # e.g. a result too large or not JSON-serialisable
+        return encode("reply", error_reply(reply.get("id"), exc.code, exc.message))
+
+
+def _reply_header(agent: AgentControl, frames: Sequence[bytes], max_bytes: int) -> dict[str, Any]:
+    try:
         msg = decode(frames, max_bytes=max_bytes)
     except WireError as exc:
-        reply = error_reply(None, exc.code, exc.message)
-    else:
-        if msg.type != "command":
-            reply = error_reply(
-                msg.header.get("id"), "bad_type", f"expected type 'command', got {msg.type!r}"
-            )
-        elif msg.arrays:
-            reply = error_reply(msg.header.get("id"), "bad_request", "commands take no arrays")
-        else:
-            reply = handle(agent, msg.header)
-    try:
-        return encode("reply", reply)
-    except WireError as exc:  # e.g. an id that cannot be echoed
-        return encode("reply", error_reply(None, exc.code, exc.message))
+        return error_reply(None, exc.code, exc.message)
+    req_id = msg.header.get("id")
+    if not _valid_id(req_id):
+        req_id = None
+    if msg.type != "command":
+        return error_reply(req_id, "bad_type", f"expected type 'command', got {msg.type[:64]!r}")
+    if msg.arrays:
+        return error_reply(req_id, "bad_request", "commands take no arrays")
+    return handle(agent, msg.header)

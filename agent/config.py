@@ -139,11 +139,21 @@ class SocketsConfig:
     event_endpoint: str = "tcp://127.0.0.1:5561"
     """PUB socket for events."""
     curve_server_secret: str = ""
-    """Server secret-key file (zmq.auth format); required to bind a non-loopback address."""
+    """Server secret-key file (`robot-agent keygen`); required to bind a non-loopback address."""
     curve_clients_dir: str = ""
-    """Directory of authorised client public-key files; required with curve_server_secret."""
+    """Directory of authorised client public keys (*.key); required with curve_server_secret."""
     max_message_bytes: int = 1 << 20
-    """Largest command message accepted."""
+    """Largest command message (all frames) answered; larger ones get `too_large`."""
+    max_frame_bytes: int = 4 << 20
+    """Largest single frame read (ZMQ_MAXMSGSIZE); libzmq drops a larger one unanswered."""
+    command_rate_per_s: float = 20.0
+    """Sustained requests per second per client (CURVE key, else connection); 0 = no limit."""
+    command_burst: int = 40
+    """Requests a client may send at once before command_rate_per_s applies."""
+    command_total_rate_per_s: float = 200.0
+    """Sustained requests per second from all clients together; 0 = no limit."""
+    command_total_burst: int = 400
+    """Requests all clients together may send at once before the total rate applies."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +318,17 @@ def validate(cfg: AgentConfig) -> None:
         )
     _need(s.max_message_bytes >= 1024, "sockets.max_message_bytes: must be >= 1024")
     _need(
+        s.max_frame_bytes >= s.max_message_bytes,
+        "sockets.max_frame_bytes: must be >= sockets.max_message_bytes",
+    )
+    _need(s.command_rate_per_s >= 0, "sockets.command_rate_per_s: must be >= 0 (0 = no limit)")
+    _need(
+        s.command_total_rate_per_s >= 0,
+        "sockets.command_total_rate_per_s: must be >= 0 (0 = no limit)",
+    )
+    _need(s.command_burst >= 1, "sockets.command_burst: must be >= 1")
+    _need(s.command_total_burst >= 1, "sockets.command_total_burst: must be >= 1")
+    _need(
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",
     )
@@ -334,14 +355,26 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 
 
 def check_exposure(cfg: SocketsConfig) -> None:
-    """Refuse a non-loopback bind without CURVE keys; raises ConfigError saying why."""
-    for key in ("command_endpoint", "event_endpoint"):
-        ep = getattr(cfg, key)
-        if not is_loopback_endpoint(ep) and not cfg.curve_server_secret:
-            raise ConfigError(
-                f"sockets.{key} = {ep!r} is not a loopback address; binding it needs CURVE keys "
-                "(set sockets.curve_server_secret and sockets.curve_clients_dir), refusing to start"
+    """Refuse a non-loopback bind without CURVE keys; raises ConfigError saying why.
+
+    Every ``*_endpoint`` field of the sockets table is checked, so a socket added later is
+    covered without touching this function.
+    """
+    for f in dataclasses.fields(cfg):
+        if f.name.endswith("_endpoint"):
+            check_endpoint_exposure(
+                f"sockets.{f.name}", getattr(cfg, f.name), bool(cfg.curve_server_secret)
             )
+
+
+def check_endpoint_exposure(key: str, endpoint: str, curve: bool) -> None:
+    """Refuse to bind ``endpoint`` (named ``key`` in messages) off loopback without CURVE."""
+    if not curve and not is_loopback_endpoint(endpoint):
+        raise ConfigError(
+            f"{key} = {endpoint!r} is not a loopback address; binding it needs CURVE keys "
+            "(set sockets.curve_server_secret and sockets.curve_clients_dir; "
+            "`robot-agent keygen` makes them), refusing to start"
+        )
 
 
 def example_toml() -> str:

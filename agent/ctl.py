@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from agent.commands import COMMANDS
+from agent.commands import COMMANDS, REPLY_MAX_BYTES
+from agent.transport import ClientKeys
 from agent.wire import WireError, decode, encode
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class CtlError(RuntimeError):
-    """The daemon did not answer in time, or answered garbage."""
+    """The daemon did not answer in time, refused our key, or answered garbage."""
 
 
 def request(
@@ -21,37 +30,64 @@ def request(
     command: str,
     args: dict[str, str] | None = None,
     timeout_s: float = 5.0,
-    curve_server_public: bytes | None = None,
-    curve_client_keys: tuple[bytes, bytes] | None = None,
+    keys: ClientKeys | None = None,
 ) -> dict[str, Any]:
-    """Send one command and return the reply header (``ok``, ``result`` or ``error``)."""
+    """Send one command and return the reply header (``ok``, ``result`` or ``error``).
+
+    With ``keys`` the connection is CURVE-encrypted and authenticated (a daemon that binds
+    off loopback requires it). Raises CtlError after ``timeout_s`` without a reply, saying
+    so when the daemon refused the key.
+    """
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-    if curve_server_public is not None and curve_client_keys is not None:
-        sock.curve_serverkey = curve_server_public
-        sock.curve_publickey, sock.curve_secretkey = curve_client_keys
+    sock.setsockopt(zmq.MAXMSGSIZE, REPLY_MAX_BYTES)
+    monitor: zmq.Socket[bytes] | None = None
+    if keys is not None:
+        keys.apply(sock)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
     req_id = uuid.uuid4().hex[:12]
+    deadline = time.monotonic() + timeout_s
     try:
         sock.connect(endpoint)
-        sock.send_multipart(
-            encode("command", {"id": req_id, "command": command, "args": args or {}})
-        )
+        try:
+            sock.send_multipart(
+                encode("command", {"id": req_id, "command": command, "args": args or {}})
+            )
+        except zmq.Again as exc:
+            raise CtlError(f"could not send to {endpoint} within {timeout_s} s") from exc
         while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not sock.poll(left_ms):
+                raise CtlError(_no_reply(endpoint, timeout_s, monitor))
             try:
-                frames = sock.recv_multipart()
-            except zmq.Again as exc:
-                raise CtlError(f"no reply from {endpoint} within {timeout_s} s") from exc
-            try:
-                msg = decode(frames)
+                msg = decode(
+                    sock.recv_multipart(),
+                    max_bytes=REPLY_MAX_BYTES,
+                    max_header_bytes=REPLY_MAX_BYTES,
+                )
             except WireError as exc:
                 raise CtlError(f"malformed reply: {exc}") from exc
             if msg.header.get("id") in (req_id, None):
                 return msg.header
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(0)
         sock.close(0)
+
+
+def _no_reply(endpoint: str, timeout_s: float, monitor: zmq.Socket[bytes] | None) -> str:
+    if monitor is not None and monitor.poll(0):
+        event = recv_monitor_message(monitor)
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (
+                f"{endpoint} refused our key (CURVE authentication failed): add this client's "
+                "public key to the daemon's sockets.curve_clients_dir"
+            )
+        return f"CURVE handshake with {endpoint} failed: check --server-key and --client-key"
+    return f"no reply from {endpoint} within {timeout_s} s"
 
 
 def format_reply(command: str, reply: dict[str, Any]) -> str:

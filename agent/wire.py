@@ -7,6 +7,11 @@ raw frames after the header, each described in ``header["arrays"]`` as
 only the dtypes in :data:`ALLOWED_DTYPES` are accepted, and every size is
 checked against the declared shape and the message cap before anything is
 built. This module is pure: bytes in, bytes out, no sockets.
+
+Caps (all refusals are ``too_large``): frame 0 at most ``max_header_bytes`` (64 KiB by
+default), the whole message at most ``max_bytes`` (16 MiB by default), at most 64 array
+frames; headers nest at most 32 deep (``bad_json``). :data:`ERROR_CODES` lists every error
+code a peer can receive.
 """
 
 from __future__ import annotations
@@ -22,11 +27,38 @@ import numpy.typing as npt
 
 WIRE_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Default cap on the total size of a message (all frames)."""
+"""Default cap on the total size of a message (all frames); the command socket uses a lower
+one, ``sockets.max_message_bytes``."""
 MAX_HEADER_BYTES = 64 * 1024
-"""Cap on the JSON header frame."""
+"""Default cap on the JSON header frame (frame 0) of a request; replies may use a larger one."""
 MAX_ARRAYS = 64
 """Cap on the number of array frames in one message."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of JSON arrays/objects accepted in a header (deeper is ``bad_json``)."""
+
+ERROR_CODES: dict[str, str] = {
+    # envelope (agent.wire)
+    "empty": "the message has no frames",
+    "bad_json": "frame 0 is not UTF-8 JSON (or nests deeper than 32, or holds NaN/Infinity)",
+    "bad_header": "frame 0 is JSON but not an object, or uses a reserved field",
+    "bad_version": 'header field "v" is missing or not the integer 1 (true, 1.0, "1" are refused)',
+    "bad_type": 'header field "type" is missing, empty, or not the type this socket expects',
+    "bad_arrays": '"arrays" is malformed or disagrees with the number of frames that follow',
+    "bad_shape": "an array frame's length disagrees with its declared dtype and shape",
+    "bad_dtype": "an array dtype outside the allowed set (no object dtypes, no pickle)",
+    "too_large": "a header frame or a whole message over its cap",
+    # requests (agent.commands)
+    "bad_request": 'header fields missing, unknown, or of the wrong type ("id", "command")',
+    "unknown_command": "no command of that name",
+    "bad_args": "arguments missing, unknown, not strings, or not matching the command's schema",
+    "conflict": "the command is valid but the agent's state does not allow it now",
+    "not_found": "the policy, condition or job named does not exist",
+    "internal": "the command failed unexpectedly (logged with a traceback on the daemon)",
+    # command socket (agent.transport)
+    "rate_limited": "the client sent more requests than its token bucket allows; retry later",
+}
+"""Every error code a peer can receive, with its meaning: the one list in code (docs/agent.md
+carries the same table)."""
 ALLOWED_DTYPES = frozenset(
     {"uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 )
@@ -59,6 +91,7 @@ def encode(
     arrays: Mapping[str, npt.NDArray[Any]] | None = None,
     *,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> list[bytes]:
     """Build the frames of one message; raises WireError if it would break the contract."""
     if not type_ or not isinstance(type_, str):
@@ -81,32 +114,47 @@ def encode(
         head["arrays"] = descs
     try:
         raw = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise WireError("bad_header", f"header is not JSON-serialisable: {exc}") from exc
     total = len(raw) + sum(len(f) for f in frames)
-    if len(raw) > MAX_HEADER_BYTES or total > max_bytes:
+    if len(raw) > max_header_bytes:
+        raise WireError("too_large", f"header of {len(raw)} bytes exceeds {max_header_bytes}")
+    if total > max_bytes:
         raise WireError("too_large", f"message of {total} bytes exceeds the cap of {max_bytes}")
     return [raw, *frames]
 
 
-def decode(frames: Sequence[bytes], *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
-    """Parse and strictly validate the frames of one message; raises WireError on any fault."""
+def decode(
+    frames: Sequence[bytes],
+    *,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> Message:
+    """Parse and strictly validate the frames of one message; raises WireError on any fault.
+
+    Sizes are checked before anything is parsed: the whole message against ``max_bytes``,
+    frame 0 against ``max_header_bytes`` (both ``too_large``).
+    """
     if not frames:
         raise WireError("empty", "message has no frames")
     total = sum(len(f) for f in frames)
     if total > max_bytes:
         raise WireError("too_large", f"message of {total} bytes exceeds the cap of {max_bytes}")
     raw = bytes(frames[0])
-    if len(raw) > MAX_HEADER_BYTES:
-        raise WireError("too_large", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    if len(raw) > max_header_bytes:
+        raise WireError("too_large", f"header of {len(raw)} bytes exceeds {max_header_bytes}")
     try:
+        # RecursionError: json's parser gives up at a depth of about 1,000 (a 2 KB header).
         head = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise WireError("bad_json", f"header is not valid JSON: {exc}") from exc
+    if _depth(head) > MAX_JSON_DEPTH:
+        raise WireError("bad_json", f"header nests deeper than {MAX_JSON_DEPTH}")
     if not isinstance(head, dict):
         raise WireError("bad_header", "header must be a JSON object")
     v = head.pop("v", None)
-    if v != WIRE_VERSION:
+    # bool is an int subclass and 1.0 == 1: only the integer 1 itself is version 1.
+    if type(v) is not int or v != WIRE_VERSION:
         raise WireError("bad_version", f"unsupported wire version {v!r}; this end speaks 1")
     type_ = head.pop("type", None)
     if not isinstance(type_, str) or not type_:
@@ -125,6 +173,19 @@ def decode(frames: Sequence[bytes], *, max_bytes: int = MAX_MESSAGE_BYTES) -> Me
             raise WireError("bad_arrays", f"duplicate array name {name!r}")
         arrays[name] = arr
     return Message(type=type_, header=head, arrays=arrays)
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            d += 1
+            deepest = max(deepest, d)
+            stack.extend((c, d) for c in (o.values() if isinstance(o, dict) else o))
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
