@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -107,6 +107,8 @@ class FinetuneConfig:
     """Steps between checkpoints (validations are checkpointed too)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: "auto" is CUDA when torch sees a GPU."""
+    snapshot_steps: tuple[int, ...] = ()
+    """Also export the network at these steps as bundles (sweeps; multiples of eval_every)."""
     network: QNetConfig | None = None
     """Network shape for ``init="scratch"``; None: the parent's shape."""
     gamma: float = 0.9
@@ -119,6 +121,8 @@ class FinetuneConfig:
             raise ValueError("holdout shares must be in (0, 1)")
         if not 0.0 <= self.prior_share < 1.0:
             raise ValueError("prior_share must be in [0, 1)")
+        if any(s <= 0 or s % self.eval_every for s in self.snapshot_steps):
+            raise ValueError("snapshot_steps must be positive multiples of eval_every")
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,7 @@ class _Job:
             "best_new": self.parent.new,
             "ended": False,
             "stopped": False,
+            "snapshots": {},
         }
         if saved is not None:
             st.update({k: saved[k] for k in st if k in saved})
@@ -405,6 +410,17 @@ class _Job:
                 )
                 os.replace(tmp, d / f"best-{step}.safetensors")
                 st["best_step"], st["best_new"] = step, cand.new
+            if step in cfg.snapshot_steps:
+                snap = make_bundle(
+                    loop.on_cpu(cast(QNet, learner.net)).eval(),
+                    {
+                        "condition": "snapshot",
+                        "training": {"kind": "finetune-snapshot", "step": step},
+                    },
+                    d / "snapshots",
+                )
+                learner.net.train()
+                st["snapshots"][str(step)] = str(snap.path)
             emit(step, loss, entry)
             go_on = True
             if early and step - int(st["best_step"]) >= cfg.patience * cfg.eval_every:
@@ -431,7 +447,9 @@ class _Job:
             d / "checkpoint",
             lc,
             hook=hook,
-            state=lambda: {k: st[k] for k in ("curve", "best_step", "best_new", "ended")},
+            state=lambda: {
+                k: st[k] for k in ("curve", "best_step", "best_new", "ended", "snapshots")
+            },
             report=report,
             stop=self.stop,
             recent_losses=saved.get("recent_losses") if saved else None,
@@ -576,6 +594,7 @@ def _decide(
             "chosen_step": chosen.step if chosen else None,
             "stopped_early": bool(st["ended"]),
         },
+        "snapshots": st.get("snapshots", {}),
         "data": jb.data.counts,
         "validation": {
             "measure": cfg.measure,

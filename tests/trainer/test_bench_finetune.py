@@ -1,0 +1,32 @@
+"""bench/finetune.py --quick runs end to end: collection, fine-tune, scratch, served evaluations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(180)
+def test_bench_finetune_quick_prints_every_figure(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "finetune.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=True,
+    )
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = res["challenges"]["checkerboard"]
+    run = row["runs"]["24"]
+    assert run["status"] in ("improved", "no_improvement")
+    for fig in (row["parent"], run["challenge"], run["baseline"], res["parent_baseline"]):
+        assert fig["n"] == 12 and 0.0 <= fig["ci95"][0] <= fig["success"] <= fig["ci95"][1]
+    assert row["scratch"]["status"] in ("improved", "no_improvement")
+    assert row["explore"]["episodes"] == 24
+    assert "eval" in proc.stderr
