@@ -66,8 +66,8 @@ class PolicyConfig:
     """Largest total size of a bundle directory; checked before anything is copied or read."""
     probe_images: int = 8
     """Recorded images of the current condition probed at validation (besides grey and noise)."""
-    latency_runs: int = 10
-    """Full CEM decisions timed at validation; their median is the policy's warm latency."""
+    latency_runs: int = 3
+    """Timed decisions per probe image; warm latency = slowest image's fastest decision."""
     max_latency_factor: float = 1.5
     """A new policy's warm latency may be at most this times the active policy's."""
     latency_floor_s: float = 0.002

@@ -77,7 +77,7 @@ class LoadResult:
     parent_id: str | None = None
     """The parent id meta.json claims (None when absent or unreadable)."""
     latency_s: float | None = None
-    """Median warm decision latency of the loaded policy (None on failure)."""
+    """Warm decision latency of the loaded policy (Policy.validated_latency_s; None on failure)."""
 
 
 def load_bundle(
@@ -98,6 +98,7 @@ def load_bundle(
     its reason) or PolicyLoadError; on any failure nothing is left in the store.
     """
     source = Path(source)
+    images = list(images)[: pcfg.probe_images]
     scan_bundle_dir(source, pcfg.max_bundle_bytes)  # size and layout before any copy
     meta = read_meta(source)
     claimed = str(meta.get("id", ""))
@@ -153,7 +154,7 @@ def load_stored(
     if not is_bundle_id(policy_id):
         raise BundleError("bad_meta", f"{policy_id!r} is not a bundle id")
     bundle = verify_bundle(store / policy_id, spec, max_bytes=pcfg.max_bundle_bytes)
-    return load_policy(bundle, pcfg, cem, images)
+    return load_policy(bundle, pcfg, cem, list(images)[: pcfg.probe_images])
 
 
 def import_bundle(
@@ -327,7 +328,7 @@ class PolicyLoader:
         except Exception:
             log.exception("probe_images callback failed; probing grey and noise only")
             return []
-        return images[: self.pcfg.probe_images]
+        return images
 
     def _work(self) -> None:
         while True:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from agent.bundle import BundleError, validate_bundle
-from agent.config import CemConfig, PolicyConfig
+from agent.cem import CemParams
+from agent.config import CemConfig, ConfigError, PolicyConfig, config_from_dict
 from agent.export import export_condition, load_dataset
 from agent.grasplog import GraspLog, GraspRecord, TransitionRecord, decode_image, encode_image
 from agent.loader import PolicyLoader
@@ -141,7 +142,16 @@ def test_loader_refuses_broken_bundle_and_loads_good_one(tmp_path: Path) -> None
     finally:
         loader.close()
     assert r1 is not None and r1.policy is None and "outside [0, 1]" in r1.error
+    assert r1.reason == "out_of_range"
     assert r2 is not None and r2.policy is not None and r2.tag == "good"
     assert (tmp_path / "store" / r2.policy.id / "model.onnx").is_file()  # kept in the store
     with pytest.raises(BundleError):
         validate_bundle(broken_bundle(tmp_path / "in2"))
+
+
+def test_cem_table_builds_the_one_cem_settings_class() -> None:
+    cfg = config_from_dict({"cem": {"samples": 32, "elites": 4, "seed": 7}})
+    assert type(cfg.cem) is CemParams and CemConfig is CemParams
+    assert (cfg.cem.samples, cfg.cem.elites, cfg.cem.iterations, cfg.cem.seed) == (32, 4, 2, 7)
+    with pytest.raises(ConfigError, match=r"cem\.elites = 40"):
+        config_from_dict({"cem": {"samples": 32, "elites": 40}})
