@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
+
+from agent import lifecycle as lc
 from agent.lifecycle import LifecycleError
 from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode
+
+if TYPE_CHECKING:
+    from agent.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +40,34 @@ class CommandError(Exception):
 
 
 class AgentControl(Protocol):
-    """What commands need from the daemon (called on the control thread, between grasps)."""
+    """What commands need from the daemon, on the command thread (never the control thread).
 
-    def status(self) -> dict[str, Any]: ...
-    def mark_condition(self, name: str, note: str) -> dict[str, Any]: ...
-    def finetune(self) -> dict[str, Any]: ...
-    def pause(self, reason: str) -> dict[str, Any]: ...
-    def resume(self) -> dict[str, Any]: ...
-    def policies(self) -> dict[str, Any]: ...
-    def rollback(self, policy_id: str) -> dict[str, Any]: ...
-    def promote(self, policy_id: str) -> dict[str, Any]: ...
-    def stats(self) -> dict[str, Any]: ...
+    Read-only commands answer from :meth:`snapshot` and :attr:`queries` (the
+    command thread's own read-only SQLite connection). A command that changes
+    something checks what it can here, then hands a ``change`` to
+    :meth:`enqueue`: the control thread applies it between two grasps, and its
+    outcome is published (and recorded) as an ``agent.command`` event.
+    """
+
+    def snapshot(self) -> dict[str, Any]: ...
+    @property
+    def queries(self) -> Queries: ...
+    def latencies_ms(self) -> list[float]: ...
+    def enqueue(self, command: str, change: Change) -> int: ...
+
+
+class ControlCore(Protocol):
+    """What a queued change may do, on the control thread between grasps."""
+
+    @property
+    def state(self) -> lc.State: ...
+    def step(self, event: lc.Event) -> lc.State: ...
+    def load(self, source: Path, purpose: str) -> None: ...
+    def warm(self, policy_id: str) -> bool: ...
+    def set_paused(self, paused: bool, reason: str) -> None: ...
+
+
+Change = Callable[[ControlCore], dict[str, Any]]
 
 
 NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -108,97 +132,168 @@ class Command:
         return f"{cls.name} {ps}".strip()
 
 
-class Status(Command):
-    """Lifecycle phase, condition, active policy, detector, pause state and counters.
+def _queued(ticket: int, **fields: Any) -> dict[str, Any]:
+    return {**fields, "queued": True, "ticket": ticket}
 
-    Args: none. Result: {"phase", "condition", "policy", "paused", "grasps", "detector", ...}.
+
+class Status(Command):
+    """Lifecycle phase, condition, active policy, probation, detector, pause state and counters.
+
+    Args: none. Result: {"phase", "condition", "policy", "last_good", "paused", "actuating",
+    "grasps", "detector", "probation", "storage", "pending_commands", "last_command", ...}.
+    Answered at once, also while a grasp is in flight (a snapshot the control thread
+    publishes after every grasp and every change).
     """
 
     name = "status"
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.status()
+        return agent.snapshot()
 
 
 class MarkCondition(Command):
     """Declare that the world changed: start exploring condition NAME with an optional note.
 
-    Args: {"name": str, "note": str?}. Result: {"condition", "phase"}.
+    NAME: 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit, no "..".
+    Args: {"name": str, "note": str?}. Result: {"condition", "queued": true, "ticket"};
+    applied between grasps (event agent.command with the ticket).
     """
 
     name = "mark-condition"
     params = (name_param("name"), Param("note", required=False))
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.mark_condition(args["name"], args.get("note", ""))
+        name, note = args["name"], args.get("note", "")
+        try:
+            lc.check_condition_name(name)
+        except ValueError as exc:
+            raise CommandError("bad_args", str(exc)) from exc
+        if name == agent.snapshot().get("condition") or agent.queries.condition(name):
+            raise CommandError("conflict", f"condition {name!r} already exists; pick a new name")
+
+        def change(core: ControlCore) -> dict[str, Any]:
+            s = core.step(lc.MarkCondition(name, note, "operator"))
+            return {"condition": s.condition, "phase": s.phase.value}
+
+        return _queued(agent.enqueue(self.name, change), condition=name)
 
 
 class Finetune(Command):
-    """Submit a fine-tune job for the current condition now (exports its grasps).
+    """Submit a fine-tune job for the current condition now (its grasps are exported).
 
-    Args: none. Result: {"job", "export", "phase"}.
+    Args: none. Result: {"queued": true, "ticket"}; the job appears as an agent.job event
+    ("queued", with its export) once the export is written off the control thread.
     """
 
     name = "finetune"
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.finetune()
+        snap = agent.snapshot()
+        if snap.get("phase") == lc.Phase.TRAINING.value:
+            raise CommandError("conflict", f"a fine-tune job ({snap.get('job')}) is in flight")
+        if not snap.get("policy"):
+            raise CommandError("conflict", "no active policy to fine-tune")
+
+        def change(core: ControlCore) -> dict[str, Any]:
+            s = core.step(lc.Finetune())
+            return {"job": s.job, "phase": s.phase.value}
+
+        return _queued(agent.enqueue(self.name, change))
 
 
 class Pause(Command):
     """Stop actuating after the current grasp (commands keep working).
 
-    Args: {"reason": str?}. Result: {"paused": true}.
+    Args: {"reason": str?}. Result: {"paused": true, "queued": true, "ticket"}.
     """
 
     name = "pause"
     params = (Param("reason", required=False, max_chars=256),)
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.pause(args.get("reason", "operator"))
+        reason = args.get("reason", "operator") or "operator"
+
+        def change(core: ControlCore) -> dict[str, Any]:
+            core.set_paused(True, reason)
+            return {"paused": True}
+
+        return _queued(agent.enqueue(self.name, change), paused=True)
 
 
 class Resume(Command):
     """Resume grasping after a pause.
 
-    Args: none. Result: {"paused": false}.
+    Args: none. Result: {"paused": false, "queued": true, "ticket"}.
     """
 
     name = "resume"
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.resume()
+        def change(core: ControlCore) -> dict[str, Any]:
+            core.set_paused(False, "")
+            return {"paused": False}
+
+        return _queued(agent.enqueue(self.name, change), paused=False)
 
 
 class Policies(Command):
-    """List every policy the agent knows: id, parent, status, condition, times.
+    """List every policy the agent knows: id, parent, status, condition, reason, times.
 
-    Args: none. Result: {"active", "policies": [...]}.
+    Args: none. Result: {"active", "last_good", "policies": [...]}.
     """
 
     name = "policies"
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.policies()
+        snap = agent.snapshot()
+        return {
+            "active": snap.get("policy"),
+            "last_good": snap.get("last_good"),
+            "policies": agent.queries.policies(),
+        }
 
 
 class Rollback(Command):
-    """Go back to earlier policy ID (loaded off the control thread, swapped between grasps).
+    """Go back to earlier policy ID (one that served before); no probation.
 
-    Args: {"id": str}. Result: {"loading": id}.
+    Loaded off the control thread unless it is kept warm, swapped between grasps.
+    Args: {"id": str}. Result: {"loading": id, "queued": true, "ticket"}.
     """
 
     name = "rollback"
     params = (name_param("id"),)
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.rollback(args["id"])
+        pid = args["id"].strip()
+        row = agent.queries.policy(pid) if pid else None
+        if row is None:
+            raise KeyError(f"unknown policy {pid!r}")
+        if row["status"] not in ("retired", "active"):
+            raise CommandError(
+                "conflict",
+                f"policy {pid} is {row['status']}; only a policy that served before (retired) "
+                "can be rolled back to",
+            )
+        if pid == agent.snapshot().get("policy"):
+            raise CommandError("conflict", f"policy {pid} is already active")
+        path = Path(row["path"])
+
+        def change(core: ControlCore) -> dict[str, Any]:
+            if core.warm(pid):
+                core.step(lc.Rollback(pid))
+                return {"policy": pid, "swapped": True}
+            core.load(path, "rollback")
+            return {"loading": pid}
+
+        return _queued(agent.enqueue(self.name, change), loading=pid)
 
 
 class Promote(Command):
     """Serve policy ID (a known id, or a bundle directory to import) from the next grasp on.
 
-    Args: {"id": str}. Result: {"loading": id}.
+    The promoted policy is on probation against the one it replaces (automatic rollback
+    if it is significantly worse). Args: {"id": str}. Result: {"loading": id, "queued":
+    true, "ticket"}.
     """
 
     name = "promote"
@@ -212,19 +307,54 @@ class Promote(Command):
     )
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.promote(args["id"])
+        pid = args["id"].strip()
+        if not pid:
+            raise CommandError("bad_args", "promote: id must not be empty")
+        row = agent.queries.policy(pid)
+        if row is not None:
+            source = Path(row["path"])
+            if row["status"] == "rejected":
+                raise CommandError("conflict", f"policy {pid} was rejected: {row['reason']}")
+            if pid == agent.snapshot().get("policy"):
+                raise CommandError("conflict", f"policy {pid} is already active")
+        elif Path(pid).is_absolute() and Path(pid).is_dir():
+            source = Path(pid)
+        else:
+            raise KeyError(
+                f"unknown policy {pid!r} (neither a known id nor an absolute bundle directory)"
+            )
+
+        def change(core: ControlCore) -> dict[str, Any]:
+            if row is not None and core.warm(pid):
+                core.step(lc.Promote(pid))
+                return {"policy": pid, "swapped": True}
+            core.load(source, "promote")
+            return {"loading": pid}
+
+        return _queued(agent.enqueue(self.name, change), loading=pid)
 
 
 class Stats(Command):
     """Success counts and rates per condition, policy and mode; decision latency percentiles.
 
-    Args: none. Result: {"table": [...], "latency_ms": {...}}.
+    Args: none. Result: {"table": [...], "latency_ms": {...}, "grasps"}. Runs on the
+    command thread's own connection and folds in only the grasps new since the last call.
     """
 
     name = "stats"
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
-        return agent.stats()
+        lat = np.asarray(agent.latencies_ms(), dtype=np.float64)
+        pct = (
+            {f"p{q}": round(float(np.percentile(lat, q)), 3) for q in (50, 90, 99)}
+            if lat.size
+            else {}
+        )
+        return {
+            "table": agent.queries.stats(),
+            "latency_ms": {**pct, "n": int(lat.size)},
+            "grasps": agent.snapshot().get("grasps", 0),
+        }
 
 
 COMMANDS: dict[str, type[Command]] = {

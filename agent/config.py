@@ -100,6 +100,8 @@ class GraspLogConfig:
     """How OpenCV encodes transition images ("png" is lossless)."""
     store_images: bool = True
     """Store each transition's image (turn off only to save disk in benchmarks)."""
+    buffer_grasps: int = 500
+    """Grasps held in memory while the disk is full; at the cap the daemon stops actuating."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,24 @@ class LifecycleConfig:
     """Grasps to collect in a new condition before a fine-tune job is submitted."""
     initial_condition: str = "base"
     """Name of the condition the agent starts in when the log is empty."""
+
+
+@dataclass(frozen=True)
+class ProbationConfig:
+    """The sequential test a swapped-in policy passes against the policy it replaced."""
+
+    enabled: bool = True
+    """Put trained and promoted policies on probation (operator rollbacks never are)."""
+    alpha: float = 0.05
+    """Target false-rollback rate: rolling back a policy as good as its parent."""
+    beta: float = 0.1
+    """Target rate of keeping a policy that is detector.min_drop worse than its parent."""
+    max_grasps: int = 200
+    """Probation ends (passed) after this many grasps without a verdict."""
+    reference_grasps: int = 200
+    """The parent's latest grasps under the condition that give its reference rate."""
+    min_reference: int = 20
+    """Fewer parent grasps under the condition than this: use its latest grasps anywhere."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +208,8 @@ class AgentConfig:
     """Success-drop detector."""
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     """Conditions and fine-tuning."""
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    """Probation of swapped-in policies."""
     sockets: SocketsConfig = field(default_factory=SocketsConfig)
     """Command and event sockets."""
 
@@ -306,6 +328,12 @@ def validate(cfg: AgentConfig) -> None:
     _need(d.reference_grasps >= 10, "detector.reference_grasps: must be >= 10")
     lc = cfg.lifecycle
     _need(lc.exploration_grasps >= 1, "lifecycle.exploration_grasps: must be >= 1")
+    pb = cfg.probation
+    _need(0 < pb.alpha < 0.5, f"probation.alpha = {pb.alpha}: must be in (0, 0.5)")
+    _need(0 < pb.beta < 0.5, f"probation.beta = {pb.beta}: must be in (0, 0.5)")
+    _need(pb.max_grasps >= 1, "probation.max_grasps: must be >= 1")
+    _need(pb.reference_grasps >= 1, "probation.reference_grasps: must be >= 1")
+    _need(cfg.grasp_log.buffer_grasps >= 1, "grasp_log.buffer_grasps: must be >= 1")
     _need(bool(lc.initial_condition), "lifecycle.initial_condition: must not be empty")
     g = cfg.grasp_log
     _need(g.busy_timeout_ms >= 0, "grasp_log.busy_timeout_ms: must be >= 0")

@@ -1,20 +1,37 @@
-"""The daemon: wires driver, policy, grasp log, detector, lifecycle and sockets into one loop.
+"""The daemon: wires driver, policies, grasp log, detector, probation, lifecycle and sockets.
 
-The control thread owns everything except the policy loader's worker: it
-answers commands and swaps loaded policies *between* grasps, runs grasps,
-commits each one to the grasp log before the next starts, feeds the detector
-and the lifecycle, publishes events and pings the systemd watchdog.
+Threads (each owns its own resources; they talk through queues):
+
+- **control** (the caller of :meth:`Daemon.run`): the only thread that grasps,
+  writes the grasp log, publishes events and steps the lifecycle. Between two
+  grasps it applies what the other threads queued (command changes, loaded
+  policies, finished exports, trainer results) and pings the watchdog.
+- **commands** (:mod:`agent.command_thread`): the command socket; answers
+  read-only commands from a snapshot and its own read-only SQLite connection.
+- **policy-loader** (:mod:`agent.loader`): validates, imports and warms bundles.
+- **exporter** (:mod:`agent.exporter`): writes job datasets with its own connection.
+
+The lifecycle state is the one owner of "which policy is active" and of the
+persisted "last good" pointer; :class:`agent.active.WarmPolicies` only holds
+the warmed sessions. Every lifecycle step commits its state and all its rows
+(policy statuses, condition, job, events) in one transaction, so a crash
+restarts on the state before or after a swap, never between.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import itertools
 import logging
+import math
 import os
+import queue
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -24,22 +41,31 @@ import numpy as np
 import zmq
 
 from agent import lifecycle as lc
-from agent.bundle import BundleError, read_meta
-from agent.commands import CommandError, dispatch
+from agent.active import WarmPolicies
+from agent.command_thread import CommandContext, CommandThread
+from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
 from agent.detector import SuccessDropDetector
-from agent.export import export_condition
-from agent.grasplog import GraspLog, GraspRecord, TransitionRecord
+from agent.exporter import ExportDone, Exporter
+from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
 from agent.loader import LoadResult, PolicyLoader
 from agent.notify import Notifier
-from agent.policy import Policy, PolicyLoadError
-from agent.transport import CommandServer, EventPublisher, Security
+from agent.policy import Policy, PolicyFault
+from agent.probation import ProbationTest, design_probation
+from agent.queries import Queries
+from agent.transport import EventPublisher, Security
 from drivers.base import Driver
 
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 5
-"""Grasp failures in a row after which the daemon exits non-zero (systemd restarts it)."""
+"""Driver/grasp failures in a row after which the daemon exits 2 (systemd restarts it)."""
+EXIT_SECOND_SIGNAL = 4
+"""Exit status when a second SIGTERM/SIGINT arrives before the first finished the stop."""
+FLUSH_RETRY_S = 0.5
+"""How often grasps held in memory (disk full) are retried."""
+
+Pending = GraspRecord | tuple[str, dict[str, Any], float]
 
 
 class Daemon:
@@ -52,47 +78,69 @@ class Daemon:
         self.spec = driver.spec
         self.stop_event = threading.Event()
         self.store = cfg.data_path(cfg.policy.store_dir)
-        self.log = GraspLog(
-            cfg.data_path(cfg.grasp_log.path),
-            cfg.grasp_log.busy_timeout_ms,
-            cfg.grasp_log.image_format,
+        self.db_path = cfg.data_path(cfg.grasp_log.path)
+        self.exports = cfg.data_path(cfg.agent.exports_dir)
+        self.log = GraspLog(self.db_path, cfg.grasp_log.busy_timeout_ms, cfg.grasp_log.image_format)
+        self.loader = PolicyLoader(
+            self.store, self.spec, cfg.policy, cfg.cem, probe_images=self._probe_images
         )
-        self.loader = PolicyLoader(self.store, self.spec, cfg.policy, cfg.cem)
+        self.exporter = Exporter(
+            self.db_path,
+            self.exports,
+            self.spec,
+            lambda done: self._post(lambda: self._on_export(done)),
+            cfg.grasp_log.busy_timeout_ms,
+        )
         d = cfg.detector
         self.detector = SuccessDropDetector(
             d.arl0, d.min_drop, d.reference_grasps, d.threshold_method
         )
-        self.policy: Policy | None = None
-        self.no_policy_reason = "no policy loaded yet"
         self.state = lc.State(lc.Phase.SERVING, cfg.lifecycle.initial_condition, None)
+        self.warm_policies = WarmPolicies()
+        self.probation: ProbationTest | None = None
         self.condition_id = 0
         self.paused = False
         self.pause_reason = ""
+        self.no_policy_reason = "no policy loaded yet"
         self.grasps = 0
         self.errors_in_a_row = 0
-        self.since_swap = 0
-        self.latencies: collections.deque[float] = collections.deque(maxlen=2000)
         self.recent: collections.deque[bool] = collections.deque(maxlen=50)
         """Outcomes of the last 50 grasps (for the status line)."""
         self.last_grasp: dict[str, Any] = {}
+        self.last_command: dict[str, Any] = {}
         self.started_at = time.time()
+        self.ready = threading.Event()
+        self.endpoints: dict[str, str] = {}
+        self.export_hook: Callable[[int, Path], None] | None = None
+        """Called on the control thread when a job's export is written: must return at once."""
+        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._tickets = itertools.count(1)
+        self._pending_changes = 0
+        self._lock = threading.Lock()
+        self._latencies: collections.deque[float] = collections.deque(maxlen=2000)
+        self._snapshot: dict[str, Any] = {}
+        self._loading: dict[str, str] = {}
+        self._pending: collections.deque[Pending] = collections.deque()
+        self._storage_full = False
+        self._last_flush = 0.0
+        self._probe_condition = 0
+        self._faulted: dict[str, str] = {}
+        self._last_retry = 0.0
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._security = Security(cfg.sockets)
-        self.commands: CommandServer | None = None
-        self.events: EventPublisher | None = None
-        self.endpoints: dict[str, str] = {}
-        self.ready = threading.Event()
+        self._commands: CommandThread | None = None
+        self._events: EventPublisher | None = None
         self._sigterms = 0
-        self._applying = False
 
-    # -- signals ---------------------------------------------------------------------------
+    # -- signals and thread-safe entry points ------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish the grasp, flush, exit 0; a second one exits at once."""
+        """SIGTERM/SIGINT: finish the grasp, flush, exit 0; a second one exits at once with
+        :data:`EXIT_SECOND_SIGNAL`."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             self._sigterms += 1
             if self._sigterms > 1:
-                os._exit(128 + signum)
+                os._exit(EXIT_SECOND_SIGNAL)
             self.stop_event.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -101,38 +149,61 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def offer_trained(self, bundle_dir: Path, job: int | None = None) -> None:
+        """A trainer result arrived (any thread): validated and loaded off the control thread,
+        then swapped in between grasps on probation against its parent."""
+        self._post(lambda: self._load(Path(bundle_dir), "trained", job))
+
+    def job_update(self, job: int, status: str, detail: dict[str, Any] | None = None) -> None:
+        """A job's status changed on the trainer (any thread). "failed" and "no_improvement"
+        end the job in the lifecycle; any other status is recorded and published."""
+        self._post(lambda: self._on_job_update(job, status, detail or {}))
+
+    def set_export_hook(self, hook: Callable[[int, Path], None] | None) -> None:
+        """Register the trainer link: ``hook(job, export_dir)`` is called on the control thread
+        once a job's export is written (and again at start-up for jobs still queued), so it
+        must only hand the work to its own thread."""
+        self.export_hook = hook
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._inbox.put(fn)
+
     # -- start / stop ------------------------------------------------------------------------
     def open(self) -> None:
-        """Open the database, bind sockets, start the driver, restore state, load the policy."""
+        """Open the database, bind sockets, start threads and the driver, restore state."""
         check_exposure(self.cfg.sockets)
         self.log.open()
         self._ctx = zmq.Context()
         self._security.start(self._ctx)
-        self.events = EventPublisher(self._ctx, self.cfg.sockets.event_endpoint)
-        self.commands = CommandServer(
-            self._ctx, self.cfg.sockets.command_endpoint, self.cfg.sockets.max_message_bytes
+        self._events = EventPublisher(self._ctx, self.cfg.sockets.event_endpoint)
+        self.endpoints["events"] = self._events.bind(self._security)
+        self._restore()
+        self._commands = CommandThread(
+            self._ctx, self.cfg.sockets, self._security, self.db_path, self._command_context
         )
-        self.endpoints = {
-            "events": self.events.bind(self._security),
-            "commands": self.commands.bind(self._security),
-        }
+        self.endpoints["commands"] = self._commands.start()
+        self.exporter.start()
         self.loader.start()
         self.driver.start()
-        self._restore()
-        self._load_initial_policy()
+        self._start_policies()
+        self._refresh()
 
     def close(self) -> None:
         """Release everything; safe after a failed open."""
         self.notifier.stopping("stopping")
-        for fn in (self.loader.close, self.driver.close, self.log.close):
+        if self._commands is not None:
+            self._commands.close()
+        for fn in (self.loader.close, self.exporter.close, self.driver.close):
             try:
                 fn()
             except Exception:
                 log.exception("error while closing")
-        if self.commands:
-            self.commands.close()
-        if self.events:
-            self.events.close()
+        self._flush_pending(force=True)
+        if self._pending:
+            log.error("%d grasps/events could not be written (disk full)", len(self._pending))
+        self.log.close()
+        if self._events:
+            self._events.close()
         self._security.stop()
         if self._ctx is not None:
             self._ctx.term()
@@ -141,15 +212,19 @@ class Daemon:
 
     def run(self) -> int:
         """Open, loop until stopped, close; returns the process exit status."""
+        why = "stop requested"
         try:
             self.open()
             status = self.loop()
+            if status:
+                why = f"exit status {status}"
         except Exception as exc:
             log.exception("daemon failed")
             self._error("fatal", exc)
-            status = 1
-        finally:
-            self.close()
+            status, why = 1, f"fatal error: {exc}"
+        log.info("shutting down (%s) after %d grasps", why, self.grasps)
+        self.close()
+        log.info("stopped")
         return status
 
     def _restore(self) -> None:
@@ -161,45 +236,51 @@ class Daemon:
         self.condition_id = (
             int(cond["id"]) if cond else self.log.add_condition(self.state.condition, "", "initial")
         )
+        self._probe_condition = self.condition_id
         self.grasps = self.log.count_grasps()
 
-    def _load_initial_policy(self) -> None:
-        source: Path | None = None
-        if self.cfg.policy.bundle:
-            source = Path(self.cfg.policy.bundle)
-        else:
-            active = self.log.active_policy()
-            if active is not None:
-                source = Path(active["path"])
-        if source is None:
+    def _start_policies(self) -> None:
+        """Resume on the persisted pointers, or load the configured first policy."""
+        s = self.state
+        for pid in [p for p in (s.policy, *s.good) if p]:
+            row = self.log.policy(pid)
+            if row is not None and row["status"] == "rejected":
+                self._try_step(lc.PolicyFault(pid, f"rejected earlier: {row['reason']}"))
+        if self.state.policy is None and self.cfg.policy.bundle and not self.state.good:
+            self._load(Path(self.cfg.policy.bundle), "initial")
+        elif self.state.policy is None:
             self._refuse(
                 "no policy: set policy.bundle or promote one (robot-agent ctl promote DIR)"
             )
-            return
-        self.loader.submit(source, ("initial", None))
-        res = self.loader.wait(timeout=300.0)
-        if res is None:
-            self._refuse(f"policy at {source} did not load within 300 s")
-            return
-        self._apply_load(res)
+        if self.state.probation_parent and self.state.policy:
+            self._start_probation()
+        elif self.state.policy:
+            self._reset_detector()
+        self._ensure_warm()
+        job = self.state.job
+        if job is not None:
+            row = self.log.job(job)
+            if row is not None and not row["export_path"]:
+                self.exporter.submit(job, self.state.condition)
+            elif row is not None and row["status"] == "queued" and self.export_hook:
+                self._call_hook(job, Path(row["export_path"]))
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> int:
         """The control loop; returns 0 after a clean stop, non-zero on persistent failure."""
-        idle_ms = int(self.cfg.agent.idle_sleep_s * 1000)
-        assert self.commands is not None
         while not self.stop_event.is_set():
             self.notifier.watchdog()
-            while (res := self.loader.poll()) is not None:
-                self._apply_load(res)
-            actuate = self.policy is not None and not self.paused
-            self.commands.serve(self._handle, 0 if actuate else idle_ms)
-            if self.stop_event.is_set() or self.paused or self.policy is None:
-                continue  # a command just served may have paused us or swapped the policy
+            self._drain()
+            if self._pending:
+                self._flush_pending()
+            policy = self._serving()
+            if policy is None or self.paused or len(self._pending) >= self._buffer_cap:
+                self._idle()
+                continue
             if self.cfg.agent.max_grasps and self.grasps >= self.cfg.agent.max_grasps:
                 break
             try:
-                self._grasp()
+                self._grasp(policy)
                 self.errors_in_a_row = 0
             except Exception as exc:
                 self.errors_in_a_row += 1
@@ -207,14 +288,46 @@ class Daemon:
                 if self.errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
                     log.error("%d grasp failures in a row; exiting", self.errors_in_a_row)
                     return 2
+            finally:
+                self._refresh()
         return 0
 
-    def _handle(self, frames: Any) -> list[bytes]:
-        return dispatch(self, frames, self.cfg.sockets.max_message_bytes)
+    @property
+    def _buffer_cap(self) -> int:
+        return self.cfg.grasp_log.buffer_grasps
 
-    def _grasp(self) -> None:
-        assert self.policy is not None
-        policy = self.policy  # one reference for the whole grasp: swaps happen between grasps
+    def _serving(self) -> Policy | None:
+        pid = self.state.policy
+        return self.warm_policies.get(pid) if pid else None
+
+    def _idle(self) -> None:
+        try:
+            fn = self._inbox.get(timeout=self.cfg.agent.idle_sleep_s)
+        except queue.Empty:
+            return
+        self._run_posted(fn)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                fn = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._run_posted(fn)
+        while (res := self.loader.poll()) is not None:
+            self._run_posted(functools.partial(self._on_loaded, res))
+        if self.state.policy in self._faulted and self._retry_due():
+            pid = self.state.policy
+            self._run_posted(lambda: self._policy_fault(pid, "retry", self._faulted[pid]))
+
+    def _run_posted(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # one bad message must not stop the robot
+            self._error("control", exc)
+        self._refresh()
+
+    def _grasp(self, policy: Policy) -> None:
         mode = "explore" if self.state.phase is lc.Phase.EXPLORING else "serve"
         t_start = time.time()
         transitions: list[TransitionRecord] = []
@@ -224,8 +337,17 @@ class Daemon:
         reward = 0.0
         for step in range(self.spec.horizon):
             obs = self.driver.observe()
-            d = policy.act(obs.image)
-            self.latencies.append(d.latency_s)
+            try:
+                d = policy.act(obs.image)
+                if not (math.isfinite(d.q) and 0.0 <= d.q <= 1.0) or not np.all(
+                    np.isfinite(d.action)
+                ):
+                    raise PolicyFault("bad_output", f"Q {d.q!r} or action {d.action!r}")
+            except PolicyFault as exc:
+                self._policy_fault(policy.id, exc.reason, str(exc))
+                return  # nothing was executed for this decision: no grasp to log
+            with self._lock:
+                self._latencies.append(d.latency_s)
             decide += d.latency_s
             if step == 0:
                 first_q = d.q
@@ -256,53 +378,165 @@ class Daemon:
             detail=dict(outcome.detail),
             transitions=tuple(transitions),
         )
-        gid = self.log.log_grasp(rec, self.cfg.grasp_log.store_images)
         self.grasps += 1
-        self.since_swap += 1
-        self.last_grasp = {
-            "id": gid,
-            "success": outcome.success,
-            "q": first_q,
-            "mode": mode,
-            "decide_ms": round(decide * 1e3, 3),
-            "policy": policy.id,
-            "condition": self.state.condition,
-        }
-        self._publish("agent.grasp", self.last_grasp)
         self.recent.append(outcome.success)
+        self._record_grasp(rec)
         self._after_outcome(outcome.success)
         if self.grasps % 10 == 0:
             line = self._status_line()
             self.notifier.status(line)
             log.info("%s", line)
 
+    # -- storage (disk full) -----------------------------------------------------------------
+    def _record_grasp(self, rec: GraspRecord) -> None:
+        """Commit, then publish (a grasp seen on the PUB socket is durable); on a full disk,
+        hold it in memory (bounded by grasp_log.buffer_grasps) and raise one alarm."""
+        if self._pending:
+            self._pending.append(rec)
+            return
+        try:
+            gid = self.log.log_grasp(rec, self.cfg.grasp_log.store_images)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._pending.append(rec)
+            self._disk_full(exc)
+            return
+        self._grasp_committed(gid, rec)
+
+    def _grasp_committed(self, gid: int, rec: GraspRecord) -> None:
+        self.last_grasp = {
+            "id": gid,
+            "success": rec.success,
+            "q": rec.q,
+            "mode": rec.mode,
+            "decide_ms": round(rec.decide_ms, 3),
+            "policy": rec.policy_id,
+            "condition": self.state.condition,
+        }
+        self._publish("agent.grasp", self.last_grasp)
+
+    def _disk_full(self, exc: BaseException) -> None:
+        if self._storage_full:
+            return
+        self._storage_full = True
+        self._last_flush = time.monotonic()
+        self.emit(
+            "agent.alarm",
+            {
+                "kind": "storage_full",
+                "reason": f"grasp log cannot be written ({exc}); holding up to "
+                f"{self._buffer_cap} grasps in memory",
+                "condition": self.state.condition,
+                "policy": self.state.policy,
+            },
+        )
+
+    def _flush_pending(self, force: bool = False) -> None:
+        if not self._pending or not self.log.is_open:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_flush < FLUSH_RETRY_S:
+            return
+        self._last_flush = now
+        flushed = 0
+        while self._pending:
+            item = self._pending[0]
+            try:
+                if isinstance(item, GraspRecord):
+                    gid = self.log.log_grasp(item, self.cfg.grasp_log.store_images)
+                else:
+                    self.log.add_event(item[0], item[1], item[2])
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    log.exception("could not flush held grasps")
+                return
+            self._pending.popleft()
+            flushed += 1
+            if isinstance(item, GraspRecord):
+                self._grasp_committed(gid, item)
+        if self._storage_full:
+            self._storage_full = False
+            self.emit("agent.storage", {"status": "recovered", "flushed": flushed})
+
+    # -- outcomes: probation, detector ------------------------------------------------------
     def _after_outcome(self, success: bool) -> None:
-        self._step(lc.GraspDone(success))
+        try:
+            self.step(lc.GraspDone(success))
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+        if self.probation is not None:
+            verdict = self.probation.update(success)
+            if verdict is not None:
+                self._probation_verdict(verdict)
+            return
         if not self.cfg.detector.enabled:
             return
         alarm = self.detector.update(success)
-        if (
-            self.state.probation_parent is not None
-            and self.since_swap >= self.cfg.detector.reference_grasps
-            and alarm is None
-        ):
-            self._step(lc.ProbationPassed())
-            self._reset_detector()
         if alarm is not None:
-            data = {
+            details = {
                 "reference": alarm.reference,
                 "recent_rate": alarm.recent_rate,
                 "grasps": alarm.grasps,
                 "threshold": alarm.design.threshold,
                 "arl0": alarm.design.arl0,
-                "policy": self.state.policy,
-                "condition": self.state.condition,
                 "action": self.cfg.lifecycle.on_alarm,
             }
-            self.log.add_event("agent.alarm", data)
-            self._publish("agent.alarm", data)
             auto = self.cfg.lifecycle.on_alarm == "mark"
-            self._step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()))
+            self._try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
+
+    def _probation_verdict(self, verdict: str) -> None:
+        assert self.probation is not None
+        details = self.probation.snapshot()
+        pid = self.state.policy
+        parent = self.state.probation_parent
+        self.emit("agent.policy.probation", {"policy": pid, "parent": parent, **details})
+        if verdict == "fail":
+            d = self.probation.design
+            reason = (
+                f"worse than its parent: {details['successes']}/{details['grasps']} against "
+                f"the parent's {d.p0:.2f} (SPRT alpha {d.alpha})"
+            )
+            self._try_step(lc.ProbationFailed(reason), details)
+        else:
+            self._try_step(lc.ProbationPassed())
+        self.probation = None
+        self._reset_detector()
+
+    def _start_probation(self) -> None:
+        """Judge the active policy against its probation parent under this condition."""
+        pcfg = self.cfg.probation
+        child, parent = self.state.policy, self.state.probation_parent
+        if not pcfg.enabled or child is None or parent is None:
+            self.probation = None
+            if child is not None and parent is not None:
+                self._try_step(lc.ProbationPassed())
+            return
+        hist = self.log.recent_outcomes(parent, self.condition_id, pcfg.reference_grasps)
+        if len(hist) < pcfg.min_reference:
+            hist = self.log.recent_outcomes_any(parent, pcfg.reference_grasps)
+        if not hist:
+            self.probation = None
+            self._try_step(lc.ProbationPassed())
+            return
+        rate = (sum(hist) + 1) / (len(hist) + 2)
+        design = design_probation(
+            rate, self.cfg.detector.min_drop, pcfg.alpha, pcfg.beta, pcfg.max_grasps
+        )
+        self.probation = ProbationTest(design)
+        for ok in self.log.recent_outcomes(child, self.condition_id, pcfg.max_grasps):
+            if self.probation.update(ok) is not None:  # a restart mid-probation replays it
+                self._probation_verdict(self.probation.verdict or "pass")
+                return
+
+    def _reset_detector(self) -> None:
+        if self.state.policy is None:
+            self.detector.reset()
+            return
+        n = self.cfg.detector.reference_grasps
+        hist = self.log.recent_outcomes(self.state.policy, self.condition_id, n)
+        self.detector.reset(history=hist)
 
     def _auto_name(self) -> str:
         base = f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -312,183 +546,410 @@ class Daemon:
             name = f"{base}-{i}"
         return name
 
-    # -- lifecycle effects ---------------------------------------------------------------
-    def _step(self, event: lc.Event) -> lc.State:
-        new, effects = lc.step(self.state, event)
+    # -- the lifecycle (ControlCore for queued command changes) ------------------------------
+    def step(self, event: lc.Event, details: dict[str, Any] | None = None) -> lc.State:
+        """Apply one lifecycle event: its state and every row it implies commit together,
+        then the events are published and the in-memory effects carried out."""
         old = self.state
-        self.state = new
-        for eff in effects:
-            self._effect(eff, old)
-        if new != old:
+        new, effects = lc.step(old, event)
+        if new == old and not effects:
+            return old
+        out: list[tuple[str, dict[str, Any], float]] = []
+        after: list[Callable[[], None]] = []
+        with self.log.write():
+            for eff in effects:
+                new = self._effect(eff, old, new, details or {}, out, after)
             self.log.set_kv("lifecycle", new.to_dict())
+            for topic, data, t in out:
+                self.log.add_event(topic, data, t)
+        self.state = new
+        for fn in after:
+            fn()
+        for topic, data, _ in out:
+            self._publish(topic, data)
+        self._ensure_warm()
         return new
 
-    def _effect(self, eff: lc.Effect, old: lc.State) -> None:
+    def _try_step(self, event: lc.Event, details: dict[str, Any] | None = None) -> None:
+        try:
+            self.step(event, details)
+        except Exception as exc:
+            self._error("lifecycle", exc)
+
+    def _effect(
+        self,
+        eff: lc.Effect,
+        old: lc.State,
+        new: lc.State,
+        details: dict[str, Any],
+        out: list[tuple[str, dict[str, Any], float]],
+        after: list[Callable[[], None]],
+    ) -> lc.State:
+        """Write one effect's rows (inside the step's transaction); returns the state, which
+        may fold in a follow-up event (a created job)."""
+        now = time.time()
         if isinstance(eff, lc.NewCondition):
-            self.condition_id = self.log.add_condition(
-                eff.name, eff.note, eff.source, self.state.policy
+            cid = self.log.add_condition(eff.name, eff.note, eff.source, old.policy)
+            out.append(
+                (
+                    "agent.condition",
+                    {
+                        "condition": eff.name,
+                        "note": eff.note,
+                        "source": eff.source,
+                        "previous": old.condition,
+                    },
+                    now,
+                )
             )
-            data = {
-                "condition": eff.name,
-                "note": eff.note,
-                "source": eff.source,
-                "previous": old.condition,
-            }
-            self.log.add_event("agent.condition", data)
-            self._publish("agent.condition", data)
-            self._reset_detector()
+            after.append(lambda: self._set_condition(cid))
         elif isinstance(eff, lc.SubmitJob):
-            self._submit_job(eff)
+            cond = self.log.condition(eff.condition)
+            cid = int(cond["id"]) if cond else self.condition_id
+            job = self.log.add_job(cid, eff.parent, "")
+            new, _ = lc.step(new, lc.JobSubmitted(job))
+            out.append(
+                (
+                    "agent.job",
+                    {
+                        "job": job,
+                        "status": "exporting",
+                        "condition": eff.condition,
+                        "parent": eff.parent,
+                    },
+                    now,
+                )
+            )
+            after.append(lambda: self.exporter.submit(job, eff.condition))
         elif isinstance(eff, lc.CancelJob):
             self.log.update_job(eff.job, "cancelled")
-            self._publish("agent.job", {"job": eff.job, "status": "cancelled"})
+            out.append(("agent.job", {"job": eff.job, "status": "cancelled"}, now))
         elif isinstance(eff, lc.RaiseAlarm):
-            self.log.add_event("agent.alarm", {"reason": eff.reason})
-            self._publish("agent.alarm", {"reason": eff.reason, "condition": self.state.condition})
-        elif isinstance(eff, lc.SwapPolicy) and not self._applying:
-            # the lifecycle chose a policy on its own (probation failed): load it off-thread
-            if old.policy:
-                self.log.upsert_policy(old.policy, "", "rejected", reason=eff.reason)
-            row = self.log.policy(eff.policy)
-            if row is None:
-                self._error("policy", KeyError(f"cannot roll back to unknown {eff.policy}"))
-                return
-            self.loader.submit(Path(row["path"]), ("auto-rollback", eff.policy))
+            data = {
+                "kind": eff.kind,
+                "reason": eff.reason,
+                "condition": old.condition,
+                "policy": old.policy,
+                **details,
+            }
+            out.append(("agent.alarm", data, now))
+        elif isinstance(eff, lc.RejectPolicy):
+            self.log.upsert_policy(eff.policy, "", "rejected", reason=eff.reason[:500])
+            out.append(("agent.policy.rejected", {"policy": eff.policy, "reason": eff.reason}, now))
+            after.append(lambda: self.warm_policies.drop(eff.policy))
+        elif isinstance(eff, lc.SwapPolicy):
+            self.log.activate_policy(eff.policy, eff.reason)
+            back = eff.reason not in ("promote",) and not eff.reason.startswith("trained")
+            topic = "agent.policy.rolled_back" if back else "agent.policy.swapped"
+            pol = self.warm_policies.get(eff.policy)
+            swap: dict[str, Any] = {
+                "policy": eff.policy,
+                "previous": old.policy,
+                "reason": eff.reason,
+                "probation_parent": new.probation_parent,
+                "condition": new.condition,
+            }
+            if pol is not None:
+                swap["providers"] = pol.providers
+                swap["split_trunk"] = pol.split
+            out.append((topic, swap, now))
+            after.append(self._after_swap)
+        return new
 
-    def _submit_job(self, eff: lc.SubmitJob) -> None:
-        exports = self.cfg.data_path(self.cfg.agent.exports_dir)
-        job = self.log.add_job(self.condition_id, eff.parent, "")
-        dest = exports / f"job-{job:06d}-{eff.condition}"
-        try:
-            index = export_condition(self.log, eff.condition, dest, self.spec)
-        except Exception as exc:
-            self.log.update_job(job, "failed")
-            self._error("export", exc)
-            self._step(lc.JobSubmitted(job))
-            self._step(lc.JobFailed(job, f"export failed: {exc}"))
-            return
-        with self.log.write() as conn:
-            conn.execute("UPDATE jobs SET export_path = ? WHERE id = ?", (str(dest), job))
-        self._step(lc.JobSubmitted(job))
-        data = {
-            "job": job,
-            "status": "queued",
-            "condition": eff.condition,
-            "parent": eff.parent,
-            "export": str(dest),
-            "transitions": index["transitions"],
-        }
-        self.log.add_event("agent.job", data)
-        self._publish("agent.job", data)
+    def _set_condition(self, cid: int) -> None:
+        self.condition_id = cid
+        self._probe_condition = cid
+        self.probation = None
+        self._reset_detector()
 
-    def offer_trained(self, bundle_dir: Path, job: int | None = None) -> None:
-        """A trainer result arrived: load it off-thread, swap it in when ready (thread-safe)."""
-        self.loader.submit(bundle_dir, ("trained", job))
+    def _after_swap(self) -> None:
+        if self.state.probation_parent is not None:
+            self._start_probation()
+        else:
+            self.probation = None
+            self._reset_detector()
+        if self.state.policy is not None:
+            self.no_policy_reason = ""
+            self._maybe_ready()
 
-    def _apply_load(self, res: LoadResult) -> None:
-        """On the control thread, between grasps: record and swap in a loaded policy."""
-        kind, arg = res.tag
+    def _retry_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_retry < FLUSH_RETRY_S:
+            return False
+        self._last_retry = now
+        return True
+
+    def _policy_fault(self, policy_id: str, reason: str, message: str) -> None:
+        log.error("policy %s taken out of service: %s", policy_id, message)
+        # never served again in this process, even while the step cannot be committed
+        self._faulted[policy_id] = message
+        self.warm_policies.drop(policy_id)
+        self.step(lc.PolicyFault(policy_id, f"{reason}: {message}"[:500]))
+        self._faulted.pop(policy_id, None)
+        if self.state.policy is None:
+            self._refuse(f"policy {policy_id} faulted ({reason}) and no good policy is left")
+
+    def warm(self, policy_id: str) -> bool:
+        """True when ``policy_id`` is loaded and warm (a swap to it needs no load)."""
+        return policy_id in self.warm_policies
+
+    def set_paused(self, paused: bool, reason: str) -> None:
+        self.paused, self.pause_reason = paused, reason if paused else ""
+        self.emit("agent.paused" if paused else "agent.resumed", {"reason": reason})
+        self.notifier.status(self._status_line())
+
+    # -- policies: loading and keeping warm ----------------------------------------------
+    def _load(self, source: Path, purpose: str, job: int | None = None) -> None:
+        active = self._serving()
+        latency = active.validated_latency_s if active is not None else None
+        self._loading[str(source)] = purpose
+        self.loader.submit(source, (purpose, job), active_latency_s=latency)
+
+    def load(self, source: Path, purpose: str) -> None:
+        """Queue a bundle for validation and loading; ``purpose`` says what its arrival does
+        ("promote" or "rollback")."""
+        self._load(source, purpose)
+
+    def _ensure_warm(self) -> None:
+        """Keep the active policy and the fallback loaded; drop any other session."""
+        wanted = [p for p in (self.state.policy, self.state.fallback) if p]
+        self.warm_policies.keep(*wanted)
+        for pid in wanted:
+            key = str(self.store / pid)
+            if pid in self._faulted:
+                continue
+            if pid not in self.warm_policies and key not in self._loading:
+                self._loading[key] = "warm"
+                self.loader.submit_stored(pid, ("warm", None))
+
+    def _on_loaded(self, res: LoadResult) -> None:
+        purpose, job = res.tag
+        self._loading.pop(res.source, None)
         if res.policy is None:
-            self._record_rejected(res)
-            self._error("policy", RuntimeError(f"policy at {res.source} refused: {res.error}"))
-            if self.policy is None:
-                self._refuse(f"no usable policy: {res.error}")
+            self._on_refused(res, purpose, job)
             return
         pol = res.policy
-        meta = pol.bundle.meta
-        known = self.log.policy(pol.id)
-        if known is None:
+        if self.log.policy(pol.id) is None:
             self.log.upsert_policy(
                 pol.id,
                 str(pol.bundle.path),
                 "candidate",
                 pol.bundle.parent_id,
                 self.condition_id,
-                meta,
+                pol.bundle.meta,
             )
-        previous = self.policy.id if self.policy else None
-        self._applying = True
-        try:
-            if kind == "trained":
-                self._step(lc.PolicyReady(pol.id, arg))
-            elif kind == "rollback":
-                self._step(lc.Rollback(pol.id))
-            elif kind == "promote" and pol.id != self.state.policy:
-                self._step(lc.Promote(pol.id))
-        except lc.LifecycleError as exc:
-            self._error("policy", exc)
-            return
-        finally:
-            self._applying = False
-        self.state = replace(self.state, policy=pol.id)
-        self.log.set_kv("lifecycle", self.state.to_dict())
-        self.policy = pol  # the swap: one reference, between grasps
-        self.since_swap = 0
-        self.log.activate_policy(pol.id, kind)
-        if kind in ("rollback",) and previous:
-            self.log.upsert_policy(previous, "", "retired", reason="rolled back by operator")
-        self._reset_detector()
-        rolled = kind in ("rollback", "auto-rollback")
-        topic = "agent.policy.rolled_back" if rolled else "agent.policy.swapped"
-        data = {
-            "policy": pol.id,
-            "previous": previous,
-            "reason": kind,
-            "providers": pol.providers,
-            "split_trunk": pol.split,
-        }
-        self.log.add_event(topic, data)
-        self._publish(topic, data)
-        self.no_policy_reason = ""
-        self.notifier.ready(self._status_line())
-        self.ready.set()
-        self.notifier.status(self._status_line())
-
-    def _record_rejected(self, res: LoadResult) -> None:
-        try:
-            meta = read_meta(Path(res.source))
-            pid = str(meta.get("id") or "")
-        except BundleError:
-            return
-        if pid:
-            self.log.upsert_policy(
-                pid, res.source, "rejected", meta.get("parent_id"), reason=res.error[:500]
+        elif self.log.policy(pol.id)["status"] == "rejected":  # type: ignore[index]
+            self.emit(
+                "agent.policy.rejected",
+                {"policy": pol.id, "reason": "rejected earlier; never served again"},
             )
+            return
+        self.warm_policies.put(pol)
+        if purpose == "warm":
+            self._ensure_warm()
+            if pol.id == self.state.policy:
+                self.no_policy_reason = ""
+                self._maybe_ready()
+        elif purpose == "trained":
+            self.step(lc.PolicyReady(pol.id, job))
+        elif purpose == "rollback":
+            self.step(lc.Rollback(pol.id))
+        elif pol.id != self.state.policy:  # "promote", "initial"
+            self.step(lc.Promote(pol.id))
+        else:
+            self._maybe_ready()
 
-    def _reset_detector(self) -> None:
+    def _on_refused(self, res: LoadResult, purpose: str, job: int | None) -> None:
+        pid = res.policy_id
+        reason = f"{res.reason or 'refused'}: {res.error}"[:500]
+        if pid and purpose == "warm":
+            self.step(lc.PolicyFault(pid, f"reload failed: {reason}"))
+        else:
+            if pid and self.log.policy(pid) is None:
+                self.log.upsert_policy(
+                    pid, res.source, "rejected", res.parent_id, self.condition_id, reason=reason
+                )
+            self.emit(
+                "agent.policy.rejected",
+                {
+                    "policy": pid or None,
+                    "source": res.source,
+                    "purpose": purpose,
+                    "reason": res.reason,
+                    "message": res.error[:2000],
+                },
+            )
+            if purpose == "trained" and job is not None:
+                self._try_step(lc.JobFailed(job, f"bundle rejected ({res.reason})"))
         if self.state.policy is None:
-            self.detector.reset()
-            return
-        n = self.cfg.detector.reference_grasps
-        if self.state.probation_parent is not None:
-            hist = self.log.recent_outcomes(self.state.probation_parent, self.condition_id, n)
-            if len(hist) >= 10:  # judge the new policy against its parent in this condition
-                self.detector.reset(reference=(sum(hist) + 1) / (len(hist) + 2))
-                return
-        hist = self.log.recent_outcomes(self.state.policy, self.condition_id, n)
-        self.detector.reset(history=hist)
+            self._refuse(f"no usable policy: {reason}")
 
-    # -- helpers -----------------------------------------------------------------------
-    def _refuse(self, reason: str) -> None:
-        self.no_policy_reason = reason
-        log.error("refusing to actuate: %s", reason)
-        self._publish("agent.error", {"where": "policy", "message": reason})
-        self.notifier.status(f"not actuating: {reason}")
+    def _probe_images(self) -> list[Any]:
+        """Recorded images of the current condition, for validation (loader thread)."""
+        n = max(1, int(getattr(self.cfg.policy, "probe_images", 8)))
+        try:
+            with LogReader(self.db_path, self.cfg.grasp_log.busy_timeout_ms) as reader:
+                return reader.recent_images(self._probe_condition, n)
+        except Exception:
+            log.exception("could not read probe images")
+            return []
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _on_export(self, done: ExportDone) -> None:
+        if done.path is None:
+            self.log.update_job(done.job, "failed", detail={"error": done.error})
+            self.emit("agent.job", {"job": done.job, "status": "failed", "error": done.error})
+            self._try_step(lc.JobFailed(done.job, f"export failed: {done.error}"))
+            return
+        self.log.update_job(done.job, "queued", export_path=str(done.path))
+        self.emit(
+            "agent.job",
+            {
+                "job": done.job,
+                "status": "queued",
+                "condition": done.condition,
+                "export": str(done.path),
+                "transitions": done.index.get("transitions", 0),
+                "grasps": done.index.get("grasps", 0),
+            },
+        )
+        if self.state.job == done.job:
+            self._call_hook(done.job, done.path)
+
+    def _call_hook(self, job: int, path: Path) -> None:
+        if self.export_hook is None:
+            return
+        try:
+            self.export_hook(job, path)
+        except Exception as exc:
+            self._error("export_hook", exc)
+
+    def _on_job_update(self, job: int, status: str, detail: dict[str, Any]) -> None:
+        self.log.update_job(job, status, detail=detail)
+        self.emit("agent.job", {"job": job, "status": status, "detail": detail})
+        if status == "failed":
+            self._try_step(lc.JobFailed(job, str(detail.get("error", "trainer failed"))))
+        elif status == "no_improvement":
+            self._try_step(lc.JobNoImprovement(job, str(detail.get("reason", ""))))
+
+    # -- commands (the command thread's view) ----------------------------------------------
+    def _command_context(self, queries: Queries) -> CommandContext:
+        return CommandContext(self.snapshot, self.latencies_ms, self._enqueue, queries)
+
+    def _enqueue(self, command: str, change: Change) -> int:
+        ticket = next(self._tickets)
+        with self._lock:
+            self._pending_changes += 1
+        self._post(lambda: self._apply_change(ticket, command, change))
+        return ticket
+
+    def _apply_change(self, ticket: int, command: str, change: Change) -> None:
+        with self._lock:
+            self._pending_changes -= 1
+        reply: dict[str, Any] = {"ticket": ticket, "command": command}
+        try:
+            reply |= {"ok": True, "result": change(self)}
+        except CommandError as exc:
+            reply |= {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except lc.LifecycleError as exc:
+            reply |= {"ok": False, "error": {"code": "conflict", "message": str(exc)}}
+        except Exception as exc:
+            code = "storage_full" if is_disk_full(exc) else "internal"
+            reply |= {"ok": False, "error": {"code": code, "message": f"{exc}"}}
+        self.last_command = reply
+        self.emit("agent.command", reply)
+
+    def latencies_ms(self) -> list[float]:
+        """Recent decision latencies in ms (any thread)."""
+        with self._lock:
+            return [x * 1e3 for x in self._latencies]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest status (any thread): a dict the control thread replaces, never edits."""
+        snap = self._snapshot
+        with self._lock:
+            pending = self._pending_changes
+        return {
+            **snap,
+            "pending_commands": pending,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+    def _refresh(self) -> None:
+        s = self.state
+        actuating = self._serving() is not None and not self.paused
+        storage = "full" if self._storage_full else "ok"
+        self._snapshot = {
+            **s.to_dict(),
+            "fallback": s.fallback,
+            "paused": self.paused,
+            "pause_reason": self.pause_reason,
+            "actuating": actuating and len(self._pending) < self._buffer_cap,
+            "no_policy_reason": "" if actuating else self._not_actuating_reason(),
+            "grasps": self.grasps,
+            "detector": self.detector.snapshot(),
+            "probation": None if self.probation is None else self.probation.snapshot(),
+            "storage": {"status": storage, "held": len(self._pending)},
+            "last_grasp": self.last_grasp,
+            "last_command": self.last_command,
+            "loading": sorted(set(self._loading.values())),
+            "warm": self.warm_policies.ids,
+            "endpoints": dict(self.endpoints),
+        }
+
+    def _not_actuating_reason(self) -> str:
+        if self.paused:
+            return f"paused: {self.pause_reason}"
+        if self.state.policy is None:
+            return self.no_policy_reason or "no policy"
+        if self._serving() is None:
+            return f"loading policy {self.state.policy}"
+        return ""
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, topic: str, data: dict[str, Any]) -> None:
+        """Record an event, then publish it: the events table and the PUB socket carry the
+        same set. With the disk full it is published now and recorded when space returns."""
+        t = time.time()
+        if self._pending:  # behind held writes, to keep their order
+            self._pending.append((topic, data, t))
+        else:
+            try:
+                self.log.add_event(topic, data, t)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._pending.append((topic, data, t))
+                self._disk_full(exc)
+        self._publish(topic, data)
+
+    def _publish(self, topic: str, data: dict[str, Any]) -> None:
+        if self._events is not None:
+            self._events.publish(topic, data)
 
     def _error(self, where: str, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(exc))
         log.error("%s error: %s", where, tb)
-        data = {"where": where, "message": f"{type(exc).__name__}: {exc}"}
-        self._publish("agent.error", data)
+        data = {"where": where, "message": f"{type(exc).__name__}: {exc}", "traceback": tb[-4000:]}
         try:
-            if self.log._db is not None:
-                self.log.add_event("agent.error", {**data, "traceback": tb[-4000:]})
+            if self.log.is_open:
+                self.emit("agent.error", data)
+            else:
+                self._publish("agent.error", data)
         except Exception:
             log.exception("could not record an error event")
 
-    def _publish(self, topic: str, data: dict[str, Any]) -> None:
-        if self.events is not None:
-            self.events.publish(topic, data)
+    def _refuse(self, reason: str) -> None:
+        self.no_policy_reason = reason
+        log.error("refusing to actuate: %s", reason)
+        self.notifier.status(f"not actuating: {reason}")
+
+    def _maybe_ready(self) -> None:
+        if self.stop_event.is_set() or self._serving() is None:
+            return  # never READY=1 after a stop was requested
+        self.notifier.ready(self._status_line())
+        self.ready.set()
+        self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
         s = self.state
@@ -500,91 +961,5 @@ class Daemon:
             f" success(last {len(self.recent)})={rate}"
         )
 
-    # -- AgentControl (commands; control thread, between grasps) -------------------------
-    def status(self) -> dict[str, Any]:
-        return {
-            **self.state.to_dict(),
-            "paused": self.paused,
-            "pause_reason": self.pause_reason,
-            "actuating": self.policy is not None and not self.paused,
-            "no_policy_reason": self.no_policy_reason,
-            "grasps": self.grasps,
-            "detector": self.detector.snapshot(),
-            "last_grasp": self.last_grasp,
-            "loading": self.loader.pending,
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "endpoints": self.endpoints,
-        }
 
-    def mark_condition(self, name: str, note: str) -> dict[str, Any]:
-        if self.log.condition(name) is not None:
-            raise CommandError("conflict", f"condition {name!r} already exists; pick a new name")
-        self._step(lc.MarkCondition(name, note, "operator"))
-        return {"condition": name, "phase": self.state.phase.value}
-
-    def finetune(self) -> dict[str, Any]:
-        self._step(lc.Finetune())
-        return {"job": self.state.job, "phase": self.state.phase.value}
-
-    def pause(self, reason: str) -> dict[str, Any]:
-        self.paused, self.pause_reason = True, reason
-        self.log.add_event("agent.paused", {"reason": reason})
-        self.notifier.status(self._status_line())
-        return {"paused": True}
-
-    def resume(self) -> dict[str, Any]:
-        self.paused, self.pause_reason = False, ""
-        self.log.add_event("agent.resumed", {})
-        self.notifier.status(self._status_line())
-        return {"paused": False}
-
-    def policies(self) -> dict[str, Any]:
-        return {"active": self.state.policy, "policies": self.log.policies()}
-
-    def rollback(self, policy_id: str) -> dict[str, Any]:
-        row = self.log.policy(policy_id)
-        if row is None:
-            raise KeyError(f"unknown policy {policy_id!r}")
-        if row["status"] not in ("retired", "active"):
-            raise CommandError(
-                "conflict",
-                f"policy {policy_id} is {row['status']}; only a policy that served "
-                "before (retired) can be rolled back to",
-            )
-        if policy_id == self.state.policy:
-            raise CommandError("conflict", f"policy {policy_id} is already active")
-        self.loader.submit(Path(row["path"]), ("rollback", policy_id))
-        return {"loading": policy_id}
-
-    def promote(self, policy_id: str) -> dict[str, Any]:
-        row = self.log.policy(policy_id)
-        if row is not None:
-            source = Path(row["path"])
-        elif Path(policy_id).is_dir():
-            source = Path(policy_id)
-        elif (self.store / policy_id).is_dir():
-            source = self.store / policy_id
-        else:
-            raise KeyError(f"unknown policy {policy_id!r} (neither an id nor a bundle directory)")
-        if row is not None and row["status"] == "rejected":
-            raise CommandError("conflict", f"policy {policy_id} was rejected: {row['reason']}")
-        if row is not None and policy_id == self.state.policy:
-            raise CommandError("conflict", f"policy {policy_id} is already active")
-        self.loader.submit(source, ("promote", policy_id))
-        return {"loading": policy_id}
-
-    def stats(self) -> dict[str, Any]:
-        lat = np.asarray(self.latencies) * 1e3
-        pct = (
-            {f"p{q}": round(float(np.percentile(lat, q)), 3) for q in (50, 90, 99)}
-            if lat.size
-            else {}
-        )
-        return {
-            "table": self.log.stats(),
-            "latency_ms": {**pct, "n": int(lat.size)},
-            "grasps": self.grasps,
-        }
-
-
-__all__ = ["Daemon", "PolicyLoadError"]
+__all__ = ["EXIT_SECOND_SIGNAL", "Daemon"]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.grasplog import GraspLog, decode_image
+from agent.grasplog import LogQueries, decode_image
 from agent.spec import Spec
 
 DATASET_FORMAT = "robot-agent-dataset"
@@ -39,28 +39,23 @@ DATASET_VERSION = 1
 
 
 def export_condition(
-    log: GraspLog,
+    log: LogQueries,
     condition: str,
     dest: Path,
     spec: Spec,
     modes: tuple[str, ...] = ("serve", "explore"),
 ) -> dict[str, Any]:
-    """Write the dataset of ``condition`` to ``dest`` (must not exist); returns its index."""
+    """Write the dataset of ``condition`` to ``dest`` (must not exist); returns its index.
+
+    ``log`` is the writer or a :class:`agent.grasplog.LogReader` (the daemon's
+    exporter thread uses its own read-only connection)."""
     cond = log.condition(condition)
     if cond is None:
         raise KeyError(f"unknown condition {condition!r}")
     dest = Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists")
-    marks = ",".join("?" for _ in modes)
-    rows = log.db.conn.execute(
-        "SELECT t.grasp_id, t.step, t.image, t.action, t.reward, t.done, g.success, g.policy_id, "
-        "g.t_start, g.t_end, g.mode, g.reward, g.q, g.sensed_by "
-        "FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
-        f"WHERE g.condition_id = ? AND g.mode IN ({marks}) AND t.image IS NOT NULL "
-        "ORDER BY t.grasp_id, t.step",
-        (cond["id"], *modes),
-    ).fetchall()
+    rows = log.export_rows(int(cond["id"]), modes)
     n = len(rows)
     arrays: dict[str, np.ndarray[Any, Any]] = {
         "images": np.zeros((n, *spec.image_shape), np.uint8),

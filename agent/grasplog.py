@@ -4,8 +4,14 @@ Tables: ``conditions``, ``policies``, ``grasps``, ``transitions`` (images
 encoded by OpenCV), ``jobs``, ``events`` (append-only, enforced by triggers)
 and ``kv`` (small daemon state). Every write is one ``BEGIN IMMEDIATE``
 transaction with a busy timeout, committed before the call returns, so a grasp
-is durable before the next one starts. Readable with the ``sqlite-utils`` CLI.
-Use from one thread only (the control thread).
+is durable before the next one starts; writes nest (an inner ``write()`` joins
+the outer transaction, so one lifecycle step commits all its rows at once).
+Readable with the ``sqlite-utils`` CLI.
+
+:class:`GraspLog` is the one writer, used from one thread (the control
+thread). :class:`LogReader` is a read-only connection for any other thread
+(commands, exports, validation probes), one per thread. All the agent's SQL
+lives in this module.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,14 +196,187 @@ def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
-class GraspLog:
-    """The daemon's SQLite database. Open with :meth:`open`, close with :meth:`close`."""
+def is_disk_full(exc: BaseException) -> bool:
+    """True when a SQLite error means the disk (or the page cap) is full."""
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    )
+
+
+class LogQueries:
+    """Read queries shared by the writer and the read-only connections."""
+
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._conn().execute(sql, tuple(args))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def get_kv(self, key: str, default: Any = None) -> Any:
+        row = self._conn().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def condition(self, name: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM conditions WHERE name = ?", [name])
+        return rows[0] if rows else None
+
+    def condition_by_id(self, cid: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM conditions WHERE id = ?", [cid])
+        return rows[0] if rows else None
+
+    def policy(self, policy_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM policies WHERE id = ?", [policy_id])
+        return rows[0] if rows else None
+
+    def policies(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT id, parent_id, condition_id, status, path, created_at, activated_at, reason "
+            "FROM policies ORDER BY created_at"
+        )
+
+    def active_policy(self) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT * FROM policies WHERE status = 'active' ORDER BY activated_at DESC LIMIT 1"
+        )
+        return rows[0] if rows else None
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return rows[0] if rows else None
+
+    def count_grasps(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM grasps").fetchone()[0])
+
+    def last_grasp_id(self) -> int:
+        return int(self._conn().execute("SELECT coalesce(max(id), 0) FROM grasps").fetchone()[0])
+
+    def recent_outcomes(self, policy_id: str, condition_id: int, limit: int) -> list[bool]:
+        """Success flags of a policy's latest serve/explore grasps in a condition, oldest first."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT success FROM grasps WHERE policy_id = ? AND condition_id = ? "
+                "AND mode != 'eval' ORDER BY id DESC LIMIT ?",
+                (policy_id, condition_id, limit),
+            )
+            .fetchall()
+        )
+        return [bool(r[0]) for r in reversed(rows)]
+
+    def recent_outcomes_any(self, policy_id: str, limit: int) -> list[bool]:
+        """Success flags of a policy's latest serve/explore grasps in any condition."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT success FROM grasps WHERE policy_id = ? AND mode != 'eval' "
+                "ORDER BY id DESC LIMIT ?",
+                (policy_id, limit),
+            )
+            .fetchall()
+        )
+        return [bool(r[0]) for r in reversed(rows)]
+
+    def outcomes_since(self, policy_id: str, condition_id: int, after_id: int) -> list[bool]:
+        """Success flags of a policy's serve/explore grasps in a condition after a grasp id."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT success FROM grasps WHERE policy_id = ? AND condition_id = ? "
+                "AND mode != 'eval' AND id > ? ORDER BY id",
+                (policy_id, condition_id, after_id),
+            )
+            .fetchall()
+        )
+        return [bool(r[0]) for r in rows]
+
+    def stats_rows(self, after_id: int = 0) -> tuple[int, list[tuple[Any, ...]]]:
+        """(max grasp id, [(condition, policy, mode, n, successes, sum decide_ms, first id)])
+        over the grasps with id > ``after_id``: the increment a stats cache folds in."""
+        top = int(self._conn().execute("SELECT coalesce(max(id), 0) FROM grasps").fetchone()[0])
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT c.name, g.policy_id, g.mode, count(*), sum(g.success), "
+                "total(g.decide_ms), min(g.id) "
+                "FROM grasps g JOIN conditions c ON c.id = g.condition_id "
+                "WHERE g.id > ? AND g.id <= ? GROUP BY c.name, g.policy_id, g.mode",
+                (after_id, top),
+            )
+            .fetchall()
+        )
+        return top, [tuple(r) for r in rows]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Grasps, successes and rate per (condition, policy, mode), in order of first grasp."""
+        _, rows = self.stats_rows(0)
+        return [
+            {
+                "condition": r[0],
+                "policy": r[1],
+                "mode": r[2],
+                "grasps": r[3],
+                "successes": r[4],
+                "success_rate": r[4] / r[3] if r[3] else None,
+                "mean_decide_ms": r[5] / r[3] if r[3] else None,
+            }
+            for r in sorted(rows, key=lambda r: r[6])
+        ]
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with id > ``after_id``, oldest first; ``data`` decoded."""
+        rows = self._rows(
+            "SELECT id, t, topic, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            [after_id, limit],
+        )
+        for r in rows:
+            r["data"] = json.loads(r["data"])
+        return rows
+
+    def export_rows(self, condition_id: int, modes: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Transitions (with their grasp's fields) of a condition's grasps in ``modes``."""
+        marks = ",".join("?" for _ in modes)
+        return (
+            self._conn()
+            .execute(
+                "SELECT t.grasp_id, t.step, t.image, t.action, t.reward, t.done, g.success, "
+                "g.policy_id, g.t_start, g.t_end, g.mode, g.reward, g.q, g.sensed_by "
+                "FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
+                f"WHERE g.condition_id = ? AND g.mode IN ({marks}) AND t.image IS NOT NULL "
+                "ORDER BY t.grasp_id, t.step",
+                (condition_id, *modes),
+            )
+            .fetchall()
+        )
+
+    def recent_images(self, condition_id: int, limit: int) -> list[npt.NDArray[np.uint8]]:
+        """The latest ``limit`` stored decision images of a condition, decoded (RGB uint8)."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT t.image FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
+                "WHERE g.condition_id = ? AND t.image IS NOT NULL ORDER BY t.id DESC LIMIT ?",
+                (condition_id, limit),
+            )
+            .fetchall()
+        )
+        return [decode_image(r[0]) for r in rows]
+
+
+class GraspLog(LogQueries):
+    """The daemon's SQLite database (the one writer). Open with :meth:`open`, close with
+    :meth:`close`; use from one thread."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = 5000, image_format: str = "png") -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.image_format = image_format
         self._db: sqlite_utils.Database | None = None
+        self._depth = 0
+        self._page_cap: tuple[int | None] | None = None
+        self._default_max_pages = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> GraspLog:
@@ -209,6 +388,7 @@ class GraspLog:
         self._db.enable_wal()
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        self._default_max_pages = int(conn.execute("PRAGMA max_page_count").fetchone()[0])
         self._migrate()
         return self
 
@@ -217,6 +397,8 @@ class GraspLog:
         if self._db is not None:
             try:
                 self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # e.g. disk full: the WAL stays and is replayed at the next open
             finally:
                 self._db.conn.close()
                 self._db = None
@@ -228,22 +410,66 @@ class GraspLog:
         self.close()
 
     @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
     def db(self) -> sqlite_utils.Database:
         if self._db is None:
             raise RuntimeError("grasp log is not open")
         return self._db
 
+    def _conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def reader(self) -> LogReader:
+        """A new read-only connection to the same file, for another thread (not opened yet)."""
+        return LogReader(self.path, self.busy_timeout_ms)
+
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction, committed on exit, rolled back on error."""
+        """One BEGIN IMMEDIATE transaction, committed on exit, rolled back on error.
+
+        Nested calls join the outermost transaction. SQLite rolls back by itself
+        on SQLITE_FULL; the error (see :func:`is_disk_full`) reaches the caller.
+        """
         conn = self.db.conn
+        if self._depth:
+            self._depth += 1
+            try:
+                yield conn
+            finally:
+                self._depth -= 1
+            return
+        self._apply_page_cap(conn)
         conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def cap_pages(self, extra: int | None) -> None:
+        """Fault-injection seam (tests, bench): from the next write, cap the file at its size
+        plus ``extra`` pages (writes past it fail with SQLITE_FULL); None lifts the cap.
+        Thread-safe: it only records the request."""
+        self._page_cap = (extra,)
+
+    def _apply_page_cap(self, conn: sqlite3.Connection) -> None:
+        req, self._page_cap = self._page_cap, None
+        if req is None:
+            return
+        (extra,) = req
+        if extra is None:
+            conn.execute(f"PRAGMA max_page_count = {self._default_max_pages}")
+        else:
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            conn.execute(f"PRAGMA max_page_count = {pages + int(extra)}")
 
     def schema_version(self) -> int:
         return int(self.db.conn.execute("PRAGMA user_version").fetchone()[0])
@@ -377,12 +603,12 @@ class GraspLog:
                 )
         return gid
 
-    def add_event(self, topic: str, data: dict[str, Any]) -> int:
+    def add_event(self, topic: str, data: dict[str, Any], t: float | None = None) -> int:
         """Append one event."""
         with self.write() as conn:
             cur = conn.execute(
                 "INSERT INTO events (t, topic, data) VALUES (?, ?, ?)",
-                (time.time(), topic, json.dumps(data, default=str)),
+                (time.time() if t is None else t, topic, json.dumps(data, default=str)),
             )
         return int(cur.lastrowid or 0)
 
@@ -397,12 +623,29 @@ class GraspLog:
             )
         return int(cur.lastrowid or 0)
 
-    def update_job(self, job_id: int, status: str, result_policy_id: str | None = None) -> None:
+    def update_job(
+        self,
+        job_id: int,
+        status: str,
+        result_policy_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        export_path: str | None = None,
+    ) -> None:
+        """Set a job's status (and, when given, its result, detail and export path)."""
         with self.write() as conn:
             conn.execute(
                 "UPDATE jobs SET status = ?, updated_at = ?, "
-                "result_policy_id = COALESCE(?, result_policy_id) WHERE id = ?",
-                (status, time.time(), result_policy_id, job_id),
+                "result_policy_id = COALESCE(?, result_policy_id), "
+                "detail = COALESCE(?, detail), export_path = COALESCE(?, export_path) "
+                "WHERE id = ?",
+                (
+                    status,
+                    time.time(),
+                    result_policy_id,
+                    None if detail is None else json.dumps(detail, default=str),
+                    export_path,
+                    job_id,
+                ),
             )
 
     def set_kv(self, key: str, value: Any) -> None:
@@ -413,63 +656,63 @@ class GraspLog:
                 (key, json.dumps(value)),
             )
 
-    # -- reads -----------------------------------------------------------------------------
-    def get_kv(self, key: str, default: Any = None) -> Any:
-        row = self.db.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+    def bulk_insert_grasps(
+        self,
+        n: int,
+        condition_id: int,
+        policy_id: str,
+        p_success: float = 0.8,
+        seed: int = 0,
+        chunk: int = 50_000,
+    ) -> None:
+        """Append ``n`` synthetic grasps without transitions, fast (tests and benches only:
+        builds a big log for query and flood measurements)."""
+        rng = np.random.default_rng(seed)
+        t0 = time.time()
+        done = 0
+        while done < n:
+            k = min(chunk, n - done)
+            ok = rng.random(k) < p_success
+            rows: Iterable[tuple[Any, ...]] = (
+                (t0, t0, condition_id, policy_id, "serve", int(s), float(s), 0.5, 2.0, 5.0, "bulk")
+                for s in ok
+            )
+            with self.write() as conn:
+                conn.executemany(
+                    "INSERT INTO grasps (t_start, t_end, condition_id, policy_id, mode, success, "
+                    "reward, q, decide_ms, execute_ms, sensed_by, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+                    rows,
+                )
+            done += k
 
-    def condition(self, name: str) -> dict[str, Any] | None:
-        rows = list(self.db.table("conditions").rows_where("name = ?", [name]))
-        return rows[0] if rows else None
 
-    def condition_by_id(self, cid: int) -> dict[str, Any] | None:
-        rows = list(self.db.table("conditions").rows_where("id = ?", [cid]))
-        return rows[0] if rows else None
+class LogReader(LogQueries):
+    """A read-only connection to the grasp log for one thread other than the writer's.
 
-    def policy(self, policy_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.table("policies").rows_where("id = ?", [policy_id]))
-        return rows[0] if rows else None
+    Opened lazily on first use in the thread that uses it (``mode=ro``; WAL
+    readers never block the writer), closed with :meth:`close`.
+    """
 
-    def policies(self) -> list[dict[str, Any]]:
-        return [
-            {k: v for k, v in r.items() if k != "meta"}
-            for r in self.db.table("policies").rows_where(order_by="created_at")
-        ]
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._c: sqlite3.Connection | None = None
 
-    def active_policy(self) -> dict[str, Any] | None:
-        rows = list(
-            self.db.table("policies").rows_where("status = 'active'", order_by="activated_at desc")
-        )
-        return rows[0] if rows else None
+    def _conn(self) -> sqlite3.Connection:
+        if self._c is None:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._c = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        return self._c
 
-    def count_grasps(self) -> int:
-        return int(self.db.conn.execute("SELECT count(*) FROM grasps").fetchone()[0])
+    def close(self) -> None:
+        if self._c is not None:
+            self._c.close()
+            self._c = None
 
-    def recent_outcomes(self, policy_id: str, condition_id: int, limit: int) -> list[bool]:
-        """Success flags of a policy's latest serve/explore grasps in a condition, oldest first."""
-        rows = self.db.conn.execute(
-            "SELECT success FROM grasps WHERE policy_id = ? AND condition_id = ? "
-            "AND mode != 'eval' ORDER BY id DESC LIMIT ?",
-            (policy_id, condition_id, limit),
-        ).fetchall()
-        return [bool(r[0]) for r in reversed(rows)]
+    def __enter__(self) -> LogReader:
+        return self
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Grasps, successes and rate per (condition, policy, mode)."""
-        rows = self.db.conn.execute(
-            "SELECT c.name, g.policy_id, g.mode, count(*), sum(g.success), avg(g.decide_ms) "
-            "FROM grasps g JOIN conditions c ON c.id = g.condition_id "
-            "GROUP BY c.name, g.policy_id, g.mode ORDER BY min(g.id)"
-        ).fetchall()
-        return [
-            {
-                "condition": r[0],
-                "policy": r[1],
-                "mode": r[2],
-                "grasps": r[3],
-                "successes": r[4],
-                "success_rate": r[4] / r[3] if r[3] else None,
-                "mean_decide_ms": r[5],
-            }
-            for r in rows
-        ]
+    def __exit__(self, *exc: object) -> None:
+        self.close()

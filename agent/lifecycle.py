@@ -5,18 +5,40 @@
     SERVING(c, p) --alarm(mark) | mark-condition--> EXPLORING(c', p)   collect N grasps
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
     TRAINING --policy ready-->          SERVING(c', p')  on probation against p
-    SERVING on probation --alarm-->     SERVING(c', p)   rolled back, alarm raised
-    any --promote ID / rollback ID-->   SERVING(c, ID)
+    TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
+    on probation --passed-->            p' joins the good policies (last good = p')
+    on probation --failed-->            SERVING(c', last good)  p' rejected, alarm
+    any --policy fault (p)-->           last good other than p; p rejected, alarm
+    any --promote ID-->                 SERVING(c, ID)  on probation against the old policy
+    any --rollback ID-->                SERVING(c, ID)  trusted: joins the good policies
+
+The state is the one owner of "which policy is active" (``policy``) and of
+the persisted "last good" pointer (the last of ``good``: policies that passed
+probation or that an operator rolled back to, most recent last). The daemon
+never swaps a policy in unless an event here says so.
 
 :func:`step` takes a state and an event and returns the next state and the
 effects the daemon must carry out (submit a job, swap or roll back the policy,
-publish an alarm). Illegal events raise :class:`LifecycleError`.
+reject a policy, publish an alarm). Illegal events raise :class:`LifecycleError`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
+
+CONDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Allowed condition names: they become directory names under data_dir (no separators)."""
+
+
+def check_condition_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a safe condition name (see CONDITION_NAME)."""
+    if not CONDITION_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"bad condition name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'"
+        )
 
 
 class Phase(StrEnum):
@@ -46,7 +68,23 @@ class State:
     job: int | None = None
     """Fine-tune job in flight (TRAINING)."""
     probation_parent: str | None = None
-    """Parent of a freshly trained policy, restored if the new one is worse."""
+    """Policy the active one is on probation against (None: not on probation)."""
+    good: tuple[str, ...] = ()
+    """Policies that passed probation (or were rolled back to), most recent last (<= 8)."""
+
+    @property
+    def last_good(self) -> str | None:
+        """The persisted "last good" pointer."""
+        return self.good[-1] if self.good else None
+
+    @property
+    def fallback(self) -> str | None:
+        """Where a fault or a failed probation lands: the latest good policy other than the
+        active one (kept warm by the daemon)."""
+        for p in reversed(self.good):
+            if p != self.policy:
+                return p
+        return None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +95,8 @@ class State:
             "explore_target": self.explore_target,
             "job": self.job,
             "probation_parent": self.probation_parent,
+            "good": list(self.good),
+            "last_good": self.last_good,
         }
 
     @classmethod
@@ -72,7 +112,20 @@ class State:
             probation_parent=None
             if d.get("probation_parent") is None
             else str(d["probation_parent"]),
+            good=tuple(str(p) for p in _as_list(d.get("good"))),
         )
+
+
+def _as_list(v: object) -> list[object]:
+    return list(v) if isinstance(v, list | tuple) else []
+
+
+MAX_GOOD = 8
+"""How many good policies the state remembers."""
+
+
+def _with_good(good: tuple[str, ...], policy: str) -> tuple[str, ...]:
+    return (*(p for p in good if p != policy), policy)[-MAX_GOOD:]
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -144,7 +197,30 @@ class Rollback:
 
 @dataclass(frozen=True)
 class ProbationPassed:
-    """The new policy's own reference is established; it is no longer on probation."""
+    """The probation test accepted the active policy: it becomes the last good one."""
+
+
+@dataclass(frozen=True)
+class ProbationFailed:
+    """The probation test found the active policy worse than the policy it replaced."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PolicyFault:
+    """``policy`` misbehaved at run time (or could not be loaded): take it out of service."""
+
+    policy: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobNoImprovement:
+    """The trainer found no candidate better than the parent: the parent serves on."""
+
+    job: int
+    detail: str = ""
 
 
 Event = (
@@ -158,6 +234,9 @@ Event = (
     | Promote
     | Rollback
     | ProbationPassed
+    | ProbationFailed
+    | PolicyFault
+    | JobNoImprovement
 )
 
 
@@ -189,8 +268,17 @@ class NewCondition:
 
 @dataclass(frozen=True)
 class RaiseAlarm:
-    """Publish an alarm."""
+    """Publish one alarm: ``kind`` is a stable code, ``reason`` a sentence."""
 
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RejectPolicy:
+    """Mark ``policy`` rejected with ``reason``; it is never served again."""
+
+    policy: str
     reason: str
 
 
@@ -201,14 +289,16 @@ class CancelJob:
     job: int
 
 
-Effect = SubmitJob | SwapPolicy | NewCondition | RaiseAlarm | CancelJob
+Effect = SubmitJob | SwapPolicy | NewCondition | RaiseAlarm | CancelJob | RejectPolicy
 
 
 def step(s: State, e: Event) -> tuple[State, list[Effect]]:
     """Apply one event; returns the next state and the effects to carry out."""
     if isinstance(e, MarkCondition):
-        if not e.name:
-            raise LifecycleError("a condition needs a name")
+        try:
+            check_condition_name(e.name)
+        except ValueError as exc:
+            raise LifecycleError(str(exc)) from exc
         if e.name == s.condition:
             raise LifecycleError(f"already in condition {e.name!r}")
         effects: list[Effect] = [NewCondition(e.name, e.note, e.source)]
@@ -233,16 +323,13 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             return replace(s, explored=n, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
         return replace(s, explored=n), []
     if isinstance(e, Alarm):
-        if s.probation_parent is not None and s.phase is Phase.SERVING:
-            parent = s.probation_parent
-            return replace(s, policy=parent, probation_parent=None), [
-                SwapPolicy(parent, "rollback: new policy worse than its parent"),
-                RaiseAlarm(f"policy {s.policy} worse than parent {parent}; rolled back"),
-            ]
-        if e.auto_mark and s.phase is Phase.SERVING:
+        if e.auto_mark and s.phase is Phase.SERVING and s.probation_parent is None:
             s2, eff = step(s, MarkCondition(e.new_condition, "marked by the detector", "alarm"))
-            return s2, [RaiseAlarm("success rate dropped; new condition marked"), *eff]
-        return s, [RaiseAlarm("success rate dropped")]
+            return s2, [
+                RaiseAlarm("success_drop", "success rate dropped; new condition marked"),
+                *eff,
+            ]
+        return s, [RaiseAlarm("success_drop", "success rate dropped")]
     if isinstance(e, Finetune):
         if s.phase is Phase.TRAINING:
             raise LifecycleError(f"a fine-tune job ({s.job}) is already in flight")
@@ -257,8 +344,12 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
         if s.job != e.job:
             return s, []
         return replace(s, phase=Phase.EXPLORING, job=None), [
-            RaiseAlarm(f"job {e.job} failed: {e.reason}")
+            RaiseAlarm("job_failed", f"job {e.job} failed: {e.reason}")
         ]
+    if isinstance(e, JobNoImprovement):
+        if s.job != e.job:
+            return s, []
+        return replace(s, phase=Phase.SERVING, job=None, explored=0), []
     if isinstance(e, PolicyReady):
         if s.phase is not Phase.TRAINING or (e.job is not None and e.job != s.job):
             raise LifecycleError("no fine-tune job is waiting for this policy")
@@ -273,12 +364,47 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
     if isinstance(e, Promote | Rollback):
         if e.policy == s.policy:
             raise LifecycleError(f"policy {e.policy} is already active")
-        effects = [SwapPolicy(e.policy, "rollback" if isinstance(e, Rollback) else "promote")]
+        rollback = isinstance(e, Rollback)
+        effects = [SwapPolicy(e.policy, "rollback" if rollback else "promote")]
         if s.job is not None:
             effects.append(CancelJob(s.job))
+        trusted = rollback or s.policy is None
         return replace(
-            s, phase=Phase.SERVING, policy=e.policy, job=None, explored=0, probation_parent=None
+            s,
+            phase=Phase.SERVING,
+            policy=e.policy,
+            job=None,
+            explored=0,
+            probation_parent=None if trusted else s.policy,
+            good=_with_good(s.good, e.policy) if trusted else s.good,
         ), effects
     if isinstance(e, ProbationPassed):
-        return replace(s, probation_parent=None), []
+        if s.probation_parent is None or s.policy is None:
+            return s, []
+        return replace(s, probation_parent=None, good=_with_good(s.good, s.policy)), []
+    if isinstance(e, ProbationFailed):
+        if s.probation_parent is None or s.policy is None:
+            return s, []
+        return _take_out(s, s.policy, "probation_failed", e.reason)
+    if isinstance(e, PolicyFault):
+        if e.policy != s.policy:
+            return replace(s, good=tuple(p for p in s.good if p != e.policy)), [
+                RejectPolicy(e.policy, e.reason)
+            ]
+        return _take_out(s, e.policy, "policy_fault", e.reason)
     raise LifecycleError(f"unknown event {e!r}")
+
+
+def _take_out(s: State, bad: str, kind: str, reason: str) -> tuple[State, list[Effect]]:
+    """Reject the active policy ``bad`` and land on the latest good policy (or none)."""
+    good = tuple(p for p in s.good if p != bad)
+    back = next(reversed(good), None)
+    s2 = replace(s, policy=back, probation_parent=None, good=good)
+    effects: list[Effect] = [RejectPolicy(bad, reason)]
+    if back is not None:
+        effects.append(SwapPolicy(back, kind))
+        msg = f"policy {bad} taken out of service ({reason}); back to {back}"
+    else:
+        msg = f"policy {bad} taken out of service ({reason}); no good policy left, not actuating"
+    effects.append(RaiseAlarm(kind, msg))
+    return s2, effects

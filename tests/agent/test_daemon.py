@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
 from agent.wire import decode, encode
-from tests.agent.conftest import Running
+from tests.agent.conftest import Running, Subscriber
 from tests.agent.fakes import broken_bundle, make_bundle
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,6 +22,24 @@ Start = Callable[..., Running]
 
 def _db(r: Running) -> sqlite3.Connection:
     return sqlite3.connect(r.cfg.data_path(r.cfg.grasp_log.path))
+
+
+def wait_match(
+    sub: Subscriber, topic: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
+    """The first event on ``topic`` (seen before or arriving within ``timeout``) matching."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while True:
+        while i < len(sub.seen):
+            t, d = sub.seen[i]
+            i += 1
+            if t == topic and pred(d):
+                return d
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no matching {topic}; saw {[t for t, _ in sub.seen]}")
+        with contextlib.suppress(AssertionError):
+            sub.wait("agent.__never__", timeout=0.2)
 
 
 def test_runs_50_grasps_each_committed(start_daemon: Start) -> None:
@@ -49,12 +69,19 @@ def test_status_stats_policies_pause_resume(start_daemon: Start) -> None:
     r = start_daemon()
     st = r.wait_for(lambda s: s["grasps"] >= 3)
     assert st["phase"] == "serving" and st["condition"] == "base" and st["actuating"]
-    assert r.ctl("pause", reason="lunch")["result"] == {"paused": True}
-    n = r.ctl("status")["result"]["grasps"]
+    rep = r.ctl("pause", reason="lunch")["result"]
+    assert rep["paused"] is True and rep["queued"] is True and rep["ticket"] >= 1
+    n = r.wait_for(lambda s: s["paused"])["grasps"]
     time.sleep(0.3)
     st = r.ctl("status")["result"]
     assert st["grasps"] == n and st["paused"] and st["pause_reason"] == "lunch"
-    assert r.ctl("resume")["result"] == {"paused": False}
+    assert st["last_command"] == {
+        "ticket": rep["ticket"],
+        "command": "pause",
+        "ok": True,
+        "result": {"paused": True},
+    }
+    assert r.ctl("resume")["result"]["paused"] is False
     r.wait_for(lambda s: s["grasps"] > n + 2)
     stats = r.ctl("stats")["result"]
     assert stats["table"][0]["condition"] == "base" and stats["latency_ms"]["p50"] > 0
@@ -67,16 +94,24 @@ def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start
     sub = r.subscriber()
     r.wait_for(lambda s: s["grasps"] >= 2)
     rep = r.ctl("mark-condition", name="glare", note="new lamp")
-    assert rep["ok"] and rep["result"] == {"condition": "glare", "phase": "exploring"}
+    assert rep["ok"] and rep["result"]["condition"] == "glare" and rep["result"]["queued"]
     assert sub.wait("agent.condition")["condition"] == "glare"
+    applied = wait_match(sub, "agent.command", lambda d: d["ticket"] == rep["result"]["ticket"])
+    assert applied["ok"] and applied["result"] == {"condition": "glare", "phase": "exploring"}
     st = r.wait_for(lambda s: s["explored"] >= 4)
     assert st["condition"] == "glare" and st["phase"] == "exploring"
     assert r.ctl("mark-condition", name="glare")["error"]["code"] == "conflict"
+    exported: list[tuple[int, Path]] = []
+    r.daemon.set_export_hook(lambda job, path: exported.append((job, path)))
     rep = r.ctl("finetune")
-    assert rep["ok"] and rep["result"]["phase"] == "training"
-    job = sub.wait("agent.job")
-    assert job["status"] == "queued" and job["transitions"] >= 4
+    assert rep["ok"] and rep["result"]["queued"]
+    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
+    assert job["transitions"] >= 4 and job["condition"] == "glare"
     assert (Path(job["export"]) / "index.json").is_file()
+    exports_root = (r.cfg.data_path(r.cfg.agent.exports_dir)).resolve()
+    assert Path(job["export"]).parent == exports_root
+    assert exported == [(job["job"], Path(job["export"]))]  # the trainer link's hook
+    assert r.wait_for(lambda s: s["phase"] == "training")["job"] == job["job"]
     assert r.ctl("finetune")["error"]["code"] == "conflict"
     db = _db(r)
     assert db.execute("SELECT mode FROM grasps WHERE condition_id = 2 LIMIT 1").fetchone() == (
@@ -91,15 +126,39 @@ def test_exploration_target_submits_a_job_and_trained_policy_swaps(
     r = start_daemon(lifecycle={"exploration_grasps": 5})
     sub = r.subscriber()
     r.ctl("mark-condition", name="offset")
-    job = sub.wait("agent.job")
+    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
     st = r.wait_for(lambda s: s["phase"] == "training")
     old = st["policy"]
     new = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
+    r.daemon.job_update(job["job"], "training", {"progress": 0.5})
+    assert wait_match(sub, "agent.job", lambda d: d["status"] == "training")["job"] == job["job"]
     r.daemon.offer_trained(new, job["job"])
-    swapped = sub.wait("agent.policy.swapped")
+    swapped = wait_match(sub, "agent.policy.swapped", lambda d: d["previous"] is not None)
     assert swapped["previous"] == old and swapped["policy"] != old
-    st = r.wait_for(lambda s: s["phase"] == "serving" and s["policy"] != old)
-    assert st["probation_parent"] == old
+    assert swapped["probation_parent"] == old and swapped["reason"].startswith("trained")
+    verdict = sub.wait("agent.policy.probation")  # same success rate as the parent: passes
+    assert verdict["verdict"] == "pass" and verdict["parent"] == old
+    st = r.wait_for(lambda s: s["last_good"] == swapped["policy"])
+    assert st["phase"] == "serving" and st["probation_parent"] is None
+    assert st["fallback"] == old and old in st["warm"]  # kept warm: a rollback needs no load
+    db = _db(r)
+    assert (
+        db.execute("SELECT parent_id FROM policies WHERE id = ?", (st["policy"],)).fetchone()[0]
+        == old
+    )
+
+
+def test_job_with_no_improvement_keeps_the_parent_serving(start_daemon: Start) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    r.wait_for(lambda s: s["grasps"] >= 2)
+    assert r.ctl("finetune")["ok"]
+    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
+    policy = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    r.daemon.job_update(job["job"], "no_improvement", {"reason": "held-out AUC below parent"})
+    st = r.wait_for(lambda s: s["phase"] == "serving" and s["job"] is None)
+    assert st["policy"] == policy
+    assert _db(r).execute("SELECT status FROM jobs").fetchall() == [("no_improvement",)]
 
 
 def test_promote_and_rollback(start_daemon: Start, tmp_path: Path) -> None:
@@ -109,8 +168,8 @@ def test_promote_and_rollback(start_daemon: Start, tmp_path: Path) -> None:
     other = make_bundle(tmp_path / "cand", seed=5)
     rep = r.ctl("promote", id=str(other))
     assert rep["ok"]
-    swapped = sub.wait("agent.policy.swapped")
-    assert swapped["previous"] == first
+    swapped = wait_match(sub, "agent.policy.swapped", lambda d: d["previous"] is not None)
+    assert swapped["previous"] == first and swapped["probation_parent"] == first
     r.wait_for(lambda s: s["policy"] == swapped["policy"] and s["grasps"] >= 3)
     assert r.ctl("rollback", id=first)["ok"]
     rolled = sub.wait("agent.policy.rolled_back")
@@ -129,8 +188,8 @@ def test_broken_policy_is_refused_and_never_served(start_daemon: Start, tmp_path
     good = r.wait_for(lambda s: s["grasps"] >= 1)["policy"]
     bad = broken_bundle(tmp_path / "bad")
     assert r.ctl("promote", id=str(bad))["ok"]
-    err = sub.wait("agent.error")
-    assert "refused" in err["message"]
+    rejected = sub.wait("agent.policy.rejected")
+    assert rejected["purpose"] == "promote" and rejected["reason"]
     st = r.wait_for(lambda s: s["grasps"] >= 5)
     assert st["policy"] == good
     db = _db(r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from agent.config import (
     load_config,
 )
 from agent.detector import SuccessDropDetector, arl_markov, arl_simulate, design_cusum
+from agent.probation import ProbationTest, design_probation, operating_characteristic
 from agent.wire import WireError, decode, encode
 
 pytestmark = pytest.mark.timeout(60)
@@ -188,11 +190,83 @@ def test_lifecycle_full_cycle_and_probation_rollback() -> None:
     s, _ = lc.step(s, lc.JobSubmitted(7))
     with pytest.raises(lc.LifecycleError):
         lc.step(s, lc.Finetune())
+    s = replace(s, good=("p0",))
     s, eff = lc.step(s, lc.PolicyReady("p1", 7))
     assert (s.phase, s.policy, s.probation_parent) == (lc.Phase.SERVING, "p1", "p0")
-    s, eff = lc.step(s, lc.Alarm(auto_mark=True, new_condition="x"))
-    assert s.policy == "p0" and isinstance(eff[0], lc.SwapPolicy) and s.condition == "glare"
-    assert lc.State.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.last_good == "p0" and s.fallback == "p0"
+    s2, eff = lc.step(s, lc.ProbationFailed("worse"))
+    assert s2.policy == "p0" and s2.condition == "glare" and s2.probation_parent is None
+    assert eff == [
+        lc.RejectPolicy("p1", "worse"),
+        lc.SwapPolicy("p0", "probation_failed"),
+        lc.RaiseAlarm("probation_failed", "policy p1 taken out of service (worse); back to p0"),
+    ]
+    s3, eff = lc.step(s, lc.ProbationPassed())
+    assert s3.good == ("p0", "p1") and s3.last_good == "p1" and s3.fallback == "p0" and eff == []
+    assert lc.State.from_dict(json.loads(json.dumps(s3.to_dict()))) == s3
+
+
+def test_lifecycle_policy_fault_lands_on_last_good_never_on_a_rejected_one() -> None:
+    s = lc.State(lc.Phase.SERVING, "base", "p2", good=("p0", "p1", "p2"))
+    s, eff = lc.step(s, lc.PolicyFault("p2", "non_finite_q"))
+    assert s.policy == "p1" and s.good == ("p0", "p1")
+    assert [type(e) for e in eff] == [lc.RejectPolicy, lc.SwapPolicy, lc.RaiseAlarm]
+    assert eff[2] == lc.RaiseAlarm(
+        "policy_fault", "policy p2 taken out of service (non_finite_q); back to p1"
+    )
+    s, eff = lc.step(s, lc.PolicyFault("p0", "reload failed"))  # the fallback, not active
+    assert (
+        s.policy == "p1" and s.good == ("p1",) and eff == [lc.RejectPolicy("p0", "reload failed")]
+    )
+    s, eff = lc.step(s, lc.PolicyFault("p1", "over_budget"))
+    assert s.policy is None and s.good == ()  # nothing good left: not actuating, never a bad one
+    assert isinstance(eff[-1], lc.RaiseAlarm) and "not actuating" in eff[-1].reason
+
+
+def test_lifecycle_promote_is_on_probation_rollback_is_trusted() -> None:
+    s = lc.State(lc.Phase.SERVING, "base", None)
+    s, _ = lc.step(s, lc.Promote("p0"))  # the first policy: nothing to compare with
+    assert s.good == ("p0",) and s.probation_parent is None
+    s, _ = lc.step(s, lc.Promote("p1"))
+    assert s.probation_parent == "p0" and s.good == ("p0",)
+    s, _ = lc.step(s, lc.Rollback("p0"))
+    assert s.policy == "p0" and s.probation_parent is None and s.good == ("p0",)
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../../outside", "../x", "a b", "", ".hidden", "a" * 65, "a..b"]
+)
+def test_condition_names_that_could_leave_data_dir_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        lc.check_condition_name(name)
+    with pytest.raises(lc.LifecycleError):
+        lc.step(lc.State(lc.Phase.SERVING, "base", "p0"), lc.MarkCondition(name))
+    lc.check_condition_name("harsh-light_2.b")
+
+
+# -- probation -----------------------------------------------------------------------------------
+def test_probation_false_rollback_rate_and_bounded_length_exact() -> None:
+    for p0 in (0.5, 0.7, 0.86, 0.95):
+        d = design_probation(p0, 0.15, alpha=0.05, beta=0.1, max_grasps=200)
+        same = operating_characteristic(d, d.p0)
+        worse = operating_characteristic(d, d.p1)
+        assert same.p_fail <= 0.05  # the stated false-rollback rate
+        assert worse.p_fail >= 0.85 and worse.mean_grasps < 60
+        assert operating_characteristic(d, max(d.p0 - 0.3, 0.01)).p_fail > 0.99
+
+
+def test_probation_test_matches_its_exact_characteristic() -> None:
+    d = design_probation(0.8, 0.15, alpha=0.05, beta=0.1, max_grasps=100)
+    rng = np.random.default_rng(0)
+    fails = 0
+    runs = 2000
+    for _ in range(runs):
+        t = ProbationTest(d)
+        while t.verdict is None:
+            t.update(bool(rng.random() < 0.65))
+        assert t.grasps <= d.max_grasps
+        fails += t.verdict == "fail"
+    assert fails / runs == pytest.approx(operating_characteristic(d, 0.65).p_fail, abs=0.03)
 
 
 def test_lifecycle_alarm_marks_or_alerts() -> None:
