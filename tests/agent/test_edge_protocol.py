@@ -171,11 +171,8 @@ def test_bad_request_fields_rejected(header: dict[str, Any]) -> None:
 
 def test_large_reply_is_not_cut_at_the_request_header_cap() -> None:
     class ManyPolicies(RecordingControl):
-        def policies(self) -> dict[str, Any]:
-            return {"active": None, "policies": [{"id": f"{i:016x}"} for i in range(5000)]}
-
-        def snapshot(self) -> dict[str, Any]:
-            return {}
+        def policies(self) -> list[dict[str, Any]]:  # queries.policies()
+            return [{"id": f"{i:016x}", "status": "retired"} for i in range(5000)]
 
     frames = dispatch(ManyPolicies(), _cmd("policies"), 4096)
     assert len(frames[0]) > MAX_HEADER_BYTES
