@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import itertools
 import os
+import re
 import tomllib
 import types
 import typing
@@ -191,6 +192,32 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class TrainerConfig:
+    """The link to the trainer's job service (agent.trainer_link; docs/trainer-service.md)."""
+
+    endpoint: str = ""
+    """Job socket of `robot-trainer serve`, e.g. "tcp://127.0.0.1:5570"; empty: no trainer."""
+    agent_id: str = ""
+    """This robot's name on the trainer (its lineage); empty: the host name."""
+    state_dir: str = "trainer-link"
+    """Directory (relative to agent.data_dir) for job records and downloaded bundles."""
+    curve_server_public: str = ""
+    """The trainer's public key file; required for a non-loopback endpoint."""
+    curve_client_secret: str = ""
+    """This agent's secret key file (`robot-agent keygen`); set with curve_server_public."""
+    chunk_bytes: int = 1 << 20
+    """Upload chunk size (the trainer may cap it lower)."""
+    heartbeat_s: float = 1.0
+    """Ping interval while connected."""
+    timeout_s: float = 5.0
+    """Silence after which the trainer counts as away (reconnect with backoff)."""
+    backoff_min_s: float = 0.5
+    """First retry delay after the trainer went away."""
+    backoff_max_s: float = 30.0
+    """Longest retry delay."""
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole daemon configuration, one table per component."""
 
@@ -212,6 +239,8 @@ class AgentConfig:
     """Probation of swapped-in policies."""
     sockets: SocketsConfig = field(default_factory=SocketsConfig)
     """Command and event sockets."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The trainer link."""
 
     def data_path(self, rel: str) -> Path:
         """Resolve a path relative to ``agent.data_dir`` (absolute paths pass through)."""
@@ -367,6 +396,35 @@ def validate(cfg: AgentConfig) -> None:
     )
     _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
     _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
+    validate_trainer(cfg.trainer)
+
+
+def validate_trainer(t: TrainerConfig) -> None:
+    """Checks of the [trainer] table; raises ConfigError naming the key."""
+    _need(
+        not t.endpoint or t.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
+        f"trainer.endpoint = {t.endpoint!r}: allowed schemes: tcp://, ipc://, inproc://",
+    )
+    _need(
+        bool(t.curve_server_public) == bool(t.curve_client_secret),
+        "trainer.curve_server_public and trainer.curve_client_secret must be set together",
+    )
+    _need(
+        not t.endpoint or is_loopback_endpoint(t.endpoint) or bool(t.curve_server_public),
+        f"trainer.endpoint = {t.endpoint!r} is not a loopback address; reaching it needs CURVE "
+        "keys (set trainer.curve_server_public and trainer.curve_client_secret)",
+    )
+    _need(
+        not t.agent_id or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", t.agent_id) is not None,
+        f"trainer.agent_id = {t.agent_id!r}: letters, digits, '.', '_', '-' (<= 64, no '/')",
+    )
+    _need(4096 <= t.chunk_bytes <= 64 << 20, "trainer.chunk_bytes: must be in [4096, 64 MiB]")
+    _need(t.heartbeat_s > 0, "trainer.heartbeat_s: must be > 0")
+    _need(t.timeout_s > t.heartbeat_s, "trainer.timeout_s: must be > trainer.heartbeat_s")
+    _need(
+        0 < t.backoff_min_s <= t.backoff_max_s,
+        "trainer.backoff_min_s: must be > 0 and <= trainer.backoff_max_s",
+    )
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

@@ -12,6 +12,8 @@ Subcommands:
   prints the result as one JSON object on stdout, progress lines on stderr.
 - ``base-data --out DIR [--grasps N]``: base replay data (base policy,
   baseline, training objects) in the episode format.
+- ``serve [--config trainer.toml]``: the fine-tune job service for agents
+  (:mod:`trainer.service`, protocol in docs/trainer-service.md).
 """
 
 from __future__ import annotations
@@ -107,6 +109,29 @@ def _base_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from agent.config import ConfigError
+    from trainer.service import serve
+    from trainer.service_config import load_service_config, service_config_from_dict
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    raw_overrides = {"endpoint": args.endpoint, "data_dir": args.data_dir}
+    overrides = {k: v for k, v in raw_overrides.items() if v is not None}
+    try:
+        cfg = load_service_config(args.config) if args.config else service_config_from_dict({})
+        if overrides:
+            raw = {"service": {**dataclasses.asdict(cfg.service), **overrides}}
+            cfg = service_config_from_dict({**raw, "finetune": cfg.finetune})
+        return serve(cfg)
+    except ConfigError as exc:
+        print(f"robot-trainer serve: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also the CLI help)."""
     parser = argparse.ArgumentParser(prog="robot-trainer", description=__doc__.splitlines()[0])
@@ -160,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--seed", type=int, default=7, help="collection seed")
     bd.add_argument("--workers", type=int, default=2, help="collection processes")
     bd.set_defaults(func=_base_data)
+    sv = sub.add_parser("serve", help="run the fine-tune job service (docs/trainer-service.md)")
+    sv.add_argument("--config", default="", help="TOML file ([service], [finetune] tables)")
+    sv.add_argument("--endpoint", default=None, help="override service.endpoint")
+    sv.add_argument("--data-dir", default=None, help="override service.data_dir")
+    sv.set_defaults(func=_serve)
     return parser
 
 

@@ -1,0 +1,712 @@
+"""The agent's link to the trainer's job service: one DEALER socket on its own thread.
+
+:meth:`TrainerLink.submit` records a job on disk (a small JSON file) and
+returns; everything else happens on the link's thread, so the control loop
+never waits on the trainer. For each job the link:
+
+1. uploads the export (and the parent bundle, only if the trainer lacks it:
+   the trainer says so), chunk by chunk from disk with a sha256 per chunk, at
+   most ``credit`` chunks in flight; after a disconnect it asks the trainer
+   what it already has and sends only the rest;
+2. follows the job while it is queued and trains (``on_status`` gets each
+   state change and the trainer's progress);
+3. fetches the result: a bundle is downloaded chunk by chunk into
+   ``<state_dir>/staging/job-<id>/<bundle id>`` (every chunk and every whole
+   file checked), then ``on_result(bundle_dir, job_id)`` is called once, from
+   the link's thread (the daemon validates the bundle off-thread);
+4. acknowledges the result, after which the trainer may forget the job.
+
+While the trainer is away (no reply for ``timeout_s``) the link closes its
+socket and reconnects with exponential backoff; the exports wait on disk, so
+memory stays bounded however long it is away. Job records survive an agent
+restart: :meth:`start` picks every unfinished job up where it was.
+
+Statuses given to ``on_status(job_id, status, detail)``: ``waiting`` (the
+trainer is unreachable), ``uploading``, ``receiving``/``queued``/``training``
+(the trainer's states; ``training`` repeats with progress in ``detail``),
+``downloading``, then one of ``improved``, ``no_improvement``, ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import re
+import shutil
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from agent.config import AgentConfig
+from agent.jobwire import (
+    PROTOCOL,
+    Manifest,
+    PartFile,
+    chunk_sha,
+    from_ranges,
+    manifest_of_dir,
+    read_chunk,
+)
+from agent.wire import MAX_HEADER_BYTES, Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[Path, int], None]
+OnStatus = Callable[[int, str, dict[str, Any]], None]
+
+MAX_RESULT_BYTES = 1 << 30
+"""Largest result bundle the link downloads."""
+_FINISHED = ("done", "no_improvement", "failed", "delivered", "acknowledged")
+
+
+@dataclass
+class JobRecord:
+    """What the link persists about one job (``<state_dir>/jobs/job-<id>.json``)."""
+
+    job: int
+    """The agent's job id."""
+    export: str
+    """Export directory (robot-agent-dataset v1)."""
+    parent_id: str
+    """Bundle id of the policy to fine-tune (in the agent's store)."""
+    condition: str
+    """Condition of the export."""
+    phase: str = "upload"
+    """upload, wait, fetch, deliver, ack, done or failed."""
+    key: str = ""
+    """The trainer's id of the job (once accepted)."""
+    manifest: dict[str, Any] | None = None
+    """The export's manifest (computed once; the export never changes)."""
+    outcome: str = ""
+    """improved, no_improvement or failed."""
+    bundle_id: str = ""
+    """Result bundle id (improved)."""
+    detail: str = ""
+    """The trainer's summary or reason."""
+
+
+@dataclass
+class _Download:
+    manifest: Manifest
+    bundle_id: str
+    partial: Path
+    pending: deque[tuple[str, int]]
+    got: dict[str, set[int]] = field(default_factory=dict)
+    inflight: int = 0
+    last_ok: float = 0.0
+
+
+@dataclass
+class _Live:
+    """Per-connection state of a job (reset on every reconnect)."""
+
+    awaiting: str = ""
+    sent_at: float = 0.0
+    pending: deque[tuple[str, str, int]] = field(default_factory=deque)
+    credit: int = 0
+    inflight: int = 0
+    last_ok: float = 0.0
+    resubmit_at: float = 0.0
+    download: _Download | None = None
+    reported: str = ""
+    sent_bytes: int = 0
+    last_upload_report: float = 0.0
+
+
+def _host_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip(".-")
+    return name or "agent"
+
+
+class TrainerLink:
+    """Submits fine-tune jobs to the trainer and brings their results back, on its own thread."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        store_dir: Path,
+        on_result: OnResult,
+        on_status: OnStatus,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg.trainer
+        self.root = cfg.data_path(cfg.trainer.state_dir)
+        self.store_dir = Path(store_dir)
+        self.on_result = on_result
+        self.on_status = on_status
+        self.agent_id = self.cfg.agent_id or _host_id()
+        self._clock = clock
+        self._inbox: queue.Queue[int] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._records: dict[int, JobRecord] = {}
+        self._live: dict[int, _Live] = {}
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._welcomed = False
+        self._credit = 1
+        self._chunk_bytes = self.cfg.chunk_bytes
+        self._last_rx = 0.0
+        self._next_ping = 0.0
+        self._next_connect = 0.0
+        self._backoff = self.cfg.backoff_min_s
+        self._away_reported = False
+        self._rid = 0
+        self.stats: dict[str, int] = {
+            "connects": 0,
+            "chunks_sent": 0,
+            "chunks_rejected": 0,
+            "gets_sent": 0,
+            "data_rejected": 0,
+            "results": 0,
+        }
+        """Counters (written by the link's thread only)."""
+
+    # -- public API (any thread) ----------------------------------------------------------
+    def start(self) -> None:
+        """Load unfinished jobs from disk and start the link's thread."""
+        if not self.cfg.endpoint:
+            raise ValueError("trainer.endpoint is empty: there is no trainer to link to")
+        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "staging").mkdir(parents=True, exist_ok=True)
+        for f in sorted((self.root / "jobs").glob("job-*.json")):
+            try:
+                rec = JobRecord(**json.loads(f.read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("%s: unreadable job record, skipped: %s", f, exc)
+                continue
+            self._records[rec.job] = rec
+            if rec.phase in ("done", "failed"):
+                shutil.rmtree(self._staging(rec.job), ignore_errors=True)
+        self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name="trainer-link", daemon=True)
+        self._thread.start()
+
+    def submit(self, job_id: int, export_path: Path, parent_id: str) -> None:
+        """Record a job (on disk when this returns) and hand it to the link's thread.
+
+        Idempotent: a job id already recorded is left as it is. Raises ValueError if the
+        export is not a dataset export.
+        """
+        path = self.root / "jobs" / f"job-{int(job_id)}.json"
+        if path.exists():
+            return
+        index = json.loads((Path(export_path) / "index.json").read_text())
+        if index.get("format") != "robot-agent-dataset":
+            raise ValueError(f"{export_path}: not a robot-agent-dataset export")
+        rec = JobRecord(int(job_id), str(export_path), str(parent_id), str(index["condition"]))
+        self._save(rec)
+        self._inbox.put(rec.job)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and close the socket (unfinished jobs resume at the next start)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def phases(self) -> dict[int, str]:
+        """Each known job's phase (a snapshot)."""
+        with self._lock:
+            return {j: r.phase for j, r in self._records.items()}
+
+    # -- persistence ----------------------------------------------------------------------
+    def _save(self, rec: JobRecord) -> None:
+        path = self.root / "jobs" / f"job-{rec.job}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(rec), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        with self._lock:
+            self._records[rec.job] = rec
+
+    def _staging(self, job: int) -> Path:
+        return self.root / "staging" / f"job-{job}"
+
+    def _status(self, rec: JobRecord, status: str, detail: dict[str, Any] | None = None) -> None:
+        try:
+            self.on_status(rec.job, status, detail or {})
+        except Exception:
+            log.exception("on_status(%s, %s) raised", rec.job, status)
+
+    # -- the thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._take_inbox()
+                self._tick()
+            except Exception:
+                log.exception("trainer link: unexpected error; reconnecting")
+                self._disconnect(self._clock(), "error")
+        self._close_socket()
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _active(self) -> list[JobRecord]:
+        with self._lock:
+            return [r for r in self._records.values() if r.phase not in ("done", "failed")]
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self._sock is None:
+            if not self._active():
+                self._stop.wait(0.05)
+                return
+            if now < self._next_connect:
+                self._stop.wait(min(0.05, self._next_connect - now))
+                return
+            self._connect(now)
+        assert self._sock is not None
+        if self._sock.poll(20, zmq.POLLIN):
+            for _ in range(256):
+                try:
+                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._last_rx = self._clock()
+                try:
+                    self._on_message(decode(frames, max_bytes=self._max_bytes))
+                except WireError as exc:
+                    log.warning("trainer link: malformed message from the trainer: %s", exc)
+        now = self._clock()
+        if now - self._last_rx > self.cfg.timeout_s:
+            self._disconnect(now, f"no reply from the trainer for {self.cfg.timeout_s:.1f} s")
+            return
+        if not self._welcomed:
+            return
+        if now >= self._next_ping:
+            self._next_ping = now + self.cfg.heartbeat_s
+            self._send("ping", {})
+        for rec in self._active():
+            self._drive(rec, now)
+
+    @property
+    def _max_bytes(self) -> int:
+        return max(self._chunk_bytes, self.cfg.chunk_bytes) + MAX_HEADER_BYTES
+
+    def _connect(self, now: float) -> None:
+        assert self._ctx is not None
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self._max_bytes)
+        s.setsockopt(zmq.SNDHWM, 64)
+        s.setsockopt(zmq.RCVHWM, 256)
+        ivl = max(100, int(self.cfg.heartbeat_s * 1000))
+        s.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+        s.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
+        s.setsockopt(zmq.RECONNECT_IVL, 200)
+        if self.cfg.curve_server_public:
+            from agent.transport import ClientKeys
+
+            ClientKeys.load(self.cfg.curve_client_secret, self.cfg.curve_server_public).apply(s)
+        s.connect(self.cfg.endpoint)
+        self._sock = s
+        self._welcomed = False
+        self._last_rx = now
+        self.stats["connects"] += 1
+        self._send("hello", {"protocol": PROTOCOL})
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self._welcomed = False
+
+    def _disconnect(self, now: float, why: str) -> None:
+        if self._sock is not None:
+            log.warning("trainer link: %s; retrying in %.1f s", why, self._backoff)
+        self._close_socket()
+        self._live.clear()
+        delay = self._backoff * (0.8 + 0.4 * random.random())
+        self._next_connect = now + delay
+        self._backoff = min(self._backoff * 2, self.cfg.backoff_max_s)
+        if not self._away_reported:
+            self._away_reported = True
+            for rec in self._active():
+                self._status(rec, "waiting", {"reason": why, "retry_in_s": round(delay, 2)})
+
+    def _send(self, type_: str, header: dict[str, Any], data: bytes | None = None) -> bool:
+        if self._sock is None:
+            return False
+        self._rid += 1
+        head = {"agent": self.agent_id, "rid": self._rid, **header}
+        arrays = None if data is None else {"data": np.frombuffer(data, dtype=np.uint8)}
+        try:
+            self._sock.send_multipart(
+                encode(type_, head, arrays, max_bytes=self._max_bytes), zmq.NOBLOCK
+            )
+        except zmq.Again:
+            return False
+        return True
+
+    def _live_of(self, rec: JobRecord) -> _Live:
+        live = self._live.get(rec.job)
+        if live is None:
+            live = self._live[rec.job] = _Live()
+        return live
+
+    # -- driving each job -----------------------------------------------------------------
+    def _drive(self, rec: JobRecord, now: float) -> None:
+        live = self._live_of(rec)
+        if live.awaiting and now - live.sent_at > self.cfg.timeout_s:
+            live.awaiting = ""  # the request or its reply was lost: ask again
+        if rec.phase == "upload":
+            self._drive_upload(rec, live, now)
+        elif rec.phase == "wait":
+            if not live.awaiting and now >= live.resubmit_at and rec.key:
+                live.awaiting, live.sent_at = "status", now
+                live.resubmit_at = now + 5 * self.cfg.heartbeat_s
+                self._send("status", {"key": rec.key})
+        elif rec.phase == "fetch":
+            self._drive_fetch(rec, live, now)
+        elif rec.phase == "deliver":
+            self._deliver(rec)
+        elif rec.phase == "ack" and not live.awaiting:
+            live.awaiting, live.sent_at = "ack", now
+            self._send("ack", {"key": rec.key})
+
+    def _drive_upload(self, rec: JobRecord, live: _Live, now: float) -> None:
+        if live.inflight and now - live.last_ok > self.cfg.timeout_s:
+            live.pending.clear()  # chunks or their replies lost: ask what is missing
+            live.inflight = 0
+        if not live.awaiting and not live.pending and not live.inflight:
+            if now < live.resubmit_at:
+                return
+            self._send_submit(rec, live, now)
+            return
+        while live.credit > 0 and live.pending:
+            blob, file, idx = live.pending.popleft()
+            if not self._send_chunk(rec, blob, file, idx):
+                live.pending.appendleft((blob, file, idx))
+                break
+            live.credit -= 1
+            live.inflight += 1
+            if live.inflight == 1:
+                live.last_ok = now
+
+    def _send_submit(self, rec: JobRecord, live: _Live, now: float) -> None:
+        export = Path(rec.export)
+        parent_dir = self.store_dir / rec.parent_id
+        if not (export / "index.json").is_file() or not parent_dir.is_dir():
+            what = export if not (export / "index.json").is_file() else parent_dir
+            rec.phase, rec.outcome, rec.detail = "failed", "failed", f"{what} is missing"
+            self._save(rec)
+            self._status(rec, "failed", {"detail": rec.detail})
+            return
+        if rec.manifest is None or rec.manifest.get("chunk_bytes") != self._chunk_bytes:
+            rec.manifest = manifest_of_dir(export, self._chunk_bytes).to_json()
+            self._save(rec)
+        parent = manifest_of_dir(parent_dir, self._chunk_bytes).to_json()
+        live.awaiting, live.sent_at = "submit", now
+        self._send(
+            "submit",
+            {
+                "job": rec.job,
+                "condition": rec.condition,
+                "parent_id": rec.parent_id,
+                "export": rec.manifest,
+                "parent": parent,
+            },
+        )
+
+    def _send_chunk(self, rec: JobRecord, blob: str, file: str, idx: int) -> bool:
+        src = Path(rec.export) if blob == "export" else self.store_dir / rec.parent_id
+        data = read_chunk(src / file, idx, self._chunk_bytes)
+        head = {"key": rec.key, "blob": blob, "file": file, "index": idx, "sha256": chunk_sha(data)}
+        ok = self._send("chunk", head, data)
+        if ok:
+            self.stats["chunks_sent"] += 1
+            live = self._live_of(rec)
+            live.sent_bytes += len(data)
+            now = self._clock()
+            if now - live.last_upload_report >= 1.0:
+                live.last_upload_report = now
+                total = int(sum(f["size"] for f in (rec.manifest or {}).get("files", [])))
+                self._status(
+                    rec, "uploading", {"sent_bytes": live.sent_bytes, "export_bytes": total}
+                )
+        return ok
+
+    def _drive_fetch(self, rec: JobRecord, live: _Live, now: float) -> None:
+        dl = live.download
+        if dl is None:
+            if not live.awaiting:
+                live.awaiting, live.sent_at = "fetch", now
+                self._send("fetch", {"key": rec.key})
+            return
+        if dl.inflight and now - dl.last_ok > self.cfg.timeout_s:
+            missing = [
+                (f.name, i)
+                for f in dl.manifest.files
+                for i in range(dl.manifest.chunks(f.name))
+                if i not in dl.got.get(f.name, set()) and (f.name, i) not in dl.pending
+            ]
+            dl.pending.extend(missing)
+            dl.inflight = 0
+        while dl.inflight < self._credit and dl.pending:
+            file, idx = dl.pending.popleft()
+            if not self._send("get", {"key": rec.key, "file": file, "index": idx}):
+                dl.pending.appendleft((file, idx))
+                break
+            self.stats["gets_sent"] += 1
+            dl.inflight += 1
+            if dl.inflight == 1:
+                dl.last_ok = now
+
+    def _deliver(self, rec: JobRecord) -> None:
+        final = self._staging(rec.job) / rec.bundle_id
+        self.stats["results"] += 1
+        try:
+            self.on_result(final, rec.job)
+        except Exception:
+            log.exception("on_result(%s, %s) raised", final, rec.job)
+        rec.phase = "ack"
+        self._save(rec)
+        self._status(rec, "improved", {"bundle_id": rec.bundle_id, "path": str(final)})
+
+    # -- messages from the trainer --------------------------------------------------------
+    def _record(self, h: dict[str, Any]) -> JobRecord | None:
+        key = h.get("key")
+        job = h.get("job")
+        with self._lock:
+            for rec in self._records.values():
+                if key and rec.key == key:
+                    return rec
+            rec_ = self._records.get(job) if isinstance(job, int) else None
+        if rec_ is not None and rec_.key in ("", key):
+            return rec_
+        return None
+
+    def _on_message(self, msg: Message) -> None:
+        h = msg.header
+        t = msg.type
+        now = self._clock()
+        if t == "welcome":
+            self._welcomed = True
+            self._away_reported = False
+            self._backoff = self.cfg.backoff_min_s
+            self._credit = max(1, int(h.get("credit", 1)))
+            self._chunk_bytes = min(self.cfg.chunk_bytes, int(h.get("max_chunk_bytes", 1 << 20)))
+            self._next_ping = now
+            return
+        if t == "pong":
+            for key, state in dict(h.get("jobs", {})).items():
+                rec = self._record({"key": key})
+                if rec is not None:
+                    self._trainer_state(rec, str(state), {})
+            return
+        rec = self._record(h)
+        if rec is None or rec.phase in ("done", "failed"):
+            return
+        live = self._live_of(rec)
+        if t == "accepted":
+            self._on_accepted(rec, live, h, now)
+        elif t == "chunk_ok":
+            live.inflight = max(0, live.inflight - 1)
+            live.credit += int(h.get("credit", 1))
+            live.last_ok = now
+            if h.get("state") != "receiving":
+                self._trainer_state(rec, str(h.get("state")), h)
+            elif not live.pending and not live.inflight:
+                live.awaiting = ""  # all sent: confirm with a submit (lists anything missing)
+        elif t == "error":
+            self._on_error(rec, live, h, now)
+        elif t == "job":
+            if live.awaiting == "status":
+                live.awaiting = ""
+            self._trainer_state(rec, str(h.get("state")), h)
+        elif t == "progress":
+            info = {k: v for k, v in h.items() if k not in ("key", "job", "rid")}
+            self._status(rec, "training", info)
+        elif t == "result":
+            self._on_result_header(rec, live, h)
+        elif t == "data":
+            self._on_data(rec, live, h, msg)
+        elif t == "acked":
+            rec.phase = "done"
+            self._save(rec)
+            live.awaiting = ""
+
+    def _on_accepted(self, rec: JobRecord, live: _Live, h: dict[str, Any], now: float) -> None:
+        live.awaiting = ""
+        if rec.key != h.get("key"):
+            rec.key = str(h.get("key"))
+            self._save(rec)
+        state = str(h.get("state"))
+        if state != "receiving":
+            self._trainer_state(rec, state, h)
+            return
+        self._report(rec, live, "receiving", {})
+        live.credit = max(1, int(h.get("credit", self._credit)))
+        live.inflight = 0
+        live.pending.clear()
+        assert rec.manifest is not None
+        export_m = Manifest.from_json(
+            rec.manifest, max_chunk_bytes=1 << 30, max_total_bytes=1 << 62
+        )
+        need = h.get("need") or {}
+        for blob in ("parent", "export"):
+            for file, ranges in dict(need.get(blob, {})).items():
+                upper = export_m.chunks(file) if blob == "export" else 1 << 30
+                for idx in from_ranges(ranges, upper):
+                    live.pending.append((blob, str(file), idx))
+        if not live.pending:
+            live.resubmit_at = now + self.cfg.heartbeat_s
+
+    def _on_error(self, rec: JobRecord, live: _Live, h: dict[str, Any], now: float) -> None:
+        code, re_ = h.get("code"), h.get("re")
+        if code == "checksum" and re_ == "chunk":
+            self.stats["chunks_rejected"] += 1
+            live.inflight = max(0, live.inflight - 1)
+            live.credit += 1
+            live.pending.appendleft((str(h["blob"]), str(h["file"]), int(h["index"])))
+            return
+        if code == "whole_checksum":
+            live.inflight = max(0, live.inflight - 1)
+            live.credit += 1
+            return
+        if code == "unknown_job":
+            log.warning("trainer forgot job %s (%s): submitting it again", rec.job, rec.key)
+            rec.key, rec.phase = "", "upload"
+            self._save(rec)
+            live.awaiting = ""
+            live.download = None
+            return
+        if code == "not_ready":
+            live.awaiting = ""
+            if rec.phase == "fetch":
+                rec.phase = "wait"
+                self._save(rec)
+            return
+        if re_ == "submit" and code in ("too_large", "bad_request", "parent_missing"):
+            rec.phase, rec.outcome, rec.detail = "failed", "failed", str(h.get("message"))
+            self._save(rec)
+            self._status(rec, "failed", {"detail": rec.detail})
+            return
+        log.warning("trainer link: job %s: trainer error %s: %s", rec.job, code, h.get("message"))
+        live.awaiting = ""
+        live.resubmit_at = now + self.cfg.heartbeat_s
+
+    def _report(self, rec: JobRecord, live: _Live, status: str, detail: dict[str, Any]) -> None:
+        if live.reported != status:
+            live.reported = status
+            self._status(rec, status, detail)
+
+    def _trainer_state(self, rec: JobRecord, state: str, h: dict[str, Any]) -> None:
+        live = self._live_of(rec)
+        if state in ("receiving", "queued", "training"):
+            self._report(rec, live, state, {"detail": h.get("detail", "")})
+        if state == "receiving":
+            if rec.phase == "wait":
+                rec.phase = "upload"
+                self._save(rec)
+        elif state in ("queued", "training"):
+            if rec.phase == "upload":
+                rec.phase = "wait"
+                self._save(rec)
+                live.pending.clear()
+                live.inflight = 0
+        elif state in _FINISHED and rec.phase in ("upload", "wait"):
+            rec.phase = "fetch"
+            self._save(rec)
+            live.awaiting = ""
+        elif state == "acknowledged" and rec.phase == "ack":
+            rec.phase = "done"
+            self._save(rec)
+
+    def _on_result_header(self, rec: JobRecord, live: _Live, h: dict[str, Any]) -> None:
+        live.awaiting = ""
+        if rec.phase != "fetch" or live.download is not None:
+            return
+        rec.outcome = str(h.get("outcome", ""))
+        rec.detail = str(h.get("detail", ""))
+        manifest = h.get("manifest")
+        if rec.outcome == "improved" and isinstance(manifest, dict):
+            rec.bundle_id = str(h.get("bundle_id"))
+            m = Manifest.from_json(
+                manifest, max_chunk_bytes=self._chunk_bytes, max_total_bytes=MAX_RESULT_BYTES
+            )
+            final = self._staging(rec.job) / rec.bundle_id
+            if final.is_dir():
+                rec.phase = "deliver"
+                self._save(rec)
+                return
+            partial = self._staging(rec.job) / f"{rec.bundle_id}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            pending = deque((f.name, i) for f in m.files for i in range(m.chunks(f.name)))
+            live.download = _Download(m, rec.bundle_id, partial, pending)
+            self._save(rec)
+            self._report(
+                rec, live, "downloading", {"bundle_id": rec.bundle_id, "bytes": m.total_bytes}
+            )
+            return
+        outcome = rec.outcome if rec.outcome in ("no_improvement", "failed") else "failed"
+        rec.outcome = outcome
+        rec.phase = "ack"
+        self._save(rec)
+        self._status(rec, outcome, {"detail": rec.detail})
+
+    def _on_data(self, rec: JobRecord, live: _Live, h: dict[str, Any], msg: Message) -> None:
+        dl = live.download
+        if dl is None or "data" not in msg.arrays:
+            return
+        file, idx = str(h.get("file")), h.get("index")
+        if not isinstance(idx, int):
+            return
+        dl.inflight = max(0, dl.inflight - 1)
+        dl.last_ok = self._clock()
+        data = msg.arrays["data"].tobytes()
+        try:
+            entry = dl.manifest.entry(file)
+            ok = 0 <= idx < dl.manifest.chunks(file)
+        except WireError:
+            return
+        if not ok or idx in dl.got.get(file, set()):
+            return
+        if len(data) != dl.manifest.chunk_size(file, idx) or chunk_sha(data) != h.get("sha256"):
+            self.stats["data_rejected"] += 1
+            dl.pending.appendleft((file, idx))
+            return
+        pf = PartFile(dl.partial / file, entry, dl.manifest.chunk_bytes)
+        pf.write(idx, data, sync=False)
+        got = dl.got.setdefault(file, set())
+        got.add(idx)
+        if len(got) == dl.manifest.chunks(file) and not pf.finish():
+            self.stats["data_rejected"] += 1
+            got.clear()
+            dl.pending.extend((file, i) for i in range(dl.manifest.chunks(file)))
+            return
+        if all(
+            len(dl.got.get(f.name, ())) == dl.manifest.chunks(f.name) for f in dl.manifest.files
+        ):
+            final = self._staging(rec.job) / dl.bundle_id
+            os.replace(dl.partial, final)
+            live.download = None
+            rec.phase = "deliver"
+            self._save(rec)
+            self._deliver(rec)

@@ -1,0 +1,228 @@
+"""The agent's trainer link against a real `robot-trainer serve` process over loopback.
+
+Real sockets, a real trainer process running the real fine-tune recipe on a tiny network and
+budget (tests/trainer/jobsupport.py), real files. A relay between link and trainer cuts the
+line and corrupts a chunk to test resumption and checksums.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.bundle import validate_bundle
+from agent.config import config_from_dict
+from agent.trainer_link import TrainerLink
+from tests.trainer.jobsupport import (
+    Proxy,
+    TrainerProcess,
+    free_port,
+    make_export,
+    make_parent,
+    wait_for,
+    write_service_config,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Recorder:
+    """Collects on_result and on_status calls (from the link's thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.results: list[tuple[Path, int]] = []
+        self.statuses: list[tuple[int, str, dict[str, Any]]] = []
+
+    def on_result(self, path: Path, job: int) -> None:
+        with self.lock:
+            self.results.append((path, job))
+
+    def on_status(self, job: int, status: str, detail: dict[str, Any]) -> None:
+        with self.lock:
+            self.statuses.append((job, status, detail))
+
+    def of(self, job: int) -> list[str]:
+        with self.lock:
+            return [s for j, s, _ in self.statuses if j == job]
+
+    def result(self, job: int, timeout_s: float = 60.0) -> Path:
+        wait_for(lambda: any(j == job for _, j in self.results), timeout_s, f"result of {job}")
+        return next(p for p, j in self.results if j == job)
+
+
+def make_link(
+    root: Path, endpoint: str, agent_id: str, store: Path, **trainer: Any
+) -> tuple[TrainerLink, Recorder]:
+    cfg = config_from_dict(
+        {
+            "agent": {"data_dir": str(root)},
+            "trainer": {
+                "endpoint": endpoint,
+                "agent_id": agent_id,
+                "chunk_bytes": 65536,
+                "heartbeat_s": 0.2,
+                "timeout_s": 1.0,
+                "backoff_min_s": 0.2,
+                "backoff_max_s": 1.0,
+                **trainer,
+            },
+        }
+    )
+    rec = Recorder()
+    link = TrainerLink(cfg, store, rec.on_result, rec.on_status)
+    link.start()
+    return link, rec
+
+
+def trainer(tmp_path: Path, name: str = "trainer") -> TrainerProcess:
+    port = free_port()
+    cfg = write_service_config(tmp_path / f"{name}.toml", tmp_path / name, port)
+    return TrainerProcess(cfg, tmp_path / f"{name}.log", port)
+
+
+def _job_rows(tr: TrainerProcess) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = tr.jobs()["jobs"]
+    return rows
+
+
+def test_job_end_to_end_over_loopback_with_lineage(tmp_path: Path) -> None:
+    tr = trainer(tmp_path).start()
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-a", store)
+    try:
+        link.submit(1, make_export(tmp_path / "x" / "job-1", 120, "checkerboard", seed=1), parent)
+        child = validate_bundle(rec.result(1))
+        assert child.parent_id == parent
+        seq = rec.of(1)
+        for a, b in [("uploading", "queued"), ("queued", "training"), ("training", "improved")]:
+            assert seq.index(a) < seq.index(b), seq
+        wait_for(lambda: _job_rows(tr)[0]["state"] == "acknowledged", 10, "acknowledged")
+        # The child becomes the parent of the next job, in another condition: the trainer
+        # already holds it (not uploaded again), and the lineage's first condition is prior.
+        shutil.copytree(child.path, store / child.id)
+        link.submit(
+            2, make_export(tmp_path / "x" / "job-2", 120, "harsh_lighting", seed=2), child.id
+        )
+        second = validate_bundle(rec.result(2))
+        assert second.parent_id == child.id
+        first_key = _job_rows(tr)[0]["key"]
+        prior = [p["path"] for p in second.meta["data"]["prior"]]
+        assert any(f"lineages/robot-a/{first_key}" in p for p in prior), prior
+        counters = tr.jobs()["counters"]
+        assert counters["parent.upload"] == 1 and counters["parent.already_held"] == 1
+        assert counters.get("chunks.duplicate", 0) == 0
+    finally:
+        link.close()
+        assert tr.stop() == 0
+
+
+def test_disconnect_mid_upload_resumes_with_only_missing_chunks(tmp_path: Path) -> None:
+    tr = trainer(tmp_path).start()
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    proxy = Proxy(free_port(), tr.endpoint)
+    proxy.cut_after = 12  # the 13th chunk message never arrives; the line is down 1 s
+    proxy.corrupt_chunk = 5  # one byte flipped in transit
+    proxy.start()
+    link, rec = make_link(tmp_path / "agent", f"tcp://127.0.0.1:{proxy.port}", "robot-b", store)
+    try:
+        link.submit(7, make_export(tmp_path / "x" / "job-7", 150, "transparent", seed=3), parent)
+        validate_bundle(rec.result(7))
+        info = tr.jobs()
+        counters = info["counters"]
+        total = counters["chunks.written"]
+        assert proxy.cuts == 1
+        assert "waiting" in rec.of(7)  # the link told the daemon the trainer was away
+        assert counters["chunks.rejected"] == 1 and link.stats["chunks_rejected"] == 1
+        assert counters.get("chunks.duplicate", 0) == 0  # nothing the trainer had came again
+        # sent = every chunk once + the corrupted one again + those lost in the cut (<= credit)
+        assert total + 1 <= link.stats["chunks_sent"] <= total + 1 + 4
+        assert link.stats["connects"] >= 2
+    finally:
+        link.close()
+        proxy.close()
+        tr.stop()
+
+
+def test_trainer_sigkilled_mid_job_resumes_and_delivers_once(tmp_path: Path) -> None:
+    port = free_port()
+    slow = {
+        "max_steps": 400,
+        "eval_every": 20,
+        "patience": 100,
+        "batch_size": 16,
+        "augment": "off",
+        "threads": 1,
+        "device": "cpu",
+        "checkpoint_every": 20,
+        "min_gain": 0.0,
+        "se_margin": 0.0,
+        "prior_tolerance": 1.0,
+        "max_eval": 32,
+    }
+    cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", port, finetune=slow)
+    tr = TrainerProcess(cfg, tmp_path / "trainer.log", port).start()
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-c", store)
+    try:
+        link.submit(3, make_export(tmp_path / "x" / "job-3", 120, "offset", seed=4), parent)
+
+        def trained_some() -> bool:
+            with rec.lock:
+                steps = [d.get("step", 0) for _, s, d in rec.statuses if s == "training"]
+            return any(isinstance(x, int) and x >= 40 for x in steps)
+
+        wait_for(trained_some, 60, "training progress past a checkpoint")
+        tr.kill()
+        time.sleep(0.5)
+        tr.start()
+        path = rec.result(3, timeout_s=75)
+        validate_bundle(path)
+        wait_for(lambda: link.phases().get(3) == "done", 10, "acknowledged")
+        time.sleep(0.5)
+        assert [j for _, j in rec.results] == [3]  # the link received the result once
+        rows = _job_rows(tr)
+        assert len(rows) == 1 and rows[0]["state"] == "acknowledged" and rows[0]["attempts"] == 2
+        bundles = sorted(p.name for p in (tmp_path / "trainer" / "bundles").iterdir())
+        assert bundles == sorted([parent, path.name])  # no duplicate bundle
+        log = (tmp_path / "trainer.log").read_text()
+        assert "was training when the trainer went down: resuming" in log
+    finally:
+        link.close()
+        tr.stop()
+
+
+def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
+    tr = trainer(tmp_path).start()
+    links = []
+    try:
+        for i, name in enumerate(("r1", "r2", "r3")):
+            store = tmp_path / name / "policies"
+            parent = make_parent(store, seed=i)
+            link, rec = make_link(tmp_path / name, tr.endpoint, name, store)
+            links.append((link, rec))
+            export = make_export(tmp_path / name / "exports" / "job-1", 100, "checkerboard", i)
+            link.submit(1, export, parent)
+            time.sleep(0.3)  # submissions in a known order
+        for _, rec in links:
+            validate_bundle(rec.result(1, timeout_s=75))
+        rows = sorted(_job_rows(tr), key=lambda r: r["seq"])
+        assert [r["agent"] for r in rows] == ["r1", "r2", "r3"]
+        starts = [r["started_at"] for r in rows]
+        ends = [r["finished_at"] for r in rows]
+        assert starts == sorted(starts)
+        assert all(ends[i] <= starts[i + 1] for i in range(2))  # one job at a time, FIFO
+        for name in ("r1", "r2", "r3"):  # each agent's lineage on the trainer's disk
+            assert len(list((tmp_path / "trainer" / "lineages" / name).iterdir())) == 1
+    finally:
+        for link, _ in links:
+            link.close()
+        tr.stop()
