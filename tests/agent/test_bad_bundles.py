@@ -194,7 +194,7 @@ def out_of_range_for_odd_counts() -> Any:
     )
 
 
-def slow_model(size: int = 512, layers: int = 5) -> Any:
+def slow_model(size: int = 512, layers: int = 2) -> Any:
     """A chain of size x size MatMuls on the action path (its result is multiplied by zero)."""
     from onnx import numpy_helper
 
@@ -639,13 +639,14 @@ def test_policy_fault_after_consecutive_decisions_over_budget(
 
 
 def test_one_decision_over_the_hard_cap_faults_only_when_busy(tmp_path: Path) -> None:
-    pol = _unprobed(tmp_path, slow_model(layers=2))
+    pol = _unprobed(tmp_path, slow_model(layers=1))
     pol.arm(budget_s=1e-6, strikes=100, hard_cap_s=2e-6)
     with pytest.raises(PolicyFault) as err:  # wall and CPU both over: the policy is slow
         pol.act(np.full((64, 64, 3), 9, np.uint8))
     assert err.value.reason == "over_budget" and "hard cap" in str(err.value)
     pol.arm(budget_s=0.01, strikes=100, hard_cap_s=0.05)
     pol._check_budget(5.0, 0.001)  # a 5 s stall with no CPU (SIGSTOP, VM pause): one strike
+    assert pol._strikes == 1
 
 
 def test_shipped_base_policy_never_faults_on_sim_images(tmp_path: Path, images: Images) -> None:
