@@ -81,7 +81,7 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 class JobStore:
-    """SQLite job table plus the directory layout; used from one thread (the service loop)."""
+    """SQLite job table plus the directory layout; used by one thread at a time (the loop)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -91,7 +91,9 @@ class JobStore:
     def open(self) -> JobStore:
         for sub in ("bundles", "jobs", "lineages"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.root / "jobs.db", isolation_level=None, timeout=10.0)
+        conn = sqlite3.connect(
+            self.root / "jobs.db", isolation_level=None, timeout=10.0, check_same_thread=False
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
