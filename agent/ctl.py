@@ -55,8 +55,8 @@ def request(
             sock.send_multipart(
                 encode("command", {"id": req_id, "command": command, "args": args or {}})
             )
-        except zmq.Again as exc:
-            raise CtlError(f"could not send to {endpoint} within {timeout_s} s") from exc
+        except zmq.Again as exc:  # no connection came up (a refused key looks the same)
+            raise CtlError(_no_reply(endpoint, timeout_s, monitor, "could not send to")) from exc
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0 or not sock.poll(left_ms):
@@ -78,7 +78,12 @@ def request(
         sock.close(0)
 
 
-def _no_reply(endpoint: str, timeout_s: float, monitor: zmq.Socket[bytes] | None) -> str:
+def _no_reply(
+    endpoint: str,
+    timeout_s: float,
+    monitor: zmq.Socket[bytes] | None,
+    what: str = "no reply from",
+) -> str:
     if monitor is not None and monitor.poll(0):
         event = recv_monitor_message(monitor)
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -87,7 +92,7 @@ def _no_reply(endpoint: str, timeout_s: float, monitor: zmq.Socket[bytes] | None
                 "public key to the daemon's sockets.curve_clients_dir"
             )
         return f"CURVE handshake with {endpoint} failed: check --server-key and --client-key"
-    return f"no reply from {endpoint} within {timeout_s} s"
+    return f"{what} {endpoint} within {timeout_s} s"
 
 
 def format_reply(command: str, reply: dict[str, Any]) -> str:
