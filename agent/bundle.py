@@ -496,11 +496,11 @@ def probe_model(
                     f" expected float32 [{n}]",
                 )
             if code:
+                bad = q[~((q >= 0) & (q <= 1))]
                 raise BundleError(
                     code,
                     f"{path}: probe (image {i}, N={n}) gave Q outside [0, 1] or non-finite"
-                    f" (min {np.nanmin(q) if np.any(np.isfinite(q)) else q.min()},"
-                    f" max {q.max()})",
+                    f" ({bad.size} of {n}, e.g. {float(bad[0])!r})",
                 )
 
 
