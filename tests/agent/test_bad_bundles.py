@@ -699,3 +699,17 @@ def test_loader_thread_probes_recorded_images_and_reports_reasons(
     assert calls and all(name == "policy-loader" for name in calls)
     assert _store_entries(store) == [ok.policy_id]  # leftovers removed, rejects never stored
     assert loader.pending == 0
+
+
+def test_bundle_inside_the_store_is_checked_in_place(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    pol = load_bundle(_write(tmp_path / "in", _model()), store, DEFAULT_SPEC, PCFG, CEM)
+    again = load_bundle(store / pol.id, store, DEFAULT_SPEC, PCFG, CEM)
+    assert again.bundle.path == store / pol.id and _store_entries(store) == [pol.id]
+    (store / pol.id / "planted.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError) as err:
+        load_bundle(store / pol.id, store, DEFAULT_SPEC, PCFG, CEM)
+    assert err.value.reason == "unlisted_file"
+    with pytest.raises(BundleError) as err:
+        load_stored(store, "../" + pol.id, DEFAULT_SPEC, PCFG, CEM)
+    assert err.value.reason == "bad_meta"
