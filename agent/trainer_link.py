@@ -147,7 +147,7 @@ class TrainerLink:
         self.on_status = on_status
         self.agent_id = self.cfg.agent_id or _host_id()
         self._clock = clock
-        self._inbox: queue.Queue[int] = queue.Queue()
+        self._inbox: queue.Queue[tuple[int, str, str]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -195,20 +195,13 @@ class TrainerLink:
         self._thread.start()
 
     def submit(self, job_id: int, export_path: Path, parent_id: str) -> None:
-        """Record a job (on disk when this returns) and hand it to the link's thread.
+        """Hand a job to the link's thread; returns at once (no I/O: safe on the control thread).
 
-        Idempotent: a job id already recorded is left as it is. Raises ValueError if the
-        export is not a dataset export.
+        The link's thread records it on disk before anything else. Idempotent: a job id
+        already recorded is left as it is, so the daemon may offer its queued jobs again
+        at every start-up.
         """
-        path = self.root / "jobs" / f"job-{int(job_id)}.json"
-        if path.exists():
-            return
-        index = json.loads((Path(export_path) / "index.json").read_text())
-        if index.get("format") != "robot-agent-dataset":
-            raise ValueError(f"{export_path}: not a robot-agent-dataset export")
-        rec = JobRecord(int(job_id), str(export_path), str(parent_id), str(index["condition"]))
-        self._save(rec)
-        self._inbox.put(rec.job)
+        self._inbox.put((int(job_id), str(export_path), str(parent_id)))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and close the socket (unfinished jobs resume at the next start)."""
@@ -261,9 +254,24 @@ class TrainerLink:
     def _take_inbox(self) -> None:
         while True:
             try:
-                self._inbox.get_nowait()
+                job, export, parent_id = self._inbox.get_nowait()
             except queue.Empty:
                 return
+            with self._lock:
+                known = job in self._records
+            if known:
+                continue
+            rec = JobRecord(job, export, parent_id, "")
+            try:
+                index = json.loads((Path(export) / "index.json").read_text())
+                if index.get("format") != "robot-agent-dataset":
+                    raise ValueError("not a robot-agent-dataset export")
+                rec.condition = str(index["condition"])
+            except (OSError, ValueError, KeyError) as exc:
+                rec.phase, rec.outcome, rec.detail = "failed", "failed", f"{export}: {exc}"
+            self._save(rec)
+            if rec.phase == "failed":
+                self._status(rec, "failed", {"error": rec.detail})
 
     def _active(self) -> list[JobRecord]:
         with self._lock:
@@ -415,7 +423,7 @@ class TrainerLink:
             what = export if not (export / "index.json").is_file() else parent_dir
             rec.phase, rec.outcome, rec.detail = "failed", "failed", f"{what} is missing"
             self._save(rec)
-            self._status(rec, "failed", {"detail": rec.detail})
+            self._status(rec, "failed", {"error": rec.detail})
             return
         if rec.manifest is None or rec.manifest.get("chunk_bytes") != self._chunk_bytes:
             rec.manifest = manifest_of_dir(export, self._chunk_bytes).to_json()
@@ -605,7 +613,7 @@ class TrainerLink:
         if re_ == "submit" and code in ("too_large", "bad_request", "parent_missing"):
             rec.phase, rec.outcome, rec.detail = "failed", "failed", str(h.get("message"))
             self._save(rec)
-            self._status(rec, "failed", {"detail": rec.detail})
+            self._status(rec, "failed", {"error": rec.detail})
             return
         log.warning("trainer link: job %s: trainer error %s: %s", rec.job, code, h.get("message"))
         live.awaiting = ""
@@ -669,7 +677,8 @@ class TrainerLink:
         rec.outcome = outcome
         rec.phase = "ack"
         self._save(rec)
-        self._status(rec, outcome, {"detail": rec.detail})
+        key = "error" if outcome == "failed" else "reason"
+        self._status(rec, outcome, {key: rec.detail})
 
     def _on_data(self, rec: JobRecord, live: _Live, h: dict[str, Any], msg: Message) -> None:
         dl = live.download

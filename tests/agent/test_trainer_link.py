@@ -128,7 +128,8 @@ def test_disconnect_mid_upload_resumes_with_only_missing_chunks(tmp_path: Path) 
     store = tmp_path / "agent" / "policies"
     parent = make_parent(store)
     proxy = Proxy(free_port(), tr.endpoint)
-    proxy.cut_after = 12  # the 13th chunk message never arrives; the line is down 1 s
+    proxy.cut_after = 12  # the 13th chunk message never arrives
+    proxy.down_s = 2.0  # longer than the link's timeout_s: it must notice and reconnect
     proxy.corrupt_chunk = 5  # one byte flipped in transit
     proxy.start()
     link, rec = make_link(tmp_path / "agent", f"tcp://127.0.0.1:{proxy.port}", "robot-b", store)
@@ -226,3 +227,66 @@ def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
         for link, _ in links:
             link.close()
         tr.stop()
+
+
+def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None:
+    import zmq.auth
+
+    from tests.trainer.jobsupport import TINY_FINETUNE, Client
+    from trainer.service import JobService
+    from trainer.service_config import service_config_from_dict
+
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(keys, "trainer")
+    agent_pub, agent_sec = zmq.auth.create_certificates(keys, "robot")
+    shutil.copy(agent_pub, clients / "robot.key")
+    zmq.auth.create_certificates(keys, "intruder")
+    cfg = service_config_from_dict(
+        {
+            "service": {
+                "endpoint": f"tcp://0.0.0.0:{free_port()}",  # off loopback: CURVE required
+                "data_dir": str(tmp_path / "trainer"),
+                "max_chunk_bytes": 65536,
+                "heartbeat_s": 0.2,
+                "curve_server_secret": str(server_sec),
+                "curve_clients_dir": str(clients),
+            },
+            "finetune": {**TINY_FINETUNE, "min_gain": 1.0},  # nothing can beat the parent
+        }
+    )
+    svc = JobService(cfg)
+    endpoint = svc.start().replace("0.0.0.0", "127.0.0.1")
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, rec = make_link(
+        tmp_path / "agent",
+        endpoint,
+        "robot-d",
+        store,
+        curve_server_public=str(server_pub),
+        curve_client_secret=str(agent_sec),
+    )
+    try:
+        link.submit(4, make_export(tmp_path / "x" / "job-4", 100, "checkerboard", seed=5), parent)
+        wait_for(lambda: link.phases().get(4) == "done", 60, "job 4 acknowledged")
+        assert "no_improvement" in rec.of(4) and rec.results == []
+        intruder = Client(endpoint, agent="intruder")
+        ipub, isec = zmq.auth.load_certificate(keys / "intruder.key_secret")
+        intruder.sock.close(0)
+        intruder.sock = intruder.ctx.socket(zmq.DEALER)
+        intruder.sock.setsockopt(zmq.LINGER, 0)
+        intruder.sock.curve_serverkey = zmq.auth.load_certificate(server_pub)[0]
+        intruder.sock.curve_publickey, intruder.sock.curve_secretkey = ipub, isec
+        intruder.sock.connect(endpoint)
+        intruder.send("jobs", {})
+        assert intruder.recv(1.0) is None  # unknown key: the handshake fails, nothing runs
+        intruder.close()
+    finally:
+        link.close()
+        svc.stop.set()
+        t.join(30)
+        svc.close()
