@@ -151,7 +151,8 @@ class JobService:
         assert self._sock is not None and self.worker is not None
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        self.notifier.ready(f"serving on {self.endpoint}")
+        if not self.stop.is_set():  # never READY=1 after a stop request
+            self.notifier.ready(f"serving on {self.endpoint}")
         self._schedule()
         while not self.stop.is_set():
             self.notifier.watchdog()
@@ -573,23 +574,17 @@ class JobService:
 
 
 def serve(cfg: TrainerServiceConfig, notifier: Notifier | None = None) -> int:
-    """Run the service until SIGTERM/SIGINT (the ``serve`` subcommand); returns the exit code."""
-    import signal
+    """Run the service until SIGTERM/SIGINT (the ``serve`` subcommand); returns the exit code.
+
+    The first signal stops cleanly (the job in training checkpoints and resumes at the next
+    start); a second one exits at once with ``agent.signals.EXIT_SECOND_SIGNAL``.
+    """
+    from agent.signals import StopSignals
 
     svc = JobService(cfg, notifier=notifier or Notifier())
-    stops = 0
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stops
-        stops += 1
-        if stops > 1:
-            raise SystemExit(0)
-        svc.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    svc.start()
+    StopSignals(svc.stop).install()
     try:
+        svc.start()
         svc.run()
     finally:
         svc.close()

@@ -191,15 +191,19 @@ class Client:
 class TrainerProcess:
     """``python -m trainer.cli serve --config ...`` as a child process."""
 
-    def __init__(self, config: Path, log: Path, port: int) -> None:
+    def __init__(
+        self, config: Path, log: Path, port: int, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.log = log
         self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> TrainerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "trainer.cli", "serve", "--config", str(self.config)],

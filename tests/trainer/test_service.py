@@ -3,6 +3,7 @@ over a real ROUTER socket on loopback (checksums, size caps, on-disk before ackn
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -219,3 +220,28 @@ def test_non_loopback_bind_without_curve_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="CURVE"):
         JobService(cfg).start()
+
+
+def test_serve_process_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import socket as pysocket
+    import time
+
+    from tests.trainer.jobsupport import TrainerProcess, write_service_config
+
+    addr = str(tmp_path / "notify.sock")
+    sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(0.2)
+    port = free_port()
+    cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", port)
+    env = {"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "400000"}
+    tr = TrainerProcess(cfg, tmp_path / "trainer.log", port, env=env).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in seen):
+        with contextlib.suppress(TimeoutError):
+            seen.append(sock.recv(4096).decode())
+    assert seen and "READY=1" in seen[0], seen
+    assert any("WATCHDOG=1" in m for m in seen), seen
+    assert tr.stop() == 0
+    sock.close()
