@@ -5,9 +5,21 @@ against "reference rate p0" (p1 = p0 - min_drop). The two increments are
 scaled to integers (``down`` on a success, ``up`` on a failure, their ratio
 matching the LLR ratio to within 1/(2 up)), so the detector is an integer
 Markov chain and its in-control average run length (mean grasps between false
-alarms, ARL0) is computed *exactly* by solving ``(I - P) L = 1``; the threshold
-is the smallest one whose ARL0 reaches the target. ``simulate`` estimates the
-same figure by Monte Carlo, vectorised over streams.
+alarms, ARL0) is computed *exactly* (:mod:`agent.runlength`).
+
+Known p0 (:func:`design_cusum`): the threshold is the smallest whose ARL0 at p0
+reaches the target. Estimated p0 (:func:`design_from_counts`, what the daemon
+does: s successes in the policy's first n grasps): a chart tuned on the point
+estimate misses the target badly (2 points off turns 1,000 grasps between false
+alarms into ~370 or ~3,100; over references, 650 alarms-worth instead of 1,000).
+Instead the threshold is the smallest whose false-alarm *rate* averaged over the
+posterior of the true rate, Beta(s+1/2, n-s+1/2) (Jeffreys' prior), is at most
+1/ARL0: ``sum_k w_k / ARL(h; p_k) <= 1 / arl0`` on a quadrature grid. Then alarms
+per monitored grasp, over the references a robot (or a fleet) draws, match the
+configured rate at every true p0 (within 4% for n = 100, exact chain); a single
+reference's own rate still varies with its luck (``bench/detector.py`` reports the
+spread). One banded factorisation gives every threshold's ARL at once, and designs
+are cached by (s, n): re-tuning costs ~10-100 ms once per distinct reference.
 
 :class:`SuccessDropDetector` wraps one design: it first collects the reference
 rate from the active policy's own record, then monitors.
@@ -23,9 +35,32 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from agent.runlength import arl_curve, arl_markov, arl_simulate, run_lengths
+
+__all__ = [
+    "Alarm",
+    "CusumDesign",
+    "SuccessDropDetector",
+    "arl_curve",
+    "arl_markov",
+    "arl_simulate",
+    "design_cusum",
+    "design_from_counts",
+    "integer_steps",
+    "llr_increments",
+    "posterior_grid",
+    "run_lengths",
+]
+
 P_MIN, P_MAX = 0.02, 0.98
 RESOLUTION = 12
 """Integer step of the statistic on a success (sets the chain's size)."""
+QUADRATURE_POINTS = 31
+"""Grid points over the posterior of the reference rate (+-7 standard deviations, in logit)."""
+MAX_THRESHOLD = 1 << 13
+"""Largest threshold searched for an estimated reference (integer units)."""
+PRIOR = 0.5
+"""Beta(PRIOR, PRIOR) prior of the reference rate (0.5: Jeffreys; 1: uniform, Laplace)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +78,12 @@ class CusumDesign:
     threshold: int
     """Alarm level."""
     arl0: float
-    """Mean grasps between false alarms at p0 (exact for this integer chart)."""
+    """Mean grasps between false alarms: exact at a known p0; for an estimated p0, one over
+    the alarm rate averaged over the posterior of the true rate."""
+    reference_grasps: int = 0
+    """Grasps p0 was estimated from (0: p0 was given as known)."""
+    arl0_at_estimate: float = 0.0
+    """ARL0 if the true rate were exactly p0 (equals arl0 for a known p0)."""
 
     @property
     def threshold_nats(self) -> float:
@@ -62,70 +102,6 @@ def integer_steps(p0: float, p1: float, resolution: int = RESOLUTION) -> tuple[i
     if not (s < 0 < f):
         raise ValueError(f"p1 = {p1} must be below p0 = {p0}")
     return resolution, max(1, round(resolution * f / -s))
-
-
-def arl_markov(down: int, up: int, threshold: int, p_success: float) -> float:
-    """Exact mean run length from 0 of the integer CUSUM at success rate ``p_success``."""
-    h = threshold
-    if h <= 0:
-        return 1.0
-    idx = np.arange(h)
-    mat = np.eye(h)
-    np.subtract.at(mat, (idx, np.maximum(idx - down, 0)), p_success)
-    ok = idx + up < h
-    np.subtract.at(mat, (idx[ok], idx[ok] + up), 1 - p_success)
-    return float(np.linalg.solve(mat, np.ones(h))[0])
-
-
-def run_lengths(
-    down: int,
-    up: int,
-    thresholds: npt.ArrayLike,
-    p_success: float | npt.NDArray[np.float64],
-    streams: int,
-    max_steps: int,
-    rng: np.random.Generator,
-    change_at: int = 0,
-    p_before: float = 0.0,
-) -> npt.NDArray[np.int64]:
-    """Simulated alarm times [len(thresholds), streams] of the integer CUSUM.
-
-    All thresholds share one path per stream (the path does not depend on the
-    threshold until it is crossed). The success rate is ``p_before`` for steps
-    < ``change_at`` and ``p_success`` after. Streams not alarmed by
-    ``max_steps`` report ``max_steps`` (censored). Times are 1-based.
-    """
-    th = np.atleast_1d(np.asarray(thresholds, dtype=np.int64))
-    out = np.full((th.size, streams), max_steps, dtype=np.int64)
-    s = np.zeros(streams, dtype=np.int64)
-    peak = np.zeros(streams, dtype=np.int64)
-    pending = np.ones((th.size, streams), dtype=bool)
-    chunk = 256
-    for start in range(0, max_steps, chunk):
-        n = min(chunk, max_steps - start)
-        t = start + np.arange(n)
-        p = np.where(t < change_at, p_before, p_success)[:, None]
-        success = rng.random((n, streams)) < p
-        for k in range(n):
-            s = np.where(success[k], np.maximum(s - down, 0), s + up)
-            np.maximum(peak, s, out=peak)
-            hit = pending & (peak[None, :] >= th[:, None])
-            if hit.any():
-                out[hit] = start + k + 1
-                pending &= ~hit
-        if not pending.any():
-            break
-    return out
-
-
-def arl_simulate(
-    down: int, up: int, threshold: int, p_success: float, streams: int = 4000, seed: int = 0
-) -> float:
-    """Monte Carlo estimate of the mean run length (censoring at 50 x the Markov figure)."""
-    guess = arl_markov(down, up, threshold, p_success)
-    rng = np.random.default_rng(seed)
-    rl = run_lengths(down, up, [threshold], p_success, streams, int(50 * guess) + 100, rng)
-    return float(rl.mean())
 
 
 def design_cusum(
@@ -161,7 +137,59 @@ def _design(p0: float, p1: float, arl0: float, method: str, resolution: int) -> 
             hi = mid
         else:
             lo = mid
-    return CusumDesign(p0=p0, p1=p1, down=down, up=up, threshold=hi, arl0=arl(hi))
+    a = arl(hi)
+    return CusumDesign(p0, p1, down, up, threshold=hi, arl0=a, arl0_at_estimate=a)
+
+
+def posterior_grid(
+    successes: int, grasps: int, points: int = QUADRATURE_POINTS
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(rates, weights): quadrature of the true rate's posterior given s of n, Beta(s+a, n-s+a).
+
+    The grid is uniform in logit(p), where the density, p^(s+a) (1-p)^(n-s+a), is smooth
+    and bell-shaped even when s = n (in p it is unbounded there under Jeffreys' prior).
+    """
+    a, b = successes + PRIOR, grasps - successes + PRIOR
+    centre, sd = math.log(a / b), math.sqrt(1 / a + 1 / b)
+    theta = np.linspace(centre - 7 * sd, centre + 7 * sd, points)
+    rates = 1.0 / (1.0 + np.exp(-theta))
+    logw = a * np.log(rates) + b * np.log1p(-rates)
+    w = np.exp(logw - logw.max())
+    keep = (rates > 1e-9) & (rates < 1 - 1e-9)
+    return rates[keep], w[keep] / w[keep].sum()
+
+
+def design_from_counts(
+    successes: int, grasps: int, min_drop: float, arl0: float, resolution: int = RESOLUTION
+) -> CusumDesign:
+    """The CUSUM for a reference of ``successes`` in ``grasps``, calibrated for the estimate.
+
+    p0 is the posterior mean (s+1/2)/(n+1); the threshold is the smallest whose
+    posterior-averaged false-alarm rate is <= 1/arl0 (module docstring).
+    Cached by its arguments.
+    """
+    if grasps < 1 or not 0 <= successes <= grasps:
+        raise ValueError(f"need 0 <= successes <= grasps, grasps >= 1: {successes}/{grasps}")
+    return _design_counts(int(successes), int(grasps), float(min_drop), float(arl0), resolution)
+
+
+@lru_cache(maxsize=1024)
+def _design_counts(s: int, n: int, min_drop: float, arl0: float, resolution: int) -> CusumDesign:
+    p0 = round(min(max((s + PRIOR) / (n + 2 * PRIOR), P_MIN), P_MAX), 4)
+    p1 = round(max(p0 - min_drop, P_MIN / 2), 4)
+    down, up = integer_steps(p0, p1, resolution)
+    rates, weights = posterior_grid(s, n)
+    # Wald: threshold ~ log(arl0) nats; the calibrated one lands at 0.6-0.8 of that
+    _, f = llr_increments(p0, p1)
+    size = min(MAX_THRESHOLD, max(64, math.ceil(0.9 * math.log(arl0) * up / f) + up))
+    while True:
+        curve = arl_curve(down, up, size, np.append(rates, p0))
+        rate = weights @ (1.0 / curve[:-1])  # posterior-mean alarm rate per threshold
+        ok = np.flatnonzero(rate <= 1.0 / arl0)
+        if ok.size or size >= MAX_THRESHOLD:
+            h = int(ok[0]) if ok.size else size  # best effort past the cap
+            return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[h]), n, float(curve[-1, h]))
+        size = min(size * 3 // 2, MAX_THRESHOLD)
 
 
 @dataclass(frozen=True)
@@ -181,7 +209,12 @@ class Alarm:
 
 
 class SuccessDropDetector:
-    """Collects the reference rate from the policy's own record, then runs the CUSUM."""
+    """Collects the reference rate from the policy's own record, then runs the CUSUM.
+
+    A reference counted from grasps (the stream, ``history`` or ``reference_counts``) gets
+    the estimate-calibrated threshold of :func:`design_from_counts`; a ``reference`` rate
+    given as known gets :func:`design_cusum` (``method`` applies to that case only).
+    """
 
     def __init__(
         self,
@@ -196,15 +229,25 @@ class SuccessDropDetector:
         self.method: Literal["markov", "simulate"] = method
         self.reset()
 
-    def reset(self, history: list[bool] | None = None, reference: float | None = None) -> None:
-        """Start over; ``history`` is the policy's recent record, ``reference`` a known p0."""
+    def reset(
+        self,
+        history: list[bool] | None = None,
+        reference: float | None = None,
+        reference_counts: tuple[int, int] | None = None,
+    ) -> None:
+        """Start over. The reference comes from one of: ``reference_counts`` = (successes,
+        grasps) of a record (e.g. the parent's, on probation), a known rate ``reference``,
+        or ``history`` (the policy's recent record; completed from the stream when shorter
+        than ``reference_grasps``)."""
         self.design: CusumDesign | None = None
         self._calib: list[bool] = []
         self.statistic = 0
         self.monitored = 0
         self._run_n = 0
         self._run_s = 0
-        if reference is not None:
+        if reference_counts is not None:
+            self.design = design_from_counts(*reference_counts, self.min_drop, self.arl0)
+        elif reference is not None:
             self._fix(reference)
         else:
             for x in (history or [])[-self.reference_grasps :]:
@@ -223,7 +266,7 @@ class SuccessDropDetector:
             self._calib.append(bool(success))
             if len(self._calib) >= self.reference_grasps:
                 n, s = len(self._calib), sum(self._calib)
-                self._fix((s + 1) / (n + 2))  # Laplace: never exactly 0 or 1
+                self.design = design_from_counts(s, n, self.min_drop, self.arl0)
             return None
         d = self.design
         self.monitored += 1
@@ -257,5 +300,7 @@ class SuccessDropDetector:
             "statistic": self.statistic,
             "threshold": d.threshold if d else None,
             "arl0": d.arl0 if d else None,
+            "arl0_at_p0": d.arl0_at_estimate if d else None,
+            "reference_n": d.reference_grasps if d else None,
             "monitored": self.monitored,
         }

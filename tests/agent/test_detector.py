@@ -1,0 +1,131 @@
+"""The success-drop detector with p0 estimated from a reference, as the daemon runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from agent.detector import (
+    MAX_THRESHOLD,
+    CusumDesign,
+    SuccessDropDetector,
+    arl_markov,
+    design_cusum,
+    design_from_counts,
+    posterior_grid,
+)
+from agent.runlength import arl_curve, simulate_streams
+
+Rule = Callable[[int, int, float, float], CusumDesign]
+
+
+def _rate_over_references(rule: Rule, p0: float, n: int, drop: float, arl0: float) -> float:
+    """Exact grasps per false alarm over references s ~ Binomial(n, p0) (alert mode)."""
+    s = np.arange(n + 1)
+    logw = [
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p0)
+        + (n - k) * math.log1p(-p0)
+        for k in s
+    ]
+    w = np.exp(logw)
+    keep = w > 1e-4  # the central 99.9+% of references
+    rate = 0.0
+    for k, wk in zip(s[keep], w[keep] / w[keep].sum(), strict=True):
+        d = rule(int(k), n, drop, arl0)
+        rate += wk / arl_curve(d.down, d.up, d.threshold, [p0])[0, -1]
+    return 1.0 / rate
+
+
+@pytest.mark.parametrize(
+    ("down", "up", "p"), [(12, 46, 0.86), (12, 9, 0.5), (12, 5, 0.3), (3, 7, 0.6), (1, 1, 0.45)]
+)
+def test_arl_curve_matches_the_dense_solve_for_every_threshold(
+    down: int, up: int, p: float
+) -> None:
+    curve = arl_curve(down, up, 120, [p, 0.5 * p])
+    for h in (0, 1, up, up + 1, 57, 120):
+        assert curve[0, h] == pytest.approx(arl_markov(down, up, h, p), rel=1e-8)
+        assert curve[1, h] == pytest.approx(arl_markov(down, up, h, 0.5 * p), rel=1e-8)
+    assert np.all(np.diff(curve, axis=1) >= 0)
+
+
+def test_estimated_reference_holds_the_configured_false_alarm_rate() -> None:
+    """Guards issue 8 item 7: p0 from 100 grasps, grasps per false alarm within 0.9-1.1x."""
+    got = _rate_over_references(design_from_counts, 0.86, 100, 0.15, 1000.0)
+    assert 900 <= got <= 1100
+    # the previous rule (the known-p0 chart fed the estimate) alarms ~1.5x too often
+    plug = _rate_over_references(
+        lambda s, n, d, a: design_cusum((s + 1) / (n + 2), d, a), 0.86, 100, 0.15, 1000.0
+    )
+    assert plug < 750
+
+
+def test_simulated_streams_alarm_at_the_exact_rate() -> None:
+    d = design_from_counts(86, 100, 0.15, 300.0)
+    exact = arl_curve(d.down, d.up, d.threshold, [0.86])[0, -1]
+    rng = np.random.default_rng(1)
+    run = simulate_streams(d.down, d.up, d.threshold, 0.86, 3000, rng, streams=2000)
+    measured = run.alarms.size * 3000 / run.alarms.sum()
+    assert measured == pytest.approx(exact, rel=0.1)
+    drop = simulate_streams(d.down, d.up, d.threshold, 0.86, 2000, rng, 500, 0.4, streams=500)
+    assert 0 < drop.delay.mean() < 40
+
+
+def test_design_from_counts_is_cached_and_monotone_in_the_target() -> None:
+    a = design_from_counts(80, 100, 0.15, 2000.0)
+    assert design_from_counts(80, 100, 0.15, 2000.0) is a  # re-tuning a seen reference is free
+    b = design_from_counts(80, 100, 0.15, 500.0)
+    assert b.threshold < a.threshold and a.arl0 >= 2000 and b.arl0 >= 500
+    assert a.reference_grasps == 100 and a.p0 == pytest.approx(80.5 / 101, abs=1e-4)
+    # a reference of 100 grasps needs a higher threshold than a known p0 at the same rate
+    assert a.threshold > design_cusum(a.p0, 0.15, 2000.0).threshold
+
+
+def test_short_or_perfect_references_still_get_a_finite_design() -> None:
+    for s, n in ((10, 10), (0, 10), (30, 30), (5, 10)):
+        d = design_from_counts(s, n, 0.15, 1000.0)
+        assert 0 < d.threshold < MAX_THRESHOLD and d.arl0 >= 1000
+        assert math.isfinite(d.arl0_at_estimate)
+    with pytest.raises(ValueError):
+        design_from_counts(11, 10, 0.15, 1000.0)
+
+
+def test_posterior_grid_has_the_beta_mean() -> None:
+    rates, w = posterior_grid(86, 100)
+    assert w.sum() == pytest.approx(1.0) and np.all((rates > 0) & (rates < 1))
+    assert float(rates @ w) == pytest.approx(86.5 / 101, abs=2e-3)
+
+
+def test_detector_tunes_from_its_reference_counts() -> None:
+    det = SuccessDropDetector(arl0=1000, min_drop=0.15, reference_grasps=100)
+    hist = [True] * 86 + [False] * 14
+    det.reset(history=hist)
+    assert det.design == design_from_counts(86, 100, 0.15, 1000)
+    det.reset(reference_counts=(86, 100))
+    assert det.design == design_from_counts(86, 100, 0.15, 1000)
+    det.reset(reference=0.86)  # a rate given as known keeps the known-p0 chart
+    assert det.design == design_cusum(0.86, 0.15, 1000)
+    snap = det.snapshot()
+    json.dumps(snap, allow_nan=False)
+    assert snap["reference_n"] == 0 and snap["arl0_at_p0"] == snap["arl0"]
+
+
+def test_detector_class_matches_the_vectorised_simulation() -> None:
+    """The class fed grasp by grasp alarms like simulate_streams on the same design."""
+    rng = np.random.default_rng(3)
+    det = SuccessDropDetector(arl0=200, min_drop=0.2, reference_grasps=50)
+    for x in [True] * 40 + [False] * 10:
+        det.update(x)
+    d = det.design
+    assert d is not None and d == design_from_counts(40, 50, 0.2, 200)
+    grasps = 60_000
+    alarms = sum(det.update(bool(x)) is not None for x in rng.random(grasps) < 0.8)
+    exact = arl_curve(d.down, d.up, d.threshold, [0.8])[0, -1]
+    assert grasps / alarms == pytest.approx(exact, rel=0.2)
