@@ -22,6 +22,10 @@ from agent.config import AgentConfig, ConfigError, example_toml, load_config
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.signals import StopSignals
+
+    # first, before anything slow: a SIGTERM during start-up stops it cleanly (no READY=1)
+    signals = StopSignals().install()
     from agent.daemon import Daemon
     from agent.drivers import make_driver
 
@@ -34,8 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"robot-agent: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(cfg, driver)
-    daemon.install_signal_handlers()
+    daemon = Daemon(cfg, driver, stop_event=signals.event)
     return daemon.run()
 
 

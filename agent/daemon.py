@@ -25,16 +25,13 @@ import functools
 import itertools
 import logging
 import math
-import os
 import queue
-import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -53,6 +50,7 @@ from agent.notify import Notifier
 from agent.policy import Policy, PolicyFault
 from agent.probation import ProbationTest, design_probation
 from agent.queries import Queries
+from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
 from drivers.base import Driver
 
@@ -60,8 +58,6 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 5
 """Driver/grasp failures in a row after which the daemon exits 2 (systemd restarts it)."""
-EXIT_SECOND_SIGNAL = 4
-"""Exit status when a second SIGTERM/SIGINT arrives before the first finished the stop."""
 FLUSH_RETRY_S = 0.5
 """How often grasps held in memory (disk full) are retried."""
 
@@ -71,12 +67,19 @@ Pending = GraspRecord | tuple[str, dict[str, Any], float]
 class Daemon:
     """The robot agent. ``run()`` blocks until stopped and returns the exit status."""
 
-    def __init__(self, cfg: AgentConfig, driver: Driver, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        driver: Driver,
+        notifier: Notifier | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
         self.cfg = cfg
         self.driver = driver
         self.notifier = notifier or Notifier()
         self.spec = driver.spec
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
+        """Set by a stop signal or request_stop(): the loop ends after the current grasp."""
         self.store = cfg.data_path(cfg.policy.store_dir)
         self.db_path = cfg.data_path(cfg.grasp_log.path)
         self.exports = cfg.data_path(cfg.agent.exports_dir)
@@ -130,21 +133,12 @@ class Daemon:
         self._security = Security(cfg.sockets)
         self._commands: CommandThread | None = None
         self._events: EventPublisher | None = None
-        self._sigterms = 0
 
     # -- signals and thread-safe entry points ------------------------------------------------
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish the grasp, flush, exit 0; a second one exits at once with
-        :data:`EXIT_SECOND_SIGNAL`."""
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            self._sigterms += 1
-            if self._sigterms > 1:
-                os._exit(EXIT_SECOND_SIGNAL)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        :data:`EXIT_SECOND_SIGNAL` (the CLI installs :class:`StopSignals` earlier itself)."""
+        StopSignals(self.stop_event).install()
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -213,6 +207,9 @@ class Daemon:
     def run(self) -> int:
         """Open, loop until stopped, close; returns the process exit status."""
         why = "stop requested"
+        if self.stop_event.is_set():
+            log.info("stop requested before start-up; not starting")
+            return 0
         try:
             self.open()
             status = self.loop()
