@@ -290,3 +290,71 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
         svc.stop.set()
         t.join(30)
         svc.close()
+
+
+def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> None:
+    """The wiring handed to the daemon (see wire_trainer_link below), end to end: mark a
+    condition, explore, export, job, fine-tune on the trainer, bundle back, swap."""
+    from agent.ctl import request
+    from agent.daemon import Daemon
+    from tests.agent.conftest import agent_config
+    from tests.agent.fakes import FakeDriver
+
+    class LearnableDriver(FakeDriver):
+        """Grasps succeed iff the action's x > 0: something a fine-tune can learn."""
+
+        def execute(self, action: Any) -> Any:
+            res = super().execute(action)
+            ok = bool(action[0] > 0)
+            outcome = type(res.outcome)(success=ok, sensed_by="fake", detail={})
+            return type(res)(reward=float(ok), done=True, outcome=outcome, duration_s=0.0)
+
+    tr = trainer(tmp_path).start()
+    incoming = tmp_path / "incoming"
+    base = make_parent(incoming)
+    cfg = agent_config(
+        tmp_path,
+        incoming / base,
+        lifecycle={"exploration_grasps": 80},
+        detector={"enabled": False},
+        trainer={
+            "endpoint": tr.endpoint,
+            "agent_id": "robot-w",
+            "heartbeat_s": 0.2,
+            "timeout_s": 1.0,
+            "chunk_bytes": 65536,
+        },
+    )
+    daemon = Daemon(cfg, LearnableDriver())
+    link = wire_trainer_link(daemon, cfg)
+    th = threading.Thread(target=daemon.run, daemon=True)
+    th.start()
+    try:
+        assert daemon.ready.wait(30)
+        ep = daemon.endpoints["commands"]
+        assert request(ep, "mark-condition", {"name": "checkerboard"})["ok"]
+
+        def swapped() -> bool:
+            snap = daemon.snapshot()
+            return snap["policy"] not in (None, base) and snap["condition"] == "checkerboard"
+
+        wait_for(swapped, 80, "the trained child serving")
+        child = daemon.snapshot()["policy"]
+        meta = validate_bundle(daemon.store / child).meta
+        assert meta["parent_id"] == base and meta["condition"] == "checkerboard"
+        wait_for(lambda: link.phases().get(1) == "done", 10, "result acknowledged")
+    finally:
+        daemon.request_stop()
+        th.join(30)
+        link.close()
+        tr.stop()
+
+
+def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
+    """The lines the daemon's CLI needs (agent/cli.py `_run`, before `daemon.run()`)."""
+    link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
+    daemon.set_export_hook(
+        lambda job, path: link.submit(job, path, str(daemon.log.job(job)["parent_policy_id"]))
+    )
+    link.start()
+    return link
