@@ -4,6 +4,7 @@ Subcommands:
   demo       grasp with the scripted (or random) policy, printing a live success counter
   eval       success of the scripted/random policy per condition, with 95% intervals (JSON)
   snapshots  save one camera image per condition as PNG
+  bridge     serve the cell over the robot bridge protocol (the reference bridge, docs/bridge.md)
 """
 
 from __future__ import annotations
@@ -126,6 +127,55 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_schedule_arg(text: str) -> tuple[tuple[int, str], ...]:
+    """``"0:baseline,300:harsh_lighting"`` -> ((0, "baseline"), (300, "harsh_lighting"))."""
+    from drivers.sim.schedule import parse_schedule
+
+    entries: list[list[object]] = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        count, sep, name = item.partition(":")
+        if not sep or not count.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"schedule entry {item!r} must look like COUNT:NAME")
+        entries.append([int(count), name.strip()])
+    try:
+        return parse_schedule(entries).entries
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    import logging
+    import threading
+
+    from drivers.bridge.config import BridgeServerConfig
+    from drivers.sim.bridge import install_stop_signals, serve_sim
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    sim = SimConfig(
+        split=args.split,
+        seed=args.seed,
+        n_objects=args.objects,
+        condition=args.condition,
+        condition_params=parse_param_args(args.param),
+        schedule=args.schedule,
+    )
+    server = BridgeServerConfig(
+        endpoint=args.endpoint,
+        robot_id=args.robot_id,
+        heartbeat_s=args.heartbeat,
+        curve_server_secret=args.curve_server_secret,
+        curve_clients_dir=args.curve_clients_dir,
+    )
+    stop = threading.Event()
+    install_stop_signals(stop)
+    try:
+        serve_sim(sim, server, stop)
+    except ValueError as exc:
+        print(f"robot-sim bridge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="robot-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=3)
     s.add_argument("--scale", type=int, default=2)
     s.set_defaults(fn=cmd_snapshots)
+    b = sub.add_parser("bridge", help="serve the cell over the robot bridge protocol")
+    b.add_argument("--endpoint", default="tcp://127.0.0.1:5570", help="ROUTER endpoint to bind")
+    b.add_argument("--robot-id", default="sim", help="robot id announced in hello")
+    b.add_argument("--condition", choices=CONDITION_NAMES, default="baseline")
+    b.add_argument("--param", action="append", default=[], help="severity override key=value")
+    b.add_argument(
+        "--schedule",
+        type=parse_schedule_arg,
+        default=(),
+        help="conditions by grasp count, e.g. 0:baseline,300:harsh_lighting",
+    )
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--objects", type=int, default=5, help="objects in the bin")
+    b.add_argument("--split", choices=["train", "test", "all"], default="test")
+    b.add_argument("--heartbeat", type=float, default=0.25, help="heartbeat interval, seconds")
+    b.add_argument("--curve-server-secret", default="", help="key pair file (non-loopback)")
+    b.add_argument("--curve-clients-dir", default="", help="authorised client keys (non-loopback)")
+    b.set_defaults(fn=cmd_bridge)
     return ap
 
 

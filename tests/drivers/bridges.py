@@ -1,0 +1,65 @@
+"""Helpers: free loopback ports and the sim bridge as its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SimBridgeProcess:
+    """``robot-sim bridge`` in a subprocess on a fixed port (restartable on the same port)."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.port = port
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> SimBridgeProcess:
+        cmd = [sys.executable, "-m", "drivers.sim.cli", "bridge", "--endpoint", self.endpoint]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [*cmd, *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "serving" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"sim bridge did not start (rc={self.proc.poll()})")
+
+    def kill(self) -> None:
+        """SIGKILL: the bridge vanishes mid-whatever, like a crashed robot computer."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        self.proc.terminate()
+        rc = self.proc.wait(10)
+        self.proc = None
+        return rc
