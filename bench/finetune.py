@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--eval-seeds", type=int, default=4, help="bins per evaluation")
     ap.add_argument("--base-grasps", type=int, default=4000, help="base replay data size")
     ap.add_argument("--sweep", default="", help="fixed step counts at the largest N")
+    ap.add_argument("--sweep-challenges", default="", help="challenges swept (default: all)")
     ap.add_argument("--no-scratch", action="store_true", help="skip the scratch baseline")
     ap.add_argument("--max-steps", type=int, default=FinetuneConfig().max_steps)
     ap.add_argument("--workers", type=int, default=2)
@@ -209,25 +210,33 @@ def main() -> None:
                 parent_base["success"], parent_ch["success"], job["challenge"]["success"]
             )
             row["runs"][str(n)] = job
-        data = out / ch / f"new-{ns[-1]}"
-        if not args.no_scratch:
-            sc = dataclasses.replace(cfg, init="scratch")
-            job = run_job(sc, args.parent, data, base, out / ch / f"scratch-{ns[-1]}", f"{ch} S")
-            child = Path(job["path"]) if job["path"] else None
-            job["challenge"] = ev(child, ch) if child else None
-            row["scratch"] = job
-        if sweep:
-            sw = dataclasses.replace(
-                cfg, max_steps=sweep[-1], patience=10**6, snapshot_steps=tuple(sweep)
-            )
-            job = run_job(sw, args.parent, data, base, out / ch / f"sweep-{ns[-1]}", f"{ch} sw")
-            row["sweep"] = {
-                s: {"challenge": ev(Path(p), ch)}
-                for s, p in sorted(job["snapshots"].items(), key=lambda kv: int(kv[0]))
-            }
-            row["sweep_job"] = {k: job[k] for k in ("augment", "chosen_step", "gain")}
         result["challenges"][ch] = row
         log(f"{ch} done: {json.dumps(row)}")
+        (out / "partial.json").write_text(json.dumps(result))
+    for ch in [] if args.no_scratch else challenges:
+        data = out / ch / f"new-{ns[-1]}"
+        sc = dataclasses.replace(cfg, init="scratch")
+        job = run_job(sc, args.parent, data, base, out / ch / f"scratch-{ns[-1]}", f"{ch} S")
+        child = Path(job["path"]) if job["path"] else None
+        job["challenge"] = ev(child, ch) if child else None
+        result["challenges"][ch]["scratch"] = job
+        log(f"{ch} scratch: {json.dumps(job)}")
+        (out / "partial.json").write_text(json.dumps(result))
+    sweep_chs = [c for c in args.sweep_challenges.split(",") if c] or challenges
+    for ch in [c for c in challenges if c in sweep_chs] if sweep else []:
+        data = out / ch / f"new-{ns[-1]}"
+        sw = dataclasses.replace(
+            cfg, max_steps=sweep[-1], patience=10**6, snapshot_steps=tuple(sweep)
+        )
+        job = run_job(sw, args.parent, data, base, out / ch / f"sweep-{ns[-1]}", f"{ch} sw")
+        row = result["challenges"][ch]
+        row["sweep"] = {
+            s: {"challenge": ev(Path(p), ch)}
+            for s, p in sorted(job["snapshots"].items(), key=lambda kv: int(kv[0]))
+        }
+        row["sweep_job"] = {k: job[k] for k in ("augment", "chosen_step", "gain")}
+        log(f"{ch} sweep: {json.dumps(row['sweep'])}")
+        (out / "partial.json").write_text(json.dumps(result))
     result["wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(result))
 

@@ -64,6 +64,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(text: str) -> bool:
+    """A boolean option value: 1/true/yes/on or 0/false/no/off."""
+    low = text.lower()
+    if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+    return low in ("1", "true", "yes", "on")
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import threading
 
@@ -173,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         ft.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=type(f.default),
+            type=_flag if isinstance(f.default, bool) else type(f.default),
             default=None,
             help=f"(default {f.default})",
         )

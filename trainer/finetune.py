@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from agent.bundle import validate_bundle
 from agent.spec import DEFAULT_SPEC
 from trainer import early_stop, loop
+from trainer.action_shift import ShiftSearch, search_shift
 from trainer.checkpoint import load_checkpoint
 from trainer.dataset import Batch, EpisodeDataset, concat_batches
 from trainer.early_stop import Candidate, Measure
@@ -71,7 +72,7 @@ class FinetuneConfig:
     """Most gradient steps of the continuing arm (probe steps included)."""
     eval_every: int = 50
     """Steps between validations (each is a candidate)."""
-    patience: int = 6
+    patience: int = 4
     """Validations without a new best before stopping."""
     holdout: float = 0.2
     """Share of the new condition's episodes held out for validation (per outcome)."""
@@ -89,7 +90,7 @@ class FinetuneConfig:
     """Start from the parent's weights or from a random initialisation (baseline)."""
     augment: Literal["auto", "on", "off"] = "auto"
     """Flip/rotation augmentation; "auto" decides with a probe on held-out data."""
-    probe_steps: int = 100
+    probe_steps: int = 50
     """Steps of each arm of the augmentation probe (auto only)."""
     measure: Measure = "auc"
     """Validation measure (see trainer.early_stop)."""
@@ -107,6 +108,10 @@ class FinetuneConfig:
     """Steps between checkpoints (validations are checkpointed too)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: "auto" is CUDA when torch sees a GPU."""
+    shift_search: bool = True
+    """Search a cell-frame action shift (a moved gripper) before training; see action_shift."""
+    shift_samples: int = 400
+    """New-condition training grasps scored by the shift search."""
     snapshot_steps: tuple[int, ...] = ()
     """Also export the network at these steps as bundles (sweeps; multiples of eval_every)."""
     network: QNetConfig | None = None
@@ -184,6 +189,7 @@ class _Data:
     held_prior: Batch | None
     held_prior_groups: npt.NDArray[np.int64]
     counts: dict[str, Any]
+    new_train: list[EpisodeDataset]
 
 
 def _stratified(
@@ -267,6 +273,7 @@ def _open_data(cfg: FinetuneConfig, new: Sequence[Path], prior: Sequence[Path]) 
         held_prior,
         prior_groups,
         counts,
+        new_train,
     )
 
 
@@ -532,8 +539,13 @@ def finetune(
         meta = {"phase": phase, "steps": st.get("steps"), "wall_s": round(time.time() - t0, 1)}
         return FinetuneResult("stopped", None, None, meta)
 
+    shift_rec = _shift(cfg, jb, data, out)
     probe: dict[str, Any] = {}
-    if cfg.augment == "auto":
+    if shift_rec.get("adopted"):
+        jb.net_cfg = dataclasses.replace(net_cfg, action_shift_m=tuple(shift_rec["shift_m"]))
+        augment = False
+        probe = {"skipped": "an action shift is a mirror asymmetry: augmentation off"}
+    elif cfg.augment == "auto":
         until = min(cfg.probe_steps, cfg.max_steps)
         for aug in (True, False):
             st = jb.run_arm(aug, until, early=False, phase="probe")
@@ -547,7 +559,7 @@ def finetune(
     st = jb.run_arm(augment, cfg.max_steps, early=True, phase="train")
     if st["stopped"]:
         return stopped("train", st)
-    result = _decide(cfg, jb, st, augment, probe, parent_bundle.id, job_id, condition)
+    result = _decide(cfg, jb, st, augment, probe, parent_bundle.id, job_id, condition, shift_rec)
     _write_json(out / "result.json", result.to_json())
     return dataclasses.replace(result, meta={**result.meta, "wall_s": round(time.time() - t0, 1)})
 
@@ -561,6 +573,7 @@ def _decide(
     parent_id: str,
     job_id: str | None,
     condition: str,
+    shift_rec: dict[str, Any],
 ) -> FinetuneResult:
     curve = st["curve"]
     cands = [
@@ -590,6 +603,7 @@ def _decide(
             "config": config_to_json(cfg),
             "augment": augment,
             "augment_probe": probe,
+            "action_shift": shift_rec,
             "steps_run": steps_run,
             "chosen_step": chosen.step if chosen else None,
             "stopped_early": bool(st["ended"]),
@@ -615,6 +629,29 @@ def _decide(
         return FinetuneResult("no_improvement", None, None, {**meta, "parent_id": parent_id})
     bundle = make_bundle(loop.on_cpu(net).eval(), meta, jb.out / "bundles", parent_id=parent_id)
     return FinetuneResult("improved", bundle.path, bundle.id, dict(bundle.meta))
+
+
+def _shift(cfg: FinetuneConfig, jb: _Job, data: _Data, out: Path) -> dict[str, Any]:
+    """The action-shift search (stored in ``out/shift.json``; skipped without prior data)."""
+    f = out / "shift.json"
+    if f.is_file():
+        rec: dict[str, Any] = json.loads(f.read_text())
+        return rec
+    if not cfg.shift_search or cfg.init != "parent" or data.held_prior is None:
+        rec = {"adopted": False, "skipped": True}
+    else:
+        rng = np.random.default_rng([cfg.seed, 7])
+        views = data.new_train
+        rows_per = [_rows(v) for v in views]
+        total = sum(len(r) for r in rows_per)
+        parts = []
+        for v, rows in zip(views, rows_per, strict=True):
+            k = min(len(rows), max(1, round(cfg.shift_samples * len(rows) / total)))
+            parts.append(v.gather(np.sort(rng.choice(rows, size=k, replace=False))))
+        batch = parts[0] if len(parts) == 1 else concat_batches(parts)
+        _, rec = search_shift(jb.parent_net, batch, cfg.measure, ShiftSearch(), jb.parent.prior)
+    _write_json(f, rec)
+    return rec
 
 
 def _load_result(out: Path) -> FinetuneResult:

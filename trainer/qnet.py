@@ -91,6 +91,8 @@ class QNetConfig:
     """Spacing (metres) of the glimpse pattern."""
     pixels: PixelMapping = field(default_factory=PixelMapping)
     """Image-to-world mapping; must match the camera."""
+    action_shift_m: tuple[float, float] = (0.0, 0.0)
+    """Cell-frame (x, y) metres from command to finger landing (0; fine-tuning sets it)."""
 
     def __post_init__(self) -> None:
         if len(self.trunk_channels) != len(self.trunk_strides) or not self.trunk_channels:
@@ -269,6 +271,11 @@ class QNet(nn.Module):
         b, c, h, w = f.shape
         if actions.dim() == 2:
             actions = actions.unsqueeze(0).expand(b, -1, -1)
+        sx, sy = self.config.action_shift_m
+        if sx or sy:
+            actions = actions + actions.new_tensor(
+                [sx / self.spec.workspace_x_m, sy / self.spec.workspace_y_m, 0.0]
+            )
         n = actions.shape[1]
         flat = actions.reshape(-1, actions.shape[2])
         maps, weights = self._spatial(flat)

@@ -40,6 +40,7 @@ FAST = FinetuneConfig(
     threads=1,
     checkpoint_every=10,
     max_eval=256,
+    shift_search=False,  # a random tiny parent has no grasp knowledge to shift
 )
 
 
