@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.cem import CemParams
+from drivers.bridge.config import BridgeClientConfig, client_problems
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
@@ -32,19 +33,31 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class DriverConfig:
-    """Which robot to drive."""
+class SimDriverConfig:
+    """The sim cell's own settings (``[driver.sim]``)."""
 
-    type: Literal["sim", "import"] = "sim"
-    """Driver implementation: "sim" (pybullet cell) or "import" (a factory named by `factory`)."""
+    schedule: tuple[tuple[int, str], ...] = ()
+    """Conditions by grasp count since the cell started: [[0, "baseline"], [300, "transparent"]]."""
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Which robot to drive; each type reads its own sub-table (``[driver.sim]``, ...)."""
+
+    type: Literal["sim", "bridge", "import"] = "sim"
+    """"sim" (pybullet cell), "bridge" (a robot bridge process) or "import" (see `factory`)."""
     factory: str = ""
     """For type "import": "package.module:callable" returning a Driver (called with `options`)."""
     condition: str = "baseline"
     """Sim cell condition to start in (sim only)."""
     seed: int = 0
-    """Seed for the driver's randomness."""
+    """Seed for the driver's randomness (sim and import)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the driver's config."""
+    """Sim: SimConfig overrides (split, n_objects...); import: the factory's keyword arguments."""
+    sim: SimDriverConfig = field(default_factory=SimDriverConfig)
+    """Settings of type "sim"."""
+    bridge: BridgeClientConfig = field(default_factory=BridgeClientConfig)
+    """Settings of type "bridge": endpoint, timeouts, reconnect backoff, CURVE keys."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +337,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
+    if origin is tuple:  # a TOML array: tuple[X, ...] or a fixed tuple[X, Y]
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be an array, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be an array of {len(args)} items, got {value!r}")
+        return tuple(
+            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
@@ -389,14 +413,33 @@ def validate(cfg: AgentConfig) -> None:
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",
     )
-    dr = cfg.driver
+    validate_driver(cfg.driver)
+    _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
+    _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
+    validate_trainer(cfg.trainer)
+
+
+def validate_driver(dr: DriverConfig) -> None:
+    """Checks of the [driver] table and its sub-tables; raises ConfigError naming the key."""
+    from drivers.sim.schedule import parse_schedule
+
     _need(
         dr.type != "import" or ":" in dr.factory,
         f"driver.factory = {dr.factory!r}: type 'import' needs 'package.module:callable'",
     )
-    _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
-    _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
-    validate_trainer(cfg.trainer)
+    try:
+        parse_schedule(dr.sim.schedule, "driver.sim.schedule")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for key, why in client_problems(dr.bridge)[:1]:
+        raise ConfigError(f"driver.bridge.{key} = {getattr(dr.bridge, key)!r}: {why}")
+    _need(
+        dr.type != "bridge"
+        or is_loopback_endpoint(dr.bridge.endpoint)
+        or bool(dr.bridge.curve_server_public),
+        f"driver.bridge.endpoint = {dr.bridge.endpoint!r} is not a loopback address; reaching it "
+        "needs CURVE keys (driver.bridge.curve_server_public and curve_client_secret)",
+    )
 
 
 def validate_trainer(t: TrainerConfig) -> None:
@@ -467,14 +510,20 @@ def example_toml() -> str:
     """A TOML file listing every key with its default and help line (for docs and `--print`)."""
     lines: list[str] = []
     for top in dataclasses.fields(AgentConfig):
-        sub = typing.get_type_hints(AgentConfig)[top.name]
-        lines.append(f"[{top.name}]")
-        docs = _field_docs(sub)
-        for f in dataclasses.fields(sub):
-            default = getattr(sub(), f.name)
-            lines.append(f"# {docs.get(f.name, '')}")
-            lines.append(f"{f.name} = {_toml_value(default)}")
-        lines.append("")
+        tables = [(top.name, typing.get_type_hints(AgentConfig)[top.name])]
+        while tables:  # a nested dataclass field is a sub-table ([driver.bridge]) after its parent
+            name, sub = tables.pop(0)
+            lines.append(f"[{name}]")
+            docs = _field_docs(sub)
+            hints = typing.get_type_hints(sub)
+            for f in dataclasses.fields(sub):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    tables.append((f"{name}.{f.name}", hints[f.name]))
+                    continue
+                default = getattr(sub(), f.name)
+                lines.append(f"# {docs.get(f.name, '')}")
+                lines.append(f"{f.name} = {_toml_value(default)}")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -489,6 +538,8 @@ def _toml_value(v: Any) -> str:
             if not v
             else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
         )
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
 
 

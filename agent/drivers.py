@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import importlib.util
 from typing import Any
 
 from agent.config import DriverConfig
@@ -11,17 +11,33 @@ from drivers.base import Driver
 
 
 def make_driver(cfg: DriverConfig) -> Driver:
-    """Construct (not start) the driver: "sim" -> SimCell, "import" -> factory(**options)."""
+    """Construct (not start) the driver; ValueError names a bad key.
+
+    "sim" -> SimCell (``options`` override SimConfig fields, ``[driver.sim]`` its schedule),
+    "bridge" -> BridgeDriver (``[driver.bridge]``), "import" -> factory(seed=, **options).
+    """
     if cfg.type == "sim":
-        if importlib.util.find_spec("pybullet") is None:  # imported only at start(): say it now
-            raise ValueError(
-                'driver.type = "sim" needs the [sim] extra (pybullet), not installed here: '
-                "pip install '.[sim]'"
-            )
         from drivers.sim.cell import SimCell, SimConfig
 
+        allowed = {f.name for f in dataclasses.fields(SimConfig)} - {
+            "seed",
+            "condition",
+            "schedule",
+            "spec",
+            "physics",
+        }
         options: dict[str, Any] = dict(cfg.options)
-        return SimCell(SimConfig(seed=cfg.seed, condition=cfg.condition, **options))
+        for key in options:
+            if key not in allowed:
+                names = ", ".join(sorted(allowed))
+                raise ValueError(f"driver.options.{key}: not a sim setting; allowed: {names}")
+        return SimCell(
+            SimConfig(seed=cfg.seed, condition=cfg.condition, schedule=cfg.sim.schedule, **options)
+        )
+    if cfg.type == "bridge":
+        from drivers.bridge.client import BridgeDriver
+
+        return BridgeDriver(cfg.bridge)
     module, _, attr = cfg.factory.partition(":")
     try:
         factory = getattr(importlib.import_module(module), attr)
