@@ -52,7 +52,7 @@ from agent.probation import ProbationTest, design_probation
 from agent.queries import Queries
 from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
-from drivers.base import Driver
+from drivers.base import Driver, DriverUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,7 @@ class Daemon:
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> int:
         """The control loop; returns 0 after a clean stop, non-zero on persistent failure."""
+        driver_down, retry_s = False, 0.0  # robot unreachable: not an error, never logged
         while not self.stop_event.is_set():
             self.notifier.watchdog()
             self._drain()
@@ -279,6 +280,22 @@ class Daemon:
             try:
                 self._grasp(policy)
                 self.errors_in_a_row = 0
+                if driver_down:
+                    driver_down, retry_s = False, 0.0
+                    log.warning("driver reachable again")
+                    self.emit("agent.driver", {"state": "up", "message": "driver reachable again"})
+            except DriverUnavailable as exc:
+                # No action was executed or its outcome is unknown: nothing is logged. Report
+                # once per outage; wait (commands still served) while the driver reconnects.
+                if not driver_down:
+                    driver_down = True
+                    log.warning("driver unavailable, not actuating: %s", exc)
+                    self.emit("agent.driver", {"state": "down", "message": str(exc)})
+                retry_s = min(2.0, max(self.cfg.agent.idle_sleep_s, 2 * retry_s))
+                until = time.monotonic() + retry_s
+                while time.monotonic() < until and not self.stop_event.is_set():
+                    self.notifier.watchdog()
+                    self._idle()
             except Exception as exc:
                 self.errors_in_a_row += 1
                 self._error("grasp", exc)
