@@ -43,8 +43,10 @@ from agent.command_thread import CommandContext, CommandThread
 from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
 from agent.detector import SuccessDropDetector
+from agent.effects import record_step
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
+from agent.held import HeldWrites
 from agent.loader import LoadResult, PolicyLoader
 from agent.notify import Notifier
 from agent.policy import Policy, PolicyFault
@@ -60,8 +62,6 @@ MAX_CONSECUTIVE_ERRORS = 5
 """Driver/grasp failures in a row after which the daemon exits 2 (systemd restarts it)."""
 FLUSH_RETRY_S = 0.5
 """How often grasps held in memory (disk full) are retried."""
-
-Pending = GraspRecord | tuple[str, dict[str, Any], float]
 
 
 class Daemon:
@@ -123,9 +123,9 @@ class Daemon:
         self._latencies: collections.deque[float] = collections.deque(maxlen=2000)
         self._snapshot: dict[str, Any] = {}
         self._loading: dict[str, str] = {}
-        self._pending: collections.deque[Pending] = collections.deque()
+        self.held = HeldWrites(cfg.grasp_log.buffer_grasps, FLUSH_RETRY_S)
+        """Grasps and events waiting for disk space (in order, bounded)."""
         self._storage_full = False
-        self._last_flush = 0.0
         self._probe_condition = 0
         self._faulted: dict[str, str] = {}
         self._last_retry = 0.0
@@ -192,9 +192,9 @@ class Daemon:
                 fn()
             except Exception:
                 log.exception("error while closing")
-        self._flush_pending(force=True)
-        if self._pending:
-            log.error("%d grasps/events could not be written (disk full)", len(self._pending))
+        self._flush_held(force=True)
+        if self.held:
+            log.error("%d grasps/events could not be written (disk full)", len(self.held))
         self.log.close()
         if self._events:
             self._events.close()
@@ -269,10 +269,10 @@ class Daemon:
         while not self.stop_event.is_set():
             self.notifier.watchdog()
             self._drain()
-            if self._pending:
-                self._flush_pending()
+            if self.held:
+                self._flush_held()
             policy = self._serving()
-            if policy is None or self.paused or len(self._pending) >= self._buffer_cap:
+            if policy is None or self.paused or self.held.at_cap:
                 self._idle()
                 continue
             if self.cfg.agent.max_grasps and self.grasps >= self.cfg.agent.max_grasps:
@@ -305,10 +305,6 @@ class Daemon:
             finally:
                 self._refresh()
         return 0
-
-    @property
-    def _buffer_cap(self) -> int:
-        return self.cfg.grasp_log.buffer_grasps
 
     def _serving(self) -> Policy | None:
         pid = self.state.policy
@@ -405,15 +401,15 @@ class Daemon:
     def _record_grasp(self, rec: GraspRecord) -> None:
         """Commit, then publish (a grasp seen on the PUB socket is durable); on a full disk,
         hold it in memory (bounded by grasp_log.buffer_grasps) and raise one alarm."""
-        if self._pending:
-            self._pending.append(rec)
+        if self.held:
+            self.held.hold(rec)
             return
         try:
             gid = self.log.log_grasp(rec, self.cfg.grasp_log.store_images)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
-            self._pending.append(rec)
+            self.held.hold(rec)
             self._disk_full(exc)
             return
         self._grasp_committed(gid, rec)
@@ -434,44 +430,24 @@ class Daemon:
         if self._storage_full:
             return
         self._storage_full = True
-        self._last_flush = time.monotonic()
         self.emit(
             "agent.alarm",
             {
                 "kind": "storage_full",
                 "reason": f"grasp log cannot be written ({exc}); holding up to "
-                f"{self._buffer_cap} grasps in memory",
+                f"{self.held.cap} grasps in memory",
                 "condition": self.state.condition,
                 "policy": self.state.policy,
             },
         )
 
-    def _flush_pending(self, force: bool = False) -> None:
-        if not self._pending or not self.log.is_open:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_flush < FLUSH_RETRY_S:
-            return
-        self._last_flush = now
-        flushed = 0
-        while self._pending:
-            item = self._pending[0]
-            try:
-                if isinstance(item, GraspRecord):
-                    gid = self.log.log_grasp(item, self.cfg.grasp_log.store_images)
-                else:
-                    self.log.add_event(item[0], item[1], item[2])
-            except Exception as exc:
-                if not is_disk_full(exc):
-                    log.exception("could not flush held grasps")
-                return
-            self._pending.popleft()
-            flushed += 1
-            if isinstance(item, GraspRecord):
-                self._grasp_committed(gid, item)
-        if self._storage_full:
+    def _flush_held(self, force: bool = False) -> None:
+        written = self.held.flush(
+            self.log, self.cfg.grasp_log.store_images, self._grasp_committed, force
+        )
+        if written is not None and self._storage_full:
             self._storage_full = False
-            self.emit("agent.storage", {"status": "recovered", "flushed": flushed})
+            self.emit("agent.storage", {"status": "recovered", "flushed": written})
 
     # -- outcomes: probation, detector ------------------------------------------------------
     def _after_outcome(self, success: bool) -> None:
@@ -562,113 +538,37 @@ class Daemon:
 
     # -- the lifecycle (ControlCore for queued command changes) ------------------------------
     def step(self, event: lc.Event, details: dict[str, Any] | None = None) -> lc.State:
-        """Apply one lifecycle event: its state and every row it implies commit together,
-        then the events are published and the in-memory effects carried out."""
+        """Apply one lifecycle event: its state and every row it implies commit together
+        (:func:`agent.effects.record_step`), then the events are published and the
+        in-memory follow-ups carried out."""
         old = self.state
         new, effects = lc.step(old, event)
         if new == old and not effects:
             return old
-        out: list[tuple[str, dict[str, Any], float]] = []
-        after: list[Callable[[], None]] = []
-        with self.log.write():
-            for eff in effects:
-                new = self._effect(eff, old, new, details or {}, out, after)
-            self.log.set_kv("lifecycle", new.to_dict())
-            for topic, data, t in out:
-                self.log.add_event(topic, data, t)
-        self.state = new
-        for fn in after:
-            fn()
-        for topic, data, _ in out:
+        if self.held:  # held writes first, so the events table keeps the PUB order
+            self._flush_held(force=True)
+        rec = record_step(
+            self.log, old, new, effects, details or {}, self.warm_policies.get, self.condition_id
+        )
+        self.state = rec.state
+        for topic, data, _ in rec.events:
             self._publish(topic, data)
+        if rec.condition_id is not None:
+            self._set_condition(rec.condition_id)
+        for pid in rec.rejected:
+            self.warm_policies.drop(pid)
+        if rec.export is not None:
+            self.exporter.submit(*rec.export)
+        if rec.swapped:  # may step again: its events follow these, as in the table
+            self._after_swap()
         self._ensure_warm()
-        return new
+        return self.state
 
     def _try_step(self, event: lc.Event, details: dict[str, Any] | None = None) -> None:
         try:
             self.step(event, details)
         except Exception as exc:
             self._error("lifecycle", exc)
-
-    def _effect(
-        self,
-        eff: lc.Effect,
-        old: lc.State,
-        new: lc.State,
-        details: dict[str, Any],
-        out: list[tuple[str, dict[str, Any], float]],
-        after: list[Callable[[], None]],
-    ) -> lc.State:
-        """Write one effect's rows (inside the step's transaction); returns the state, which
-        may fold in a follow-up event (a created job)."""
-        now = time.time()
-        if isinstance(eff, lc.NewCondition):
-            cid = self.log.add_condition(eff.name, eff.note, eff.source, old.policy)
-            out.append(
-                (
-                    "agent.condition",
-                    {
-                        "condition": eff.name,
-                        "note": eff.note,
-                        "source": eff.source,
-                        "previous": old.condition,
-                    },
-                    now,
-                )
-            )
-            after.append(lambda: self._set_condition(cid))
-        elif isinstance(eff, lc.SubmitJob):
-            cond = self.log.condition(eff.condition)
-            cid = int(cond["id"]) if cond else self.condition_id
-            job = self.log.add_job(cid, eff.parent, "")
-            new, _ = lc.step(new, lc.JobSubmitted(job))
-            out.append(
-                (
-                    "agent.job",
-                    {
-                        "job": job,
-                        "status": "exporting",
-                        "condition": eff.condition,
-                        "parent": eff.parent,
-                    },
-                    now,
-                )
-            )
-            after.append(lambda: self.exporter.submit(job, eff.condition))
-        elif isinstance(eff, lc.CancelJob):
-            self.log.update_job(eff.job, "cancelled")
-            out.append(("agent.job", {"job": eff.job, "status": "cancelled"}, now))
-        elif isinstance(eff, lc.RaiseAlarm):
-            data = {
-                "kind": eff.kind,
-                "reason": eff.reason,
-                "condition": old.condition,
-                "policy": old.policy,
-                **details,
-            }
-            out.append(("agent.alarm", data, now))
-        elif isinstance(eff, lc.RejectPolicy):
-            self.log.upsert_policy(eff.policy, "", "rejected", reason=eff.reason[:500])
-            out.append(("agent.policy.rejected", {"policy": eff.policy, "reason": eff.reason}, now))
-            after.append(lambda: self.warm_policies.drop(eff.policy))
-        elif isinstance(eff, lc.SwapPolicy):
-            self.log.activate_policy(eff.policy, eff.reason)
-            back = eff.reason not in ("promote",) and not eff.reason.startswith("trained")
-            topic = "agent.policy.rolled_back" if back else "agent.policy.swapped"
-            pol = self.warm_policies.get(eff.policy)
-            swap: dict[str, Any] = {
-                "policy": eff.policy,
-                "previous": old.policy,
-                "reason": eff.reason,
-                "probation_parent": new.probation_parent,
-                "condition": new.condition,
-            }
-            if pol is not None:
-                swap["providers"] = pol.providers
-                swap["split_trunk"] = pol.split
-            out.append((topic, swap, now))
-            after.append(self._after_swap)
-        return new
 
     def _set_condition(self, cid: int) -> None:
         self.condition_id = cid
@@ -757,6 +657,8 @@ class Daemon:
                 "agent.policy.rejected",
                 {"policy": pol.id, "reason": "rejected earlier; never served again"},
             )
+            if self.state.policy is None:
+                self._refuse(f"policy {pol.id} was rejected earlier")
             return
         self.warm_policies.put(pol)
         if purpose == "warm":
@@ -766,6 +668,8 @@ class Daemon:
                 self._maybe_ready()
         elif purpose == "trained":
             self.step(lc.PolicyReady(pol.id, job))
+            if job is not None:  # lineage: the job's result is this policy
+                self.log.update_job(job, "done", result_policy_id=pol.id)
         elif purpose == "rollback":
             self.step(lc.Rollback(pol.id))
         elif pol.id != self.state.policy:  # "promote", "initial"
@@ -815,12 +719,14 @@ class Daemon:
             self.emit("agent.job", {"job": done.job, "status": "failed", "error": done.error})
             self._try_step(lc.JobFailed(done.job, f"export failed: {done.error}"))
             return
-        self.log.update_job(done.job, "queued", export_path=str(done.path))
+        row = self.log.job(done.job)
+        status = "queued" if self.state.job == done.job or row is None else str(row["status"])
+        self.log.update_job(done.job, status, export_path=str(done.path))
         self.emit(
             "agent.job",
             {
                 "job": done.job,
-                "status": "queued",
+                "status": status,
                 "condition": done.condition,
                 "export": str(done.path),
                 "transitions": done.index.get("transitions", 0),
@@ -898,12 +804,12 @@ class Daemon:
             "fallback": s.fallback,
             "paused": self.paused,
             "pause_reason": self.pause_reason,
-            "actuating": actuating and len(self._pending) < self._buffer_cap,
+            "actuating": actuating and not self.held.at_cap,
             "no_policy_reason": "" if actuating else self._not_actuating_reason(),
             "grasps": self.grasps,
             "detector": self.detector.snapshot(),
             "probation": None if self.probation is None else self.probation.snapshot(),
-            "storage": {"status": storage, "held": len(self._pending)},
+            "storage": {"status": storage, "held": len(self.held)},
             "last_grasp": self.last_grasp,
             "last_command": self.last_command,
             "loading": sorted(set(self._loading.values())),
@@ -925,15 +831,15 @@ class Daemon:
         """Record an event, then publish it: the events table and the PUB socket carry the
         same set. With the disk full it is published now and recorded when space returns."""
         t = time.time()
-        if self._pending:  # behind held writes, to keep their order
-            self._pending.append((topic, data, t))
+        if self.held:  # behind held writes, to keep their order
+            self.held.hold((topic, data, t))
         else:
             try:
                 self.log.add_event(topic, data, t)
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise
-                self._pending.append((topic, data, t))
+                self.held.hold((topic, data, t))
                 self._disk_full(exc)
         self._publish(topic, data)
 
