@@ -1,0 +1,280 @@
+"""Fuzz the real daemon's command socket on the sim cell; grasp rate loaded vs unloaded.
+
+Usage: python bench/fuzz_commands.py [--seconds 15] [--rounds 3] [--messages 10000]
+                                     [--limits default|off]
+
+Starts ``robot-agent run`` (a subprocess: the sim cell serving the shipped base policy)
+pinned to one core, and a fuzz client in this process pinned to another. Windows of
+``--seconds`` alternate unloaded and loaded (U L U L ... U, ``--rounds`` loaded ones): in a
+loaded window the client sends malformed, mangled, oversize and random messages as fast as
+the daemon answers, ``--messages`` of them at least over all windows. The grasp rate of
+each window is read from the grasp log (t_end of committed grasps), so no command is needed
+to measure it. Every reply must carry a documented error code (or ok
+for a read-only command); the fuzz never sends a well-formed state-changing command, and the
+daemon must end unpaused, in its condition, on its policy. ``--limits off`` turns the rate
+limits off so that every message reaches the parser (the worst case for the daemon's CPU).
+Last line of stdout: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.ctl import request  # noqa: E402
+from agent.wire import ERROR_CODES, decode, encode  # noqa: E402
+
+READ_ONLY = ("status", "stats", "policies")
+MAX_MESSAGE = 1 << 20
+MAX_FRAME = 4 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(data: Path, cmd_port: int, ev_port: int, limits: str) -> Path:
+    rate = "" if limits == "default" else "command_rate_per_s = 0\ncommand_total_rate_per_s = 0\n"
+    cfg = data / "agent.toml"
+    cfg.write_text(f"""
+[agent]
+data_dir = "{data}"
+[driver]
+type = "sim"
+condition = "baseline"
+seed = 0
+options = {{ split = "test" }}
+[policy]
+bundle = "{ROOT / "policies" / "base"}"
+[lifecycle]
+initial_condition = "baseline"
+[cem]
+iterations = 3
+[sockets]
+command_endpoint = "tcp://127.0.0.1:{cmd_port}"
+event_endpoint = "tcp://127.0.0.1:{ev_port}"
+max_message_bytes = {MAX_MESSAGE}
+max_frame_bytes = {MAX_FRAME}
+{rate}""")
+    return cfg
+
+
+def fuzz_messages(rng: np.random.Generator) -> Iterator[list[bytes]]:
+    """Endless malformed/mangled/oversize/random requests; never a valid state change."""
+    valid = [encode("command", {"id": i, "command": c}) for i, c in enumerate(READ_ONLY)]
+    bad_changes = [
+        {"command": "promote", "args": {"id": ""}},
+        {"command": "promote", "args": {"id": "../../etc"}},
+        {"command": "mark-condition", "args": {"name": "x/../../../../outside"}},
+        {"command": "mark-condition", "args": {"name": ""}},
+        {"command": "rollback", "args": {"id": "a/b"}},
+        {"command": "pause", "args": {"reason": 7}},
+        {"command": "pause", "args": {"why": "x"}},
+        {"command": "resume", "args": {"x": "1"}},
+        {"command": "finetune", "args": []},
+        {"command": "finetune", "v2": True},
+    ]
+    junk_values: list[Any] = [None, True, 1.5, -1, "", "x" * 300, [], {}, [[[]]], {"a": {"b": 1}}]
+    i = 0
+    while True:
+        i += 1
+        kind = i % 10
+        base = valid[i % len(valid)][0]
+        if kind == 0:
+            yield [rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 4)))]
+        elif kind == 1:
+            b = bytearray(base)
+            for _ in range(int(rng.integers(1, 4))):
+                b[int(rng.integers(0, len(b)))] ^= 1 << int(rng.integers(0, 8))
+            yield [bytes(b)]
+        elif kind == 2:
+            yield [base[: int(rng.integers(0, len(base)))]]
+        elif kind == 3:
+            n = int(rng.integers(MAX_MESSAGE + 1, MAX_FRAME))
+            yield [b"{" * 64, b"\0" * n] if i % 20 == 3 else [b" " * n]
+        elif kind == 4:
+            head = dict(bad_changes[int(rng.integers(0, len(bad_changes)))])
+            head["id"] = i
+            yield encode("command", head)
+        elif kind == 5:
+            field = ["v", "type", "id", "command", "args"][int(rng.integers(0, 5))]
+            head: dict[str, Any] = {"v": 1, "type": "command", "id": i, "command": "status"}
+            head[field] = junk_values[int(rng.integers(0, len(junk_values)))]
+            yield [json.dumps(head).encode()]
+        elif kind == 6:
+            depth = int(rng.integers(30, 5000))
+            yield [b'{"v":1,"type":"command","x":' + b"[" * depth + b"]" * depth + b"}"]
+        elif kind == 7:
+            yield [base, rng.bytes(16)]
+        elif kind == 8:
+            name = ["selfdestruct", "", "STATUS", "status\x00", "help"][int(rng.integers(0, 5))]
+            yield encode("command", {"id": i, "command": name})
+        else:
+            yield [bytes(f) for f in valid[int(rng.integers(0, len(valid)))]]
+
+
+def fuzz(endpoint: str, n: int, until: float, rng: np.random.Generator) -> dict[str, Any]:
+    """Send at least ``n`` messages (until the window ends), 64 in flight; tally replies."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 24)
+    sock.connect(endpoint)
+    tally: dict[str, int] = {}
+    sent = answered = inflight = 0
+    gen = fuzz_messages(rng)
+    while time.monotonic() < until or sent < n:
+        while inflight < 64:
+            sock.send_multipart(next(gen))
+            sent += 1
+            inflight += 1
+        if not sock.poll(2000):
+            raise SystemExit(f"no reply within 2 s ({inflight} in flight): a message was lost")
+        while sock.poll(0):
+            frames = sock.recv_multipart()
+            if frames and frames[0] == b"":
+                frames = frames[1:]  # a request whose first frame was empty: a REQ envelope
+            head = decode(frames, max_bytes=1 << 24, max_header_bytes=1 << 24).header
+            code = "ok" if head["ok"] else head["error"]["code"]
+            if code not in ERROR_CODES and code != "ok":
+                raise SystemExit(f"undocumented code {code!r}")
+            tally[code] = tally.get(code, 0) + 1
+            answered += 1
+            inflight -= 1
+    deadline = time.monotonic() + 5
+    while inflight and time.monotonic() < deadline:
+        if sock.poll(100):
+            sock.recv_multipart()
+            answered += 1
+            inflight -= 1
+    sock.close(0)
+    ctx.term()
+    return {"sent": sent, "answered": answered, "unanswered": sent - answered, "codes": tally}
+
+
+def grasps_between(db: Path, t0: float, t1: float) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = con.execute(
+            "SELECT count(*) FROM grasps WHERE t_end >= ? AND t_end < ?", (t0, t1)
+        ).fetchone()
+        return int(row[0])
+    finally:
+        con.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=15.0, help="length of each window")
+    ap.add_argument("--rounds", type=int, default=3, help="loaded windows (between unloaded)")
+    ap.add_argument("--messages", type=int, default=10_000, help="least fuzz messages sent")
+    ap.add_argument("--limits", choices=["default", "off"], default="default")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))
+    cmd_port, ev_port = free_port(), free_port()
+    cfg = write_config(tmp, cmd_port, ev_port, args.limits)
+    endpoint = f"tcp://127.0.0.1:{cmd_port}"
+    log = open(tmp / "daemon.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--log-level", "WARNING", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        if len(cores) >= 2:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, {cores[0]})
+                os.sched_setaffinity(0, {cores[1]})
+        deadline = time.monotonic() + 180
+        st: dict[str, Any] = {}
+        while not st.get("grasps"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"daemon did not start grasping; see {tmp / 'daemon.log'}")
+            with contextlib.suppress(Exception):
+                st = request(endpoint, "status", timeout_s=2)["result"]
+            time.sleep(0.5)
+        time.sleep(3.0)  # past warm-up
+        db = tmp / "grasps.db"
+        rng = np.random.default_rng(args.seed)
+        windows: list[tuple[str, float, float]] = []
+        fz: dict[str, Any] = {"sent": 0, "answered": 0, "unanswered": 0, "codes": {}}
+        per_window = -(-args.messages // args.rounds)
+        for i in range(2 * args.rounds + 1):  # U L U L ... U: drift hits both sides alike
+            t0 = time.time()
+            if i % 2:
+                part = fuzz(endpoint, per_window, time.monotonic() + args.seconds, rng)
+                for k in ("sent", "answered", "unanswered"):
+                    fz[k] += part[k]
+                for code, n in part["codes"].items():
+                    fz["codes"][code] = fz["codes"].get(code, 0) + n
+            else:
+                time.sleep(args.seconds)
+            windows.append(("loaded" if i % 2 else "unloaded", t0, time.time()))
+        time.sleep(0.5)
+        rates = {
+            kind: [grasps_between(db, a, b) / (b - a) for k, a, b in windows if k == kind]
+            for kind in ("unloaded", "loaded")
+        }
+        loaded_s = sum(b - a for k, a, b in windows if k == "loaded")
+        final = request(endpoint, "status", timeout_s=10)["result"]
+        unchanged = (
+            not final["paused"]
+            and final["condition"] == st["condition"]
+            and final["policy"] == st["policy"]
+        )
+        alive = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        log.close()
+    unloaded, loaded = float(np.mean(rates["unloaded"])), float(np.mean(rates["loaded"]))
+    ratio = loaded / unloaded if unloaded else float("nan")
+    result = {
+        "bench": "fuzz_commands",
+        "limits": args.limits,
+        "rounds": args.rounds,
+        "seconds_per_window": args.seconds,
+        "grasps_per_s_unloaded": [round(r, 2) for r in rates["unloaded"]],
+        "grasps_per_s_loaded": [round(r, 2) for r in rates["loaded"]],
+        "loaded_over_unloaded": round(ratio, 4),
+        "within_10pct": bool(abs(ratio - 1) <= 0.10),
+        "fuzz": fz,
+        "fuzz_per_s": round(fz["sent"] / loaded_s, 1),
+        "daemon_alive": alive,
+        "daemon_exit": code,
+        "state_unchanged": unchanged,
+        "pinned": len(cores) >= 2,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
