@@ -1,0 +1,49 @@
+"""The action shift: a shifted network scores where the fingers land; export and serving keep it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.config import CemConfig, PolicyConfig
+from agent.policy import load_policy
+from trainer.export import load_qnet, make_bundle
+from trainer.qnet import QNet, QNetConfig
+
+TINY = QNetConfig(
+    trunk_channels=(8, 8, 8),
+    trunk_strides=(2, 2, 2),
+    merge_channels=8,
+    action_hidden=8,
+    head_hidden=8,
+)
+
+
+def test_shifted_network_equals_parent_at_the_landing_point() -> None:
+    torch.manual_seed(0)
+    parent = QNet(TINY).eval()
+    shifted = QNet(dataclasses.replace(TINY, action_shift_m=(0.1, -0.03))).eval()
+    shifted.load_state_dict(parent.state_dict())  # the shift is config, not a weight
+    images = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.rand(2, 5, 3) * 2 - 1
+    moved = actions + torch.tensor([0.1 / 0.20, -0.03 / 0.15, 0.0])
+    with torch.no_grad():
+        assert torch.allclose(shifted(images, actions), parent(images, moved), atol=1e-6)
+        assert not torch.equal(shifted(images, actions), parent(images, actions))
+
+
+def test_shifted_bundle_round_trips_and_serves_like_torch(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = QNet(dataclasses.replace(TINY, action_shift_m=(0.1, 0.0))).eval()
+    bundle = make_bundle(net, {"condition": "c"}, tmp_path)
+    again = load_qnet(bundle)
+    assert again.config.action_shift_m == (0.1, 0.0)
+    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), CemConfig())
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    d = policy.act(image)
+    with torch.no_grad():
+        q = net(torch.from_numpy(image)[None], torch.from_numpy(d.action)[None, None]).item()
+    assert abs(q - d.q) < 1e-4
