@@ -213,15 +213,6 @@ def main() -> None:
         result["challenges"][ch] = row
         log(f"{ch} done: {json.dumps(row)}")
         (out / "partial.json").write_text(json.dumps(result))
-    for ch in [] if args.no_scratch else challenges:
-        data = out / ch / f"new-{ns[-1]}"
-        sc = dataclasses.replace(cfg, init="scratch")
-        job = run_job(sc, args.parent, data, base, out / ch / f"scratch-{ns[-1]}", f"{ch} S")
-        child = Path(job["path"]) if job["path"] else None
-        job["challenge"] = ev(child, ch) if child else None
-        result["challenges"][ch]["scratch"] = job
-        log(f"{ch} scratch: {json.dumps(job)}")
-        (out / "partial.json").write_text(json.dumps(result))
     sweep_chs = [c for c in args.sweep_challenges.split(",") if c] or challenges
     for ch in [c for c in challenges if c in sweep_chs] if sweep else []:
         data = out / ch / f"new-{ns[-1]}"
@@ -236,6 +227,15 @@ def main() -> None:
         }
         row["sweep_job"] = {k: job[k] for k in ("augment", "chosen_step", "gain")}
         log(f"{ch} sweep: {json.dumps(row['sweep'])}")
+        (out / "partial.json").write_text(json.dumps(result))
+    for ch in [] if args.no_scratch else challenges:
+        data = out / ch / f"new-{ns[-1]}"
+        sc = dataclasses.replace(cfg, init="scratch")
+        job = run_job(sc, args.parent, data, base, out / ch / f"scratch-{ns[-1]}", f"{ch} S")
+        child = Path(job["path"]) if job["path"] else None
+        job["challenge"] = ev(child, ch) if child else None
+        result["challenges"][ch]["scratch"] = job
+        log(f"{ch} scratch: {json.dumps(job)}")
         (out / "partial.json").write_text(json.dumps(result))
     result["wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(result))
