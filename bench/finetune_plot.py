@@ -1,0 +1,118 @@
+"""Plot validation measures against real success over fine-tuning steps (from a bench run).
+
+Usage: python bench/finetune_plot.py [--out runs/bench-ft2] [--png docs/img/finetune_measures.png]
+
+Reads ``partial.json`` of ``bench/finetune.py`` (the served success of the
+sweep's snapshots) and each swept challenge's fine-tune record (the held-out
+validation curve: AUC, BCE and Brier on new and prior data every 50 steps),
+draws one panel per challenge and prints, as the last stdout line, a JSON
+object with the figures and the Spearman correlation of each measure with
+real success over the snapshot steps (parent included as step 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    if len(a) < 3 or np.std(ra) == 0 or np.std(rb) == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ft2")
+    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "finetune_measures.png")
+    args = ap.parse_args()
+    res = json.loads((args.out / "partial.json").read_text())
+    panels: dict[str, Any] = {}
+    for ch, row in res["challenges"].items():
+        if "sweep" not in row:
+            continue
+        n = max(int(k) for k in row["runs"])
+        rec = json.loads((args.out / ch / f"sweep-{n}" / "result.json").read_text())
+        curve = rec["meta"]["validation"]["curve"]
+        parent = rec["meta"]["validation"]["parent"]
+        arm = "noaug" if not rec["meta"]["training"]["augment"] else "aug"
+        curve = [e for e in curve if e["arm"] == arm]
+        steps = [0] + [int(s) for s in row["sweep"]]
+        success = [row["parent"]["success"]] + [
+            v["challenge"]["success"] for v in row["sweep"].values()
+        ]
+        by_step = {e["step"]: e for e in curve}
+        by_step[0] = parent
+        meas = {
+            "auc": [by_step[s]["new"]["auc"] for s in steps],
+            "-bce": [-by_step[s]["new"]["bce"] for s in steps],
+            "-brier": [-by_step[s]["new"]["brier"] for s in steps],
+        }
+        es = row["runs"][str(n)]
+        panels[ch] = {
+            "steps": steps,
+            "success": success,
+            "measures": meas,
+            "spearman": {k: round(spearman(v, success), 3) for k, v in meas.items()},
+            "early_stopped": {
+                "step": es["chosen_step"],
+                "success": es["challenge"]["success"],
+            },
+            "curve": {
+                "steps": [0] + [e["step"] for e in curve],
+                "auc": [parent["new"]["auc"]] + [e["new"]["auc"] for e in curve],
+                "bce": [parent["new"]["bce"]] + [e["new"]["bce"] for e in curve],
+                "prior_auc": [parent["prior"]["auc"]] + [e["prior"]["auc"] for e in curve],
+            },
+        }
+    if panels:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (ch, p) in zip(axes[0], panels.items(), strict=True):
+            ax.plot(p["steps"], p["success"], "ko-", label="real success (served, test objects)")
+            es = p["early_stopped"]
+            if es["step"] is not None:
+                ax.plot([es["step"]], [es["success"]], "r*", ms=14, label="early-stopped child")
+            ax.set_xlabel("fine-tuning steps")
+            ax.set_ylabel("success / held-out AUC")
+            c = p["curve"]
+            ax.plot(c["steps"], c["auc"], "b.-", label="held-out AUC (new)")
+            ax.plot(c["steps"], c["prior_auc"], "c:", label="held-out AUC (prior)")
+            ax2 = ax.twinx()
+            ax2.plot(c["steps"], c["bce"], "g.--", label="held-out BCE (new)")
+            ax2.set_ylabel("BCE")
+            ax.set_title(f"{ch}: spearman auc {p['spearman']['auc']}, -bce {p['spearman']['-bce']}")
+            ax.legend(loc="lower right", fontsize=7)
+            ax2.legend(loc="upper right", fontsize=7)
+        fig.tight_layout()
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png, dpi=90)
+    print(
+        json.dumps(
+            {
+                k: {
+                    kk: v[kk]
+                    for kk in ("steps", "success", "measures", "spearman", "early_stopped")
+                }
+                for k, v in panels.items()
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
