@@ -134,6 +134,25 @@ def test_policy_fault_at_run_time_restores_last_good_and_never_restarts_into_it(
         th.join(30)
 
 
+def test_validation_probes_recorded_images_of_the_current_condition(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    r = start_daemon()
+    sub = r.subscriber()
+    white_images(r.driver)  # the condition now looks white: recorded in the log
+    n = r.wait_for(lambda s: s["grasps"] >= 1)["grasps"]
+    good = r.wait_for(lambda s: s["grasps"] >= n + 10)["policy"]
+    assert r.ctl("promote", id=str(white_image_faulty_bundle(tmp_path / "faulty")))["ok"]
+    rejected = wait_match(sub, "agent.policy.rejected", lambda d: d.get("purpose") == "promote")
+    assert rejected["reason"] and rejected["policy"]  # refused before it ever served
+    st = r.wait_for(lambda s: s["grasps"] >= n + 15)
+    assert st["policy"] == good
+    db = _db(r)
+    assert db.execute(
+        "SELECT count(*) FROM grasps WHERE policy_id = ?", (rejected["policy"],)
+    ).fetchone() == (0,)
+
+
 def test_probation_rolls_a_worse_child_back_within_bounded_grasps(
     start_daemon: Start, tmp_path: Path
 ) -> None:
