@@ -488,7 +488,13 @@ class Daemon:
                 f"worse than its parent: {details['successes']}/{details['grasps']} against "
                 f"the parent's {d.p0:.2f} (SPRT alpha {d.alpha})"
             )
-            self._try_step(lc.ProbationFailed(reason), details)
+            try:
+                self.step(lc.ProbationFailed(reason), details)
+            except Exception as exc:  # e.g. disk full: out of service now, recorded later
+                self._error("lifecycle", exc)
+                if pid is not None:
+                    self._faulted[pid] = reason
+                    self.warm_policies.drop(pid)
         else:
             self._try_step(lc.ProbationPassed())
         self.probation = None
@@ -614,9 +620,13 @@ class Daemon:
 
     # -- policies: loading and keeping warm ----------------------------------------------
     def _load(self, source: Path, purpose: str, job: int | None = None) -> None:
+        self._loading[str(source)] = purpose
+        if purpose == "rollback" and source.parent == self.store:
+            # it served before: validated on import, reloaded with the hash checks only
+            self.loader.submit_stored(source.name, (purpose, job))
+            return
         active = self._serving()
         latency = active.validated_latency_s if active is not None else None
-        self._loading[str(source)] = purpose
         self.loader.submit(source, (purpose, job), active_latency_s=latency)
 
     def load(self, source: Path, purpose: str) -> None:
