@@ -1,0 +1,264 @@
+"""robot-demo: the pure analysis on real grasp logs, the PNG writers, the live view, the
+generated configs, and the event stream on a real PUB socket."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from agent.config import SocketsConfig, config_from_dict
+from agent.grasplog import GraspLog, GraspRecord
+from agent.transport import EventPublisher, Security
+from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text, wilson
+from trainer.demo.live import LiveView
+from trainer.demo.logread import read_run
+from trainer.demo.plot import plot_data, write_png
+from trainer.demo.run import EventStream, free_ports
+from trainer.demo.setup import (
+    SCHEDULES,
+    Endpoints,
+    RunPlan,
+    agent_config,
+    dumps_toml,
+    parse_conditions,
+    trainer_config,
+)
+from trainer.service_config import service_config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+PARENT, CHILD = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+
+
+def test_wilson_interval_matches_reference_values() -> None:
+    half = wilson(5, 10)
+    assert half.rate == 0.5
+    assert half.low == pytest.approx(0.2366, abs=1e-4)
+    assert half.high == pytest.approx(0.7634, abs=1e-4)
+    none = wilson(0, 10)
+    assert none.low == 0.0 and none.high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(10, 10).high == pytest.approx(1.0)
+    empty = wilson(0, 0)
+    assert empty.n == 0 and empty.rate is None and "n=0" in empty.text()
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_rolling_success_is_a_trailing_mean() -> None:
+    assert rolling([True, False, True, True], 2) == [1.0, 0.5, 0.5, 1.0]
+    assert rolling([], 5) == []
+
+
+def _outcomes(n: int, rate: float, seed: int) -> list[bool]:
+    rng = np.random.default_rng(seed)
+    k = round(n * rate)
+    flags = np.array([True] * k + [False] * (n - k))
+    rng.shuffle(flags)
+    return [bool(x) for x in flags]
+
+
+def _write_log(db: Path) -> None:
+    """A run: baseline 0-99 (90%), harsh from 100: alarm at 110, job at 130, trained swap at
+    200 (50% before it, 80% after), a rollback at 290; the last grasp is 299."""
+    outcomes = _outcomes(100, 0.9, 1) + _outcomes(100, 0.5, 2) + _outcomes(100, 0.8, 3)
+    t0 = 1_000_000.0
+    with GraspLog(db) as log:
+        cid = log.add_condition("baseline", "", "initial")
+        log.upsert_policy(PARENT, "p", "active")
+        log.upsert_policy(CHILD, "c", "candidate", PARENT, cid)
+
+        def at(i: int) -> float:  # between grasp i-1's end and grasp i's end
+            return t0 + i - 0.5
+
+        log.add_event("agent.policy.swapped", {"policy": PARENT, "previous": None}, at(0))
+        for i, ok in enumerate(outcomes):
+            pol = CHILD if 200 <= i < 290 else PARENT
+            log.log_grasp(
+                GraspRecord(
+                    t0 + i - 0.9,
+                    t0 + i,
+                    cid,
+                    pol,
+                    "serve",
+                    ok,
+                    float(ok),
+                    0.5,
+                    2.0,
+                    5.0,
+                    "sim_height",
+                    {},
+                    (),
+                )
+            )
+            if i == 110:
+                log.add_event("agent.alarm", {"kind": "success_drop", "policy": PARENT}, at(i))
+            if i == 130:
+                log.add_event("agent.job", {"job": 1, "status": "exporting"}, at(i))
+            if i == 199:
+                log.add_event("agent.job", {"job": 1, "status": "improved"}, at(i))
+            if i == 200:
+                swap = {"policy": CHILD, "previous": PARENT, "reason": "trained in condition x"}
+                log.add_event("agent.policy.swapped", swap, at(i))
+            if i == 290:
+                back = {"policy": PARENT, "previous": CHILD, "reason": "probation_failed"}
+                log.add_event("agent.policy.rolled_back", back, at(i))
+
+
+def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
+    db = tmp_path / "grasps.db"
+    _write_log(db)
+    grasps, events = read_run(db)
+    assert len(grasps) == 300 and grasps[0].index == 0
+    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
+    base, harsh = s.segments
+    assert (base.condition, base.start, base.end, base.before) == ("baseline", 0, 100, None)
+    assert base.between.n == 100 and base.between.successes == 90 and base.false_alarms == 0
+    assert harsh.before is not None and harsh.before.rate == 0.9
+    assert harsh.between.n == 100 and harsh.between.rate == 0.5
+    assert harsh.after is not None and harsh.after.n == 100 and harsh.after.rate == 0.8
+    assert (harsh.alarm, harsh.job, harsh.swap) == (110, 130, 200)
+    assert harsh.detection_delay == 10
+    assert harsh.swapped_policy == CHILD
+    assert harsh.rollbacks == (290,)
+    assert harsh.job_results == ("improved",)
+    assert harsh.recovered == pytest.approx(0.75)
+    text = summary_text(s)
+    assert "recovered 75% of the drop" in text and "detected after 10 grasps" in text
+    doc = s.to_json()
+    assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
+    assert doc["conditions"][1]["after"]["n"] == 100
+
+
+def test_initial_policy_load_is_not_a_swap(tmp_path: Path) -> None:
+    db = tmp_path / "grasps.db"
+    _write_log(db)
+    grasps, events = read_run(db)
+    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
+    kinds = [m.kind for m in s.markers]
+    assert kinds.count("start") == 1 and kinds.count("swap") == 1
+    assert s.segments[0].swap is None
+
+
+def test_segment_without_swap_has_no_after_and_next_before_is_whole_segment() -> None:
+    grasps = [Grasp(i, float(i), i % 2 == 0, PARENT, "serve") for i in range(30)]
+    s = summarise(grasps, [], [(0, "baseline"), (10, "transparent"), (20, "checkerboard")])
+    assert [seg.condition for seg in s.segments] == ["baseline", "transparent", "checkerboard"]
+    assert s.segments[1].after is None and s.segments[1].recovered is None
+    assert s.segments[2].before is not None and s.segments[2].before.n == 10
+    # a schedule entry beyond the log is not a segment
+    assert len(summarise(grasps, [], [(0, "baseline"), (40, "transparent")]).segments) == 1
+
+
+@pytest.mark.parametrize("backend", ["matplotlib", "cv2"])
+def test_png_is_written_with_markers(tmp_path: Path, backend: str) -> None:
+    db = tmp_path / "grasps.db"
+    _write_log(db)
+    grasps, events = read_run(db)
+    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
+    data = plot_data(grasps, s, window=20, title="test run")
+    assert [m.kind for m in data.markers] == ["alarm", "job", "job_result", "swap", "rollback"]
+    assert len(data.rolling) == 300 and len(data.levels) == 3
+    png = tmp_path / f"{backend}.png"
+    assert write_png(data, png, backend) == backend  # type: ignore[arg-type]
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 300 and img.shape[1] > 800
+    # the swap's green and the alarm's red are drawn
+    b, g, r = (img[..., i].astype(int) for i in range(3))
+    assert np.any((g > 120) & (r < 80) & (b < 100))
+    assert np.any((r > 180) & (g < 60) & (b < 60))
+
+
+def test_live_view_follows_phases_and_shows_training_progress() -> None:
+    view = LiveView([(0, "baseline"), (100, "harsh_lighting")], total=300, window=10)
+    for i in range(1, 106):
+        assert view.apply("agent.grasp", {"id": i, "success": i < 100, "policy": PARENT}) == []
+    assert view.world() == "harsh_lighting" and view.rate() == pytest.approx(0.4)
+    lines = view.apply("agent.alarm", {"kind": "success_drop", "reason": "dropped"})
+    assert "ALARM success_drop" in lines[0] and "world: harsh_lighting" in lines[0]
+    view.apply("agent.condition", {"condition": "auto-1", "source": "alarm"})
+    assert view.phase == "exploring"
+    assert view.apply("agent.job", {"job": 1, "status": "exporting"}) == [
+        "[grasp   105, world: harsh_lighting] job 1: exporting"
+    ]
+    assert view.phase == "training"
+    assert (
+        view.apply(
+            "agent.job",
+            {"job": 1, "status": "training", "detail": {"step": 250, "max_steps": 1000}},
+        )
+        == []
+    )
+    assert "job 1 [#####...............] 250/1000" in view.status()
+    lines = view.apply(
+        "agent.policy.swapped",
+        {"policy": CHILD, "previous": PARENT, "reason": "trained", "probation_parent": PARENT},
+    )
+    assert "SWAP to " + CHILD in lines[0]
+    assert view.phase == "probation" and view.job is None and "job" not in view.status()
+    view.apply("agent.policy.rolled_back", {"policy": PARENT, "reason": "probation_failed"})
+    assert view.rollbacks == 1 and view.policy == PARENT
+
+
+def test_generated_configs_load_as_the_agent_and_trainer_read_them(tmp_path: Path) -> None:
+    plan = RunPlan(parse_conditions("default"), 400, 2000)
+    assert plan.schedule() == [
+        [0, "baseline"],
+        [400, "harsh_lighting"],
+        [2400, "transparent"],
+        [4400, "checkerboard"],
+    ]
+    assert plan.total_grasps == 6400
+    assert parse_conditions("paper") == SCHEDULES["paper"]
+    with pytest.raises(ValueError):
+        parse_conditions("baseline")
+    ep = Endpoints("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3")
+    with open(REPO / "configs" / "demo-agent.toml", "rb") as f:
+        a_tmpl = tomllib.load(f)
+    a = agent_config(a_tmpl, plan, tmp_path / "agent", ep, REPO / "policies" / "base", 321)
+    cfg = config_from_dict(tomllib.loads(dumps_toml(a)))
+    assert cfg.lifecycle.on_alarm == "mark" and cfg.lifecycle.exploration_grasps == 321
+    assert cfg.agent.max_grasps == 6400 and cfg.agent.data_dir == str(tmp_path / "agent")
+    assert [list(e) for e in cfg.driver.sim.schedule] == plan.schedule()
+    assert cfg.sockets.event_endpoint == ep.events and cfg.trainer.endpoint == ep.trainer
+    with open(REPO / "configs" / "demo-trainer.toml", "rb") as f:
+        t_tmpl = tomllib.load(f)
+    t = trainer_config(
+        t_tmpl, tmp_path / "trainer", ep, tmp_path / "base", REPO / "policies" / "base"
+    )
+    tcfg = service_config_from_dict(tomllib.loads(dumps_toml(t)))
+    assert tcfg.service.endpoint == ep.trainer
+    assert tcfg.service.base_dataset == str(tmp_path / "base")
+
+
+def test_event_stream_decodes_the_agents_pub_messages() -> None:
+    port = free_ports(1)[0]
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sec = Security(SocketsConfig())
+    pub = EventPublisher(ctx, f"tcp://127.0.0.1:{port}")
+    pub.bind(sec)
+    stream = EventStream(f"tcp://127.0.0.1:{port}")
+    stream.start()
+    try:
+        got: list[tuple[str, dict[str, object]]] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:  # the subscription takes a moment
+            pub.publish("agent.grasp", {"id": 1, "success": True})
+            got = stream.poll(100)
+        assert got and got[0] == ("agent.grasp", {"id": 1, "success": True})
+        assert stream.bad == 0
+    finally:
+        stream.close()
+        pub.close()
+        ctx.term()
+
+
+def test_event_markers_are_placed_by_time() -> None:
+    grasps = [Grasp(i, float(i), True, PARENT, "serve") for i in range(5)]
+    ev = [Event(2.5, "agent.alarm", {"kind": "success_drop"})]
+    s = summarise(grasps, ev, [(0, "baseline")])
+    assert s.markers[0].index == 3 and s.segments[0].false_alarms == 1

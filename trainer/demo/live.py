@@ -1,0 +1,172 @@
+"""The demo's terminal view of the agent's PUB events (pure: events in, text out).
+
+:meth:`LiveView.apply` takes one event and returns the lines worth printing on their own
+(alarms, conditions, jobs, swaps, rollbacks, rejections, errors); :meth:`LiveView.status`
+is the one-line status: grasps, the world's condition (from the schedule: the agent does not
+know it), the agent's phase and condition, rolling success, and a progress bar while a job
+trains.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BAR = 20
+"""Width of the training progress bar in characters."""
+
+
+@dataclass
+class LiveView:
+    """What the demo knows about the run so far, from the event stream."""
+
+    schedule: Sequence[tuple[int, str]]
+    """The world's schedule (grasp count, condition)."""
+    total: int
+    """The run's grasp budget."""
+    window: int = 50
+    """Grasps in the rolling success rate."""
+    grasps: int = 0
+    """Grasps seen (agent.grasp events)."""
+    last_id: int = 0
+    """Grasp id of the latest grasp event (ids count from 1 in a fresh log)."""
+    phase: str = "serving"
+    """The agent's phase as the events tell it."""
+    condition: str = ""
+    """The agent's name for its current condition."""
+    policy: str = ""
+    """The serving policy."""
+    alarms: int = 0
+    """Alarms seen."""
+    swaps: int = 0
+    """Swaps seen (trained or promoted)."""
+    rollbacks: int = 0
+    """Rollbacks seen."""
+    job: int | None = None
+    """The job in flight."""
+    job_status: str = ""
+    """Its latest status."""
+    progress: tuple[int, int] | None = None
+    """(step, max_steps) of the job while it trains."""
+    recent: collections.deque[bool] = field(default_factory=collections.deque)
+    """The last ``window`` outcomes."""
+    job_lines: dict[int, str] = field(default_factory=dict)
+    """The last status printed per job (a status is printed once)."""
+
+    def world(self) -> str:
+        """The world's condition at the current grasp count (what the agent must find)."""
+        name = self.schedule[0][1] if self.schedule else "?"
+        for count, cond in self.schedule:
+            if count <= self.last_id:
+                name = cond
+        return name
+
+    def rate(self) -> float | None:
+        return sum(self.recent) / len(self.recent) if self.recent else None
+
+    def apply(self, topic: str, data: dict[str, Any]) -> list[str]:
+        """Fold one event in; returns the lines to print for it (most events: none)."""
+        if topic == "agent.grasp":
+            self.grasps += 1
+            self.last_id = int(data.get("id") or self.last_id + 1)
+            self.recent.append(bool(data.get("success")))
+            while len(self.recent) > self.window:
+                self.recent.popleft()
+            self.policy = str(data.get("policy") or self.policy)
+            self.condition = str(data.get("condition") or self.condition)
+            if data.get("mode") == "explore":
+                self.phase = "exploring"
+            return []
+        at = f"[grasp {self.last_id:>5}, world: {self.world()}]"
+        if topic == "agent.alarm":
+            self.alarms += 1
+            rate = data.get("recent_rate")
+            ref = data.get("reference")
+            figures = (
+                f" (recent {rate:.0%} vs reference {ref:.0%})"
+                if isinstance(rate, int | float) and isinstance(ref, int | float)
+                else ""
+            )
+            return [f"{at} ALARM {data.get('kind', '?')}: {data.get('reason', '')}{figures}"]
+        if topic == "agent.condition":
+            self.condition = str(data.get("condition", ""))
+            self.phase = "exploring"
+            return [f"{at} new condition {self.condition!r} ({data.get('source', '')}); exploring"]
+        if topic == "agent.job":
+            return self._job(at, data)
+        if topic == "agent.policy.swapped":
+            self.swaps += 1
+            self.policy = str(data.get("policy", ""))
+            self.phase = "probation" if data.get("probation_parent") else "serving"
+            self.job, self.progress = None, None
+            return [f"{at} SWAP to {self.policy} ({data.get('reason', '')})"]
+        if topic == "agent.policy.rolled_back":
+            self.rollbacks += 1
+            self.policy = str(data.get("policy", ""))
+            self.phase = "serving"
+            return [f"{at} ROLLBACK to {self.policy} ({data.get('reason', '')})"]
+        if topic == "agent.policy.rejected":
+            return [f"{at} bundle {data.get('policy')} rejected: {data.get('reason', '')}"]
+        if topic == "agent.policy.probation":
+            if self.phase == "probation":
+                self.phase = "serving"
+            return [
+                f"{at} probation of {data.get('policy')}: {data.get('verdict')} "
+                f"({data.get('successes')}/{data.get('grasps')} vs parent "
+                f"{data.get('parent_rate')})"
+            ]
+        if topic == "agent.error":
+            return [f"{at} agent error in {data.get('where')}: {data.get('message', '')}"]
+        return []
+
+    def _job(self, at: str, data: dict[str, Any]) -> list[str]:
+        status = str(data.get("status", ""))
+        job = data.get("job")
+        raw = data.get("detail")
+        detail: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if status == "exporting":
+            self.job, self.phase, self.progress = int(job or 0), "training", None
+        self.job_status = status
+        if status == "training":
+            step, top = detail.get("step"), detail.get("max_steps")
+            if isinstance(step, int) and isinstance(top, int) and top > 0:
+                self.progress = (step, top)
+                return []  # progress repeats: shown in the status line only
+        if status in ("no_improvement",):
+            self.phase, self.job, self.progress = "serving", None, None
+        elif status == "failed":
+            self.phase, self.job, self.progress = "exploring", None, None
+        elif status == "cancelled":
+            self.job, self.progress = None, None
+        extra = ""
+        if status == "queued" and "grasps" in data:
+            extra = f" ({data.get('grasps')} grasps, {data.get('transitions')} transitions)"
+        elif detail:
+            why = detail.get("reason") or detail.get("error") or ""
+            extra = f" ({str(why)[:120]})" if why else ""
+        key = int(job) if isinstance(job, int) else -1
+        if status == self.job_lines.get(key):
+            return []
+        self.job_lines[key] = status
+        return [f"{at} job {job}: {status}{extra}"]
+
+    def status(self) -> str:
+        """The one-line status."""
+        rate = self.rate()
+        parts = [
+            f"grasp {self.last_id:>5}/{self.total}",
+            f"world {self.world():<14}",
+            f"agent {self.phase:<9}",
+            f"success(last {len(self.recent)}) {'-' if rate is None else f'{rate:4.0%}'}",
+            f"alarms {self.alarms} swaps {self.swaps} rollbacks {self.rollbacks}",
+        ]
+        if self.job is not None:
+            if self.progress is not None:
+                step, top = self.progress
+                done = min(BAR, round(BAR * step / top))
+                parts.append(f"job {self.job} [{'#' * done}{'.' * (BAR - done)}] {step}/{top}")
+            else:
+                parts.append(f"job {self.job} {self.job_status}")
+        return " | ".join(parts)
