@@ -172,10 +172,13 @@ class Manifest:
         return m
 
 
-def manifest_of_dir(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Manifest:
-    """The manifest of every regular file directly in ``path`` (hashes each file)."""
+def manifest_of_dir(
+    path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES, names: Iterable[str] | None = None
+) -> Manifest:
+    """The manifest of the regular files directly in ``path`` (all, or those ``names``)."""
     files = []
-    for p in sorted(Path(path).iterdir()):
+    paths = sorted(Path(path).iterdir()) if names is None else [Path(path) / n for n in names]
+    for p in sorted(paths):
         if p.is_symlink() or not p.is_file():
             raise ValueError(f"{p}: a transfer holds regular files only")
         check_name("file", p.name)

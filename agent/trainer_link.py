@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from agent.bundle import META_FILE, MODEL_FILE, WEIGHTS_FILE
 from agent.config import AgentConfig
 from agent.jobwire import (
     PROTOCOL,
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 OnResult = Callable[[Path, int], None]
 OnStatus = Callable[[int, str, dict[str, Any]], None]
 
+BUNDLE_FILES = (META_FILE, MODEL_FILE, WEIGHTS_FILE)
+"""What of a bundle directory is uploaded as a parent."""
 MAX_RESULT_BYTES = 1 << 30
 """Largest result bundle the link downloads."""
 _FINISHED = ("done", "no_improvement", "failed", "delivered", "acknowledged")
@@ -309,7 +312,13 @@ class TrainerLink:
             self._next_ping = now + self.cfg.heartbeat_s
             self._send("ping", {})
         for rec in self._active():
-            self._drive(rec, now)
+            try:
+                self._drive(rec, now)
+            except OSError as exc:  # its export or parent vanished or is unreadable
+                log.exception("trainer link: job %s cannot go on", rec.job)
+                rec.phase, rec.outcome, rec.detail = "failed", "failed", f"{exc}"
+                self._save(rec)
+                self._status(rec, "failed", {"error": rec.detail})
 
     @property
     def _max_bytes(self) -> int:
@@ -428,7 +437,7 @@ class TrainerLink:
         if rec.manifest is None or rec.manifest.get("chunk_bytes") != self._chunk_bytes:
             rec.manifest = manifest_of_dir(export, self._chunk_bytes).to_json()
             self._save(rec)
-        parent = manifest_of_dir(parent_dir, self._chunk_bytes).to_json()
+        parent = manifest_of_dir(parent_dir, self._chunk_bytes, BUNDLE_FILES).to_json()
         live.awaiting, live.sent_at = "submit", now
         self._send(
             "submit",

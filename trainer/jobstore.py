@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_agent ON jobs(agent, state);
 CREATE TABLE IF NOT EXISTS chunks (
     key TEXT NOT NULL, blob TEXT NOT NULL, file TEXT NOT NULL, idx INTEGER NOT NULL,
     PRIMARY KEY (key, blob, file, idx)

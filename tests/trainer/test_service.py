@@ -245,3 +245,49 @@ def test_serve_process_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> 
     assert any("WATCHDOG=1" in m for m in seen), seen
     assert tr.stop() == 0
     sock.close()
+
+
+def test_whole_file_checksum_mismatch_makes_every_chunk_come_again(
+    service: JobService, tmp_path: Path
+) -> None:
+    from agent.jobwire import FileEntry
+
+    store = tmp_path / "store"
+    pid = make_parent(store)
+    export = make_export(tmp_path / "export", 8, "checkerboard")
+    m = manifest_of_dir(export, CHUNK)
+    data = (export / "rewards.npy").read_bytes()
+    lying = Manifest(  # the sender's whole-file hash of rewards.npy disagrees with its bytes
+        tuple(
+            FileEntry(f.name, f.size, "0" * 64) if f.name == "rewards.npy" else f for f in m.files
+        ),
+        CHUNK,
+    )
+    c = Client(service.endpoint, agent="robot-x")
+    head = c.request(
+        "submit",
+        {
+            "job": 2,
+            "condition": "checkerboard",
+            "parent_id": pid,
+            "export": lying.to_json(),
+            "parent": manifest_of_dir(store / pid, CHUNK).to_json(),
+        },
+    ).header
+    assert lying.chunks("rewards.npy") == 1
+    chunk = {
+        "key": head["key"],
+        "blob": "export",
+        "file": "rewards.npy",
+        "index": 0,
+        "sha256": chunk_sha(data),
+    }
+    reply = c.request("chunk", chunk, data)
+    assert reply.type == "error" and reply.header["code"] == "whole_checksum"
+    again = c.request(
+        "submit",
+        {"job": 2, "condition": "checkerboard", "parent_id": pid, "export": lying.to_json()},
+    )
+    assert again.header["need"]["export"]["rewards.npy"] == [[0, 1]]  # asked for again
+    assert not (service.store.incoming_dir(str(head["key"]), "export") / "rewards.npy").exists()
+    c.close()
