@@ -60,3 +60,37 @@ def test_bad_schedule_names_the_entry(raw: list, needle: str) -> None:  # type: 
 
 def test_empty_schedule_is_inert() -> None:
     assert Schedule().condition_at(1000) is None
+
+
+def test_schedule_cli_argument_parses_and_names_bad_entries() -> None:
+    import argparse
+
+    from drivers.sim.cli import parse_schedule_arg
+
+    assert parse_schedule_arg("0:baseline, 300:harsh_lighting") == (
+        (0, "baseline"),
+        (300, "harsh_lighting"),
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="COUNT:NAME"):
+        parse_schedule_arg("baseline")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown condition 'fog'"):
+        parse_schedule_arg("0:fog")
+
+
+def test_sim_bridge_process_follows_its_schedule_unannounced() -> None:
+    from drivers.bridge.client import BridgeDriver
+    from drivers.bridge.config import BridgeClientConfig
+    from tests.drivers.bridges import SimBridgeProcess, free_port
+
+    bridge = SimBridgeProcess(free_port(), "--schedule", "0:baseline,2:checkerboard").start()
+    try:
+        with BridgeDriver(BridgeClientConfig(endpoint=bridge.endpoint, timeout_s=2.0)) as d:
+            images = []
+            for _ in range(4):
+                images.append(d.observe().image.astype(int))
+                d.execute(np.zeros(3, np.float32))
+    finally:
+        assert bridge.stop() == 0
+    same = np.abs(images[1] - images[0]).mean()
+    changed = np.abs(images[2] - images[1]).mean()
+    assert changed > 5 and changed > 3 * same  # the floor turned into a checkerboard at grasp 2
