@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 
 class _Silent(Exception):
-    """No reply nor heartbeat within the allowed silence."""
+    """No reply within the allowed silence (``overran``: heartbeats came, the deadline passed)."""
+
+    def __init__(self, overran: bool = False) -> None:
+        super().__init__()
+        self.overran = overran
 
 
 class BridgeDriver:
@@ -101,7 +105,13 @@ class BridgeDriver:
         deadline = time.monotonic() + self.cfg.execute_timeout_s
         try:
             msg = self._exchange(frames, rid, deadline)
-        except _Silent:
+        except _Silent as silent:
+            if silent.overran:
+                self._drop("a grasp overran execute_timeout_s")
+                raise DriverUnavailable(
+                    f"grasp still running after {self.cfg.execute_timeout_s} s "
+                    "(execute_timeout_s); outcome unknown"
+                ) from None
             session = self.session
             self._drop("bridge went silent during a grasp")
             try:
@@ -312,8 +322,11 @@ class BridgeDriver:
             now = time.monotonic()
             wait = min(alive_until, deadline) - now
             if wait <= 0 or not sock.poll(int(wait * 1000) + 1):
-                if time.monotonic() >= min(alive_until, deadline):
+                now = time.monotonic()
+                if now >= alive_until:
                     raise _Silent()
+                if now >= deadline:
+                    raise _Silent(overran=True)
                 continue
             raw = sock.recv_multipart()
             try:

@@ -61,11 +61,12 @@ def client_problems(cfg: BridgeClientConfig) -> list[tuple[str, str]]:
         out.append(("timeout_s", f"{cfg.timeout_s}: must be in (0, {WATCHDOG_S / 2})"))
     if not cfg.timeout_s <= cfg.execute_timeout_s:
         out.append(("execute_timeout_s", f"{cfg.execute_timeout_s}: must be >= timeout_s"))
-    if cfg.timeout_s + cfg.execute_timeout_s >= WATCHDOG_S:
+    # worst grasp: observe (timeout_s) + execute (execute_timeout_s) + the hello of its retry
+    if 2 * cfg.timeout_s + cfg.execute_timeout_s >= WATCHDOG_S:
         out.append(
             (
                 "execute_timeout_s",
-                f"{cfg.execute_timeout_s}: timeout_s + execute_timeout_s must stay below the "
+                f"{cfg.execute_timeout_s}: 2 x timeout_s + execute_timeout_s must stay below the "
                 f"systemd watchdog ({WATCHDOG_S} s)",
             )
         )

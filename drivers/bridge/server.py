@@ -114,6 +114,7 @@ class BridgeServer:
         self._current: _Job | None = None
         self._cache: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
         self._last_beat = 0.0
+        self._poller = zmq.Poller()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> str:
@@ -134,6 +135,9 @@ class BridgeServer:
         self._wake_rx.bind(addr)
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(addr)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._wake_rx, zmq.POLLIN)
         self._worker = threading.Thread(target=self._work, name="bridge-robot", daemon=True)
         self._worker.start()
         self.ready.set()
@@ -172,10 +176,7 @@ class BridgeServer:
         if self._current is not None:
             due = self._last_beat + self.cfg.heartbeat_s - time.monotonic()
             wait = max(0, min(wait, int(due * 1000)))
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
-        ready = dict(poller.poll(wait))
+        ready = dict(self._poller.poll(wait))
         if self._wake_rx in ready:
             while self._wake_rx.poll(0):
                 self._wake_rx.recv()

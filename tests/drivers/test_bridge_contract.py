@@ -32,7 +32,9 @@ class TestBridgeDriverContract(DriverContract):
         type(self).endpoint = sim_bridge.endpoint
 
     def make_driver(self) -> BridgeDriver:
-        return BridgeDriver(BridgeClientConfig(endpoint=self.endpoint, timeout_s=2.0))
+        return BridgeDriver(
+            BridgeClientConfig(endpoint=self.endpoint, timeout_s=2.0, execute_timeout_s=5.0)
+        )
 
 
 def test_bridge_reports_the_sim_outcome_and_robot_id(sim_bridge: SimBridgeProcess) -> None:

@@ -71,7 +71,9 @@ def test_docs_worked_example_wraps_an_arm(tmp_path: Path) -> None:
     th = threading.Thread(target=ns["serve"], args=(sdk, str(video), stop, endpoint))
     th.start()
     try:
-        cfg = BridgeClientConfig(endpoint=endpoint, robot_id="cell-3", timeout_s=2.0)
+        cfg = BridgeClientConfig(
+            endpoint=endpoint, robot_id="cell-3", timeout_s=2.0, execute_timeout_s=5.0
+        )
         with BridgeDriver(cfg) as d:
             assert d.observe().image.shape == (64, 64, 3)
             hit = d.execute(np.array([0.5, 0.0, 0.0], np.float32))

@@ -325,3 +325,18 @@ def test_curve_link_works_off_loopback_rules(tmp_path: Any, port: int) -> None:
         d.observe()
     stop.set()
     th.join(10)
+
+
+def test_grasp_overrunning_execute_timeout_is_an_outage_not_a_retry(port: int) -> None:
+    robot = ToyRobot()
+    robot.gate.clear()  # heartbeats keep coming, the grasp never ends
+    with ServerThread(robot, port):
+        d = client(port, timeout_s=0.3, execute_timeout_s=0.6)
+        d.start()
+        t0 = time.monotonic()
+        with pytest.raises(DriverUnavailable, match=r"still running after 0\.6 s"):
+            d.execute(np.zeros(3, np.float32))
+        assert 0.55 < time.monotonic() - t0 < 0.6 + 0.35
+        assert len(robot.grasps) == 1
+        robot.gate.set()
+        d.close()

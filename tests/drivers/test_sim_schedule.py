@@ -84,7 +84,9 @@ def test_sim_bridge_process_follows_its_schedule_unannounced() -> None:
 
     bridge = SimBridgeProcess(free_port(), "--schedule", "0:baseline,2:checkerboard").start()
     try:
-        with BridgeDriver(BridgeClientConfig(endpoint=bridge.endpoint, timeout_s=2.0)) as d:
+        with BridgeDriver(
+            BridgeClientConfig(endpoint=bridge.endpoint, timeout_s=2.0, execute_timeout_s=5.0)
+        ) as d:
             images = []
             for _ in range(4):
                 images.append(d.observe().image.astype(int))
