@@ -188,6 +188,8 @@ class SocketsConfig:
     """Sustained requests per second from all clients together; 0 = no limit."""
     command_total_burst: int = 400
     """Requests all clients together may send at once before the total rate applies."""
+    command_read_rate_per_s: float = 300.0
+    """Requests read per second in all; more wait in libzmq's queues (TCP pushes back); 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,10 @@ def validate(cfg: AgentConfig) -> None:
     )
     _need(s.command_burst >= 1, "sockets.command_burst: must be >= 1")
     _need(s.command_total_burst >= 1, "sockets.command_total_burst: must be >= 1")
+    _need(
+        s.command_read_rate_per_s >= 0,
+        "sockets.command_read_rate_per_s: must be >= 0 (0 = no limit)",
+    )
     _need(
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",

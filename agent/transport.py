@@ -15,12 +15,15 @@ Command socket rules (see docs/agent.md, "Operator commands"):
   else per connection) or over the shared one (``command_total_*``) is answered
   ``rate_limited`` unread (``id`` null);
 - replies to a client that does not read them are dropped once its queue is full;
-- one :meth:`CommandServer.serve` call reads at most ``max_requests`` messages, so the
-  control loop's share of time spent on the socket is bounded whatever arrives.
+- at most ``command_read_rate_per_s`` requests are read per second in all (bursts of 64);
+  the rest wait in libzmq's queues (100 per client), then TCP pushes back on the sender:
+  a flood slows the flooder, not the process; one :meth:`CommandServer.serve` call reads at
+  most ``max_requests``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -36,8 +39,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from agent.config import ConfigError, SocketsConfig, check_endpoint_exposure
-from agent.ratelimit import RateLimiter
+from agent.config import ConfigError, SocketsConfig, check_endpoint_exposure, check_exposure
+from agent.ratelimit import RateLimiter, TokenBucket
 from agent.wire import ERROR_CODES, MAX_MESSAGE_BYTES, WireError, encode
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ SUBSCRIPTION_MAX_BYTES = 4096
 """ZMQ_MAXMSGSIZE of the PUB socket, whose only inbound messages are subscriptions."""
 HANDSHAKE_MS = 5000
 """A connection that has not completed its (CURVE) handshake by then is closed."""
+READ_BURST = 64
+"""Requests the command socket may read at once before its read rate applies."""
 
 
 class CurveSettings(Protocol):
@@ -85,12 +90,10 @@ class Security:
     def start(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         """Load keys and start the authenticator (before any socket binds)."""
         if isinstance(self.cfg, SocketsConfig):
-            from agent.config import check_exposure
-
             check_exposure(self.cfg)
         if not self.cfg.curve_server_secret:
             return
-        self._keys = load_secret_key(self.cfg.curve_server_secret, "sockets.curve_server_secret")
+        self._keys = load_secret_key(self.cfg.curve_server_secret, "curve_server_secret")
         self.client_keys = len(load_public_keys(self.cfg.curve_clients_dir))
         if not self.client_keys:
             log.warning(
@@ -209,6 +212,8 @@ class CommandLimits:
     """All clients' sustained rate (0 = off)."""
     command_total_burst: int = SocketsConfig.command_total_burst
     """All clients' burst."""
+    command_read_rate_per_s: float = SocketsConfig.command_read_rate_per_s
+    """Requests read per second in all (0 = off); the rest wait in libzmq's queues."""
 
     @classmethod
     def from_config(cls, cfg: SocketsConfig) -> CommandLimits:
@@ -236,6 +241,8 @@ class CommandServer:
         self.limits = limits
         self._clock = clock
         self.limiter: RateLimiter | None = None
+        self._reads: TokenBucket | None = None
+        self._curve = False
         self._sock: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self.counts: dict[str, int] = {"received": 0, "too_large": 0, "rate_limited": 0}
@@ -269,6 +276,10 @@ class CommandServer:
             lim.command_total_burst,
             self._clock,
         )
+        self._curve = security.enabled
+        if lim.command_read_rate_per_s > 0:
+            burst = float(READ_BURST)
+            self._reads = TokenBucket(lim.command_read_rate_per_s, burst, burst, self._clock())
         s = self._ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, lim.max_frame_bytes)
@@ -288,23 +299,34 @@ class CommandServer:
         """Wait up to ``timeout_ms`` for requests and answer those waiting; returns how many.
 
         Never raises for anything a client sends: a handler exception becomes an
-        ``internal`` error reply (logged with its traceback).
+        ``internal`` error reply (logged with its traceback). Over the read rate it stops
+        reading and sleeps (within ``timeout_ms``) until a batch of reads is allowed again:
+        the unread requests wait in libzmq's queues, and a flooding client's TCP connection
+        is pushed back on, at no cost to this process.
         """
         if self._sock is None or self.limiter is None:
             raise RuntimeError("command socket not bound")
         served = 0
+        t_end = time.monotonic() + timeout_ms / 1000
         if not self._poller.poll(timeout_ms):
             return 0
         while served < max_requests:
+            if self._reads is not None and not self._reads.take(self._clock()):
+                wait = min(READ_BURST / 2 / self._reads.rate, t_end - time.monotonic())
+                if wait > 0:
+                    time.sleep(wait)
+                break
             try:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                if self._reads is not None:
+                    self._reads.give_back()
                 break
             served += 1
             self.counts["received"] += 1
             if len(parts) < 2:
                 continue  # no routing id: nothing to reply to
-            client = _client_identity(parts)
+            client = _client_identity(parts, self._curve)
             frames = [p.bytes for p in parts]
             ident, rest = frames[0], frames[1:]
             envelope = [ident]
@@ -347,12 +369,12 @@ class CommandServer:
             self._sock = None
 
 
-def _client_identity(parts: Sequence[zmq.Frame]) -> bytes:
+def _client_identity(parts: Sequence[zmq.Frame], curve: bool) -> bytes:
     """The CURVE user id (client public key) when authenticated, else the connection id."""
-    try:
-        user = parts[-1].get("User-Id")
-    except zmq.ZMQError:
-        user = ""
+    user = ""
+    if curve:
+        with contextlib.suppress(zmq.ZMQError):
+            user = parts[-1].get("User-Id")
     return b"key:" + str(user).encode() if user else b"conn:" + parts[0].bytes
 
 

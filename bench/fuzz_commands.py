@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 def write_config(data: Path, cmd_port: int, ev_port: int, limits: str) -> Path:
-    rate = "" if limits == "default" else "command_rate_per_s = 0\ncommand_total_rate_per_s = 0\n"
+    off = "command_rate_per_s = 0\ncommand_total_rate_per_s = 0\ncommand_read_rate_per_s = 0\n"
+    rate = "" if limits == "default" else off
     cfg = data / "agent.toml"
     cfg.write_text(f"""
 [agent]

@@ -16,6 +16,7 @@ NO_LIMITS = CommandLimits(
     max_frame_bytes=16384,
     command_rate_per_s=0.0,
     command_total_rate_per_s=0.0,
+    command_read_rate_per_s=0.0,
 )
 """Small size caps (oversize is cheap to send) and no rate limits (every message parsed)."""
 
@@ -74,7 +75,8 @@ class ServerThread:
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
-        self.serve_calls = 0
+        self.per_call: list[int] = []
+        """Requests read by each serve() call."""
 
     def start(self) -> str:
         self._thread.start()
@@ -98,8 +100,7 @@ class ServerThread:
 
         try:
             while not self._stop.is_set():
-                self.server.serve(handle, 20)
-                self.serve_calls += 1
+                self.per_call.append(self.server.serve(handle, 20))
         except BaseException as exc:  # a crash of the server is what the tests look for
             self.error = exc
         finally:
