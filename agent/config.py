@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from agent.cem import CemParams
 from drivers.bridge.config import BridgeClientConfig, client_problems
+from drivers.camera import Camera, CameraConfig
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
@@ -58,6 +59,8 @@ class DriverConfig:
     """Settings of type "sim"."""
     bridge: BridgeClientConfig = field(default_factory=BridgeClientConfig)
     """Settings of type "bridge": endpoint, timeouts, reconnect backoff, CURVE keys."""
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    """Type "bridge": a camera on this computer to observe with instead of the bridge's."""
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,10 @@ def validate_driver(dr: DriverConfig) -> None:
         raise ConfigError(str(exc)) from exc
     for key, why in client_problems(dr.bridge)[:1]:
         raise ConfigError(f"driver.bridge.{key} = {getattr(dr.bridge, key)!r}: {why}")
+    try:
+        Camera(dr.camera)  # checks its settings; opens nothing
+    except ValueError as exc:
+        raise ConfigError(f"driver.camera.{exc}") from exc
     _need(
         dr.type != "bridge"
         or is_loopback_endpoint(dr.bridge.endpoint)

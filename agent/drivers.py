@@ -14,7 +14,8 @@ def make_driver(cfg: DriverConfig) -> Driver:
     """Construct (not start) the driver; ValueError names a bad key.
 
     "sim" -> SimCell (``options`` override SimConfig fields, ``[driver.sim]`` its schedule),
-    "bridge" -> BridgeDriver (``[driver.bridge]``), "import" -> factory(seed=, **options).
+    "bridge" -> BridgeDriver (``[driver.bridge]``; ``[driver.camera]`` when its source is set),
+    "import" -> factory(seed=, **options).
     """
     if cfg.type == "sim":
         from drivers.sim.cell import SimCell, SimConfig
@@ -36,8 +37,10 @@ def make_driver(cfg: DriverConfig) -> Driver:
         )
     if cfg.type == "bridge":
         from drivers.bridge.client import BridgeDriver
+        from drivers.camera import Camera
 
-        return BridgeDriver(cfg.bridge)
+        camera = Camera(cfg.camera) if cfg.camera.source else None
+        return BridgeDriver(cfg.bridge, camera=camera)
     module, _, attr = cfg.factory.partition(":")
     try:
         factory = getattr(importlib.import_module(module), attr)

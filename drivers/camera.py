@@ -24,7 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -41,8 +40,8 @@ class CameraError(RuntimeError):
 class CameraConfig:
     """Which camera, which part of its image, and how long to wait for a frame."""
 
-    source: str = "0"
-    """Device index ("0" = /dev/video0), video file path, or stream URL (rtsp://, http://)."""
+    source: str = ""
+    """Device index ("0" = /dev/video0), video file path, or stream URL; empty = no camera."""
     crop: tuple[int, ...] = ()
     """(x, y, width, height) in source pixels; empty = the largest centred square."""
     mode: Literal["auto", "latest", "sequential"] = "auto"
@@ -92,6 +91,7 @@ class Camera:
         if self.cfg.read_timeout_s <= 0:
             raise ValueError("read_timeout_s must be > 0")
         self.spec = spec
+        self._cv: Any = None  # the cv2 module, imported by start(): configs load without it
         self._cap: Any = None
         self._latest = False
         self._thread: threading.Thread | None = None
@@ -116,16 +116,21 @@ class Camera:
         """Open the source (and start the grabber in latest mode); CameraError if missing."""
         if self._cap is not None:
             return
+        import cv2
+
+        self._cv = cv2
         src = self.cfg.source
+        if not src:
+            raise CameraError("no camera source configured (camera.source is empty)")
         if not is_device(src) and not is_url(src) and not Path(src).exists():
             raise CameraError(f"{self.name}: no such file")
         if is_device(src):
-            cap = cv2.VideoCapture(int(src))
+            cap = self._cv.VideoCapture(int(src))
         else:
             ms = int(self.cfg.open_timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms]
-            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout_s * 1000)]
-            cap = cv2.VideoCapture(src, cv2.CAP_ANY, params)
+            params = [self._cv.CAP_PROP_OPEN_TIMEOUT_MSEC, ms]
+            params += [self._cv.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout_s * 1000)]
+            cap = self._cv.VideoCapture(src, self._cv.CAP_ANY, params)
         if not cap.isOpened():
             cap.release()
             hint = (
@@ -158,7 +163,7 @@ class Camera:
                 )
             self._grabbed += 1
             ts, index, dropped = time.time(), self._grabbed, 0
-            pos = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+            pos = float(self._cap.get(self._cv.CAP_PROP_POS_MSEC) or 0.0)
         return Frame(self._process(bgr), ts, index, dropped, pos)
 
     def close(self) -> None:
@@ -205,7 +210,7 @@ class Camera:
         cap = self._cap
         pace = self.cfg.pace_fps
         if not pace and not is_device(self.cfg.source) and not is_url(self.cfg.source):
-            pace = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)  # a file replayed as a live camera
+            pace = float(cap.get(self._cv.CAP_PROP_FPS) or 30.0)  # a file replayed as a live camera
         period = 1.0 / pace if pace > 0 else 0.0
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -216,7 +221,7 @@ class Camera:
                     self._cond.notify_all()
                 return
             ts = time.time()
-            pos = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+            pos = float(cap.get(self._cv.CAP_PROP_POS_MSEC) or 0.0)
             with self._cond:
                 if self._raw is not None and self._raw[2] > self._delivered_index:
                     self._dropped += 1  # the previous frame was never read
@@ -240,9 +245,9 @@ class Camera:
             x, y, cw, ch = (w - side) // 2, (h - side) // 2, side, side
         roi = bgr[y : y + ch, x : x + cw]
         size = (self.spec.image_width, self.spec.image_height)
-        small = cv2.resize(roi, size, interpolation=cv2.INTER_AREA)
+        small = self._cv.resize(roi, size, interpolation=self._cv.INTER_AREA)
         if small.ndim == 2:
-            small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+            small = self._cv.cvtColor(small, self._cv.COLOR_GRAY2BGR)
         rgb: npt.NDArray[np.uint8] = np.ascontiguousarray(small[..., ::-1], dtype=np.uint8)
         self.spec.check_image(rgb)
         return rgb

@@ -34,6 +34,7 @@ from drivers.base import DriverUnavailable, Observation, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeClientConfig, check_client
 from drivers.bridge.security import apply_client, client_keys
+from drivers.camera import Camera, CameraError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,17 @@ class _Silent(Exception):
 class BridgeDriver:
     """A :class:`drivers.base.Driver` speaking the bridge protocol to a robot-side process."""
 
-    def __init__(self, cfg: BridgeClientConfig | None = None, spec: Spec = DEFAULT_SPEC) -> None:
+    def __init__(
+        self,
+        cfg: BridgeClientConfig | None = None,
+        spec: Spec = DEFAULT_SPEC,
+        camera: Camera | None = None,
+    ) -> None:
+        """``camera``: a camera on the agent's computer that replaces the bridge's observe."""
         self.cfg = cfg or BridgeClientConfig()
         check_client(self.cfg, "driver.bridge.")
         self._spec = spec
+        self.camera = camera
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._keys: tuple[bytes, bytes, bytes] | None = None
@@ -80,6 +88,8 @@ class BridgeDriver:
         if self._ctx is not None:
             return
         self._keys = client_keys(self.cfg)
+        if self.camera is not None:
+            self.camera.start()  # CameraError: a missing camera is a setup error
         self._ctx = zmq.Context()
         try:
             self._connect()
@@ -87,9 +97,15 @@ class BridgeDriver:
             log.warning("bridge not reachable yet: %s", exc)
 
     def observe(self) -> Observation:
-        """The bridge's current image; DriverUnavailable while the bridge is down."""
-        msg = self._call("observe")
-        return proto.parse_observation(msg, self._spec)
+        """The current image (bridge's, or the local camera's); DriverUnavailable when down."""
+        if self.camera is None:
+            return proto.parse_observation(self._call("observe"), self._spec)
+        self._ensure_link()  # no image is worth taking while the arm is unreachable
+        try:
+            frame = self.camera.read()
+        except CameraError as exc:
+            raise DriverUnavailable(str(exc)) from exc
+        return Observation(image=frame.image, step=0, timestamp=frame.timestamp)
 
     def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
         """Run one grasp on the robot; ValueError on a bad action (nothing sent).
@@ -163,6 +179,8 @@ class BridgeDriver:
                 pass
         self.session = None  # a deliberate close, not an outage: no warning
         self._drop("closed")
+        if self.camera is not None:
+            self.camera.close()
         self._ctx.term()
         self._ctx = None
 

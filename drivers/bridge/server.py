@@ -145,7 +145,7 @@ class BridgeServer:
         return self.endpoint
 
     def run(self, stop: threading.Event) -> None:
-        """Start, serve until ``stop`` is set, then close (homes the arm if idle)."""
+        """Start, serve until ``stop`` is set, then close (the current callback finishes first)."""
         self.start()
         try:
             while not stop.is_set():

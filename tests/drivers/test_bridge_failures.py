@@ -340,3 +340,28 @@ def test_grasp_overrunning_execute_timeout_is_an_outage_not_a_retry(port: int) -
         assert len(robot.grasps) == 1
         robot.gate.set()
         d.close()
+
+
+def test_local_camera_replaces_the_bridge_observe(tmp_path: Path, port: int) -> None:
+    import cv2
+
+    from drivers.camera import Camera, CameraConfig
+
+    video = tmp_path / "cam.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (80, 80))
+    for _ in range(5):
+        out.write(np.full((80, 80, 3), (0, 200, 0), np.uint8))  # green: not the robot's image
+    out.release()
+    robot = ToyRobot()
+    cfg = BridgeClientConfig(endpoint=f"tcp://127.0.0.1:{port}", timeout_s=0.3)
+    camera = Camera(CameraConfig(source=str(video)))
+    with ServerThread(robot, port), BridgeDriver(cfg, camera=camera) as d:
+        obs = d.observe()
+        r, g, b = obs.image.reshape(-1, 3).mean(0)
+        assert g > 150 and r < 50 and b < 50
+        assert d.execute(np.array([0.5, 0, 0], np.float32)).done
+        for _ in range(4):
+            d.observe()
+        with pytest.raises(DriverUnavailable, match="stopped delivering"):
+            d.observe()  # the camera ran dry: an outage, nothing executed
+    assert len(robot.grasps) == 1

@@ -81,3 +81,34 @@ def test_bad_sim_option_names_the_key() -> None:
     cfg = config_from_dict({"driver": {"options": {"splt": "test"}}})
     with pytest.raises(ValueError, match=r"driver\.options\.splt.*allowed: .*split"):
         make_driver(cfg.driver)
+
+
+def test_bridge_with_a_local_camera_from_config(tmp_path: Path) -> None:
+    cfg = config_from_dict(
+        {
+            "driver": {
+                "type": "bridge",
+                "camera": {"source": str(tmp_path / "cam.avi"), "crop": [0, 0, 100, 100]},
+            }
+        }
+    )
+    d = make_driver(cfg.driver)
+    assert isinstance(d, BridgeDriver) and d.camera is not None
+    assert d.camera.cfg.crop == (0, 0, 100, 100)
+    plain = make_driver(config_from_dict({"driver": {"type": "bridge"}}).driver)
+    assert isinstance(plain, BridgeDriver) and plain.camera is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"crop": [1, 2, 3]}, "driver.camera.crop = (1, 2, 3)"),
+        ({"read_timeout_s": 0}, "driver.camera.read_timeout_s must be > 0"),
+        ({"mode": "newest"}, "'auto', 'latest', 'sequential'"),
+        ({"sorce": "0"}, "unknown key driver.camera.sorce"),
+    ],
+)
+def test_camera_config_errors_name_the_key(raw: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({"driver": {"camera": raw}})
+    assert needle in str(ei.value)
