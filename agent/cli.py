@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"robot-agent: {exc}", file=sys.stderr)
         return 2
     daemon = Daemon(cfg, driver, stop_event=signals.event)
-    return daemon.run()
+    status = daemon.run()
+    if any(t.is_alive() for t in threading.enumerate() if t is not threading.current_thread()):
+        # a worker still inside native code (e.g. a policy warm-up cut short by SIGTERM):
+        # the log is closed and flushed; exit without interpreter teardown (it would abort)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _ctl(args: argparse.Namespace) -> int:
