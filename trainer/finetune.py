@@ -190,6 +190,7 @@ class _Data:
     held_prior_groups: npt.NDArray[np.int64]
     counts: dict[str, Any]
     new_train: list[EpisodeDataset]
+    n_new_sources: int
 
 
 def _stratified(
@@ -274,6 +275,7 @@ def _open_data(cfg: FinetuneConfig, new: Sequence[Path], prior: Sequence[Path]) 
         prior_groups,
         counts,
         new_train,
+        len(new_train),
     )
 
 
@@ -295,9 +297,10 @@ def _score(
     step: int,
     arm: str,
     parent_prior: npt.NDArray[np.float64] | None = None,
+    held_new: Batch | None = None,
 ) -> tuple[Candidate, dict[str, Any], npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
     """Score ``learner.net`` on both held-out sets; returns candidate, log entry, predictions."""
-    p, y = _predict(learner, data.held_new)
+    p, y = _predict(learner, data.held_new if held_new is None else held_new)
     entry: dict[str, Any] = {"step": step, "arm": arm, "new": early_stop.summary(p, y)}
     prior_score, slack, pp = 0.0, 0.0, None
     if data.held_prior is not None:
@@ -340,10 +343,39 @@ class _Job:
     ) -> None:
         self.cfg, self.parent_net, self.net_cfg, self.data = cfg, parent_net, net_cfg, data
         self.out, self.device, self.progress, self.stop = out, device, progress, stop
+        self.shift_m: tuple[float, float] = (0.0, 0.0)
+        self.held_new = data.held_new
         self.parent_learner = self._learner(parent_net, augment=False)
         self.parent, self.parent_entry, self.parent_p, self.parent_pp = _score(
             cfg, self.parent_learner, data, 0, "parent"
         )
+
+    def set_shift(self, shift_m: tuple[float, float]) -> None:
+        """Train and validate on the new data as if commanded at command + shift.
+
+        The network trains unshifted: new-condition batches (and the new
+        held-out set) get the shift added to their logged actions, prior data
+        (the stock robot) do not. The exported child carries the shift in
+        ``QNetConfig.action_shift_m``, so it scores where the fingers land.
+        """
+        self.shift_m = shift_m
+        spec = DEFAULT_SPEC
+        delta = np.asarray(
+            [shift_m[0] / spec.workspace_x_m, shift_m[1] / spec.workspace_y_m, 0.0], np.float32
+        )
+
+        def move(b: Batch) -> Batch:
+            return dataclasses.replace(b, actions=(b.actions + delta).astype(np.float32))
+
+        sampler = self.data.sampler
+        sampler.transforms = [
+            move if i < self.data.n_new_sources else None for i in range(len(sampler.sources))
+        ]
+        self.held_new = move(self.data.held_new)
+
+    def export_config(self) -> QNetConfig:
+        """The child's network config (the shift included)."""
+        return dataclasses.replace(self.net_cfg, action_shift_m=self.shift_m)
 
     def _learner(self, net: QNet, augment: bool) -> Learner:
         lc = LearnerConfig(
@@ -403,7 +435,9 @@ class _Job:
 
         def hook(step: int, loss: float) -> tuple[bool, bool]:
             arm = "aug" if augment else "noaug"
-            cand, entry, _, _ = _score(cfg, learner, self.data, step, arm, self.parent_pp)
+            cand, entry, _, _ = _score(
+                cfg, learner, self.data, step, arm, self.parent_pp, self.held_new
+            )
             entry["loss"] = round(loss, 6)
             st["curve"].append(entry)
             if (
@@ -418,15 +452,16 @@ class _Job:
                 os.replace(tmp, d / f"best-{step}.safetensors")
                 st["best_step"], st["best_new"] = step, cand.new
             if step in cfg.snapshot_steps:
+                snap_net = QNet(self.export_config(), spec=DEFAULT_SPEC)
+                snap_net.load_state_dict(loop.on_cpu(cast(QNet, learner.net)).state_dict())
                 snap = make_bundle(
-                    loop.on_cpu(cast(QNet, learner.net)).eval(),
+                    snap_net.eval(),
                     {
                         "condition": "snapshot",
                         "training": {"kind": "finetune-snapshot", "step": step},
                     },
                     d / "snapshots",
                 )
-                learner.net.train()
                 st["snapshots"][str(step)] = str(snap.path)
             emit(step, loss, entry)
             go_on = True
@@ -542,7 +577,7 @@ def finetune(
     shift_rec = _shift(cfg, jb, data, out)
     probe: dict[str, Any] = {}
     if shift_rec.get("adopted"):
-        jb.net_cfg = dataclasses.replace(net_cfg, action_shift_m=tuple(shift_rec["shift_m"]))
+        jb.set_shift((float(shift_rec["shift_m"][0]), float(shift_rec["shift_m"][1])))
         augment = False
         probe = {"skipped": "an action shift is a mirror asymmetry: augmentation off"}
     elif cfg.augment == "auto":
@@ -585,7 +620,7 @@ def _decide(
     net: QNet | None = None
     if best.step != 0:
         net = jb.best_net(augment, best.step).to(jb.device)
-        p, y = _predict(jb._learner(net, False), jb.data.held_new)
+        p, y = _predict(jb._learner(net, False), jb.held_new)
         se = early_stop.paired_se(
             cfg.measure, p, jb.parent_p, y, jb.data.held_new_groups, seed=cfg.seed
         )
@@ -627,7 +662,9 @@ def _decide(
     }
     if chosen is None or net is None:
         return FinetuneResult("no_improvement", None, None, {**meta, "parent_id": parent_id})
-    bundle = make_bundle(loop.on_cpu(net).eval(), meta, jb.out / "bundles", parent_id=parent_id)
+    child = QNet(jb.export_config(), spec=DEFAULT_SPEC)
+    child.load_state_dict(loop.on_cpu(net).state_dict())
+    bundle = make_bundle(child.eval(), meta, jb.out / "bundles", parent_id=parent_id)
     return FinetuneResult("improved", bundle.path, bundle.id, dict(bundle.meta))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,8 @@ class MixtureSampler:
         self.weights = weights / weights.sum()
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
+        self.transforms: list[Callable[[Batch], Batch] | None] = [None] * len(self.sources)
+        """Per source, applied to its part of each batch (e.g. fine-tuning's action shift)."""
 
     def counts(self, rng: np.random.Generator | None = None) -> npt.NDArray[np.int64]:
         """How many transitions the next batch takes from each source."""
