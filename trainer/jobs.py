@@ -9,6 +9,7 @@
     TRAINING  --runner raised-->           FAILED
     TRAINING  --trainer restarted-->       QUEUED (same seq: first in line; resumes from its
                                            checkpoint) or FAILED after ``max_attempts`` starts
+    TRAINING  --clean shutdown-->          QUEUED (the interrupted run is not counted)
     DONE | NO_IMPROVEMENT | FAILED --agent fetched the result--> DELIVERED
     DONE | NO_IMPROVEMENT | FAILED | DELIVERED --agent acknowledged--> ACKNOWLEDGED (final)
 
@@ -109,6 +110,11 @@ class Restarted:
 
 
 @dataclass(frozen=True)
+class Interrupted:
+    """A clean shutdown stopped training (checkpointed): queued again, not counted as a crash."""
+
+
+@dataclass(frozen=True)
 class Fetched:
     """The agent asked for the result."""
 
@@ -118,7 +124,9 @@ class Acknowledged:
     """The agent confirmed it holds the result."""
 
 
-Event = DataComplete | Started | Finished | Failed | Restarted | Fetched | Acknowledged
+Event = (
+    DataComplete | Started | Finished | Failed | Restarted | Interrupted | Fetched | Acknowledged
+)
 
 
 # -- effects -------------------------------------------------------------------------------
@@ -179,6 +187,9 @@ def step(job: Job, event: Event) -> tuple[Job, list[Effect]]:
                     return nxt, [Persist(), DropIncoming()]
                 return replace(job, state=JobState.QUEUED), [Persist()]
             return job, []
+        case Interrupted():
+            if s is JobState.TRAINING:
+                return replace(job, state=JobState.QUEUED, attempts=job.attempts - 1), [Persist()]
         case Fetched():
             if s in FINISHED:
                 return replace(job, state=JobState.DELIVERED), [Persist()]

@@ -107,6 +107,10 @@ class JobStore:
             self._conn = None
 
     @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError("JobStore is not open")

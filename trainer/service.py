@@ -136,6 +136,11 @@ class JobService:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.join(timeout=30.0)
+            if self._running is not None and not self.worker.busy and self.store.is_open:
+                self._drain_worker_events()
+                job = self.store.get(self._running) if self._running else None
+                if job is not None and job.state is JobState.TRAINING:
+                    self._apply(job, jl.Interrupted())
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -204,19 +209,25 @@ class JobService:
 
     def _drain_worker(self) -> None:
         assert self.worker is not None
+        self._drain_worker_events()
+        if self.stop.is_set():
+            return  # shutting down: start nothing new
+        if self._running is not None and not self.worker.busy and self.worker.events.empty():
+            self._running = None  # a run ended without an event (stopped)
+        self._schedule()
+
+    def _drain_worker_events(self) -> None:
+        assert self.worker is not None
         while True:
             try:
                 key, event = self.worker.events.get_nowait()
             except queue.Empty:
-                break
+                return
             job = self.store.get(key)
             if job is not None:
                 self._apply(job, event)
             if key == self._running:
                 self._running = None
-        if self._running is not None and not self.worker.busy and self.worker.events.empty():
-            self._running = None  # interrupted (shutdown) without an event
-        self._schedule()
 
     def _forward_progress(self) -> None:
         assert self.worker is not None

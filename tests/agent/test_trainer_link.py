@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from agent.bundle import validate_bundle
@@ -304,11 +305,16 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
     from tests.agent.fakes import FakeDriver
 
     class LearnableDriver(FakeDriver):
-        """Grasps succeed iff the action's x > 0: something a fine-tune can learn."""
+        """Grasps succeed iff the action's x is above the median x so far: something a
+        fine-tune can learn, with both outcomes whatever actions the serving policy picks."""
+
+        xs: list[float] = []
 
         def execute(self, action: Any) -> Any:
             res = super().execute(action)
-            ok = bool(action[0] > 0)
+            x = float(action[0])
+            ok = bool(x > float(np.median(self.xs))) if len(self.xs) >= 5 else x > 0
+            self.xs.append(x)
             outcome = type(res.outcome)(success=ok, sensed_by="fake", detail={})
             return type(res)(reward=float(ok), done=True, outcome=outcome, duration_s=0.0)
 

@@ -55,6 +55,14 @@ def test_job_restart_requeues_training_until_max_attempts() -> None:
     assert j.state is JobState.FAILED and "2 training runs" in j.detail
 
 
+def test_clean_shutdown_requeues_without_counting_a_crash() -> None:
+    j, _ = jl.step(_job(), jl.DataComplete(seq=1))
+    for _ in range(5):  # five clean restarts mid-training never fail the job
+        j, _ = jl.step(j, jl.Started())
+        j, eff = jl.step(j, jl.Interrupted())
+        assert j.state is JobState.QUEUED and j.attempts == 0 and eff == [jl.Persist()]
+
+
 def test_job_illegal_events_raise() -> None:
     with pytest.raises(jl.JobError):
         jl.step(_job(), jl.Started())  # data not complete
