@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -308,7 +308,7 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         """Grasps succeed iff the action's x is above the median x so far: something a
         fine-tune can learn, with both outcomes whatever actions the serving policy picks."""
 
-        xs: list[float] = []
+        xs: ClassVar[list[float]] = []
 
         def execute(self, action: Any) -> Any:
             res = super().execute(action)
