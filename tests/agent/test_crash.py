@@ -58,6 +58,7 @@ bundle = "{bundle}"
 warmup_runs = {warmup_runs}
 [probation]
 max_grasps = 40
+alpha = 0.001
 [sockets]
 command_endpoint = "{self.cmd_ep}"
 event_endpoint = "{self.evt_ep}"
@@ -162,7 +163,9 @@ def test_kill9_during_swaps_restarts_on_old_or_new_policy(tmp_path: Path) -> Non
         bundles = (first, *others)
         for i in range(6):
             old = cell.serving()["policy"]
-            new = next(p for p in (*bundles[i % 4 :], *bundles) if p.name != old)
+            pols = request(cell.cmd_ep, "policies", timeout_s=5)["result"]["policies"]
+            bad = {p["id"] for p in pols if p["status"] == "rejected"}
+            new = next(p for p in (*bundles[i % 4 :], *bundles) if p.name not in (old, *bad))
             rep = request(cell.cmd_ep, "promote", {"id": str(new)}, timeout_s=5)
             assert rep["ok"], rep
             time.sleep(rng.uniform(0.0, 0.4))

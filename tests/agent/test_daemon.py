@@ -123,7 +123,8 @@ def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start
 def test_exploration_target_submits_a_job_and_trained_policy_swaps(
     start_daemon: Start, tmp_path: Path
 ) -> None:
-    r = start_daemon(lifecycle={"exploration_grasps": 5})
+    # alpha 0.001: a child as good as its parent passes (P(rollback) < 0.001, not 0.04)
+    r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
     sub = r.subscriber()
     r.ctl("mark-condition", name="offset")
     job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
@@ -162,7 +163,7 @@ def test_job_with_no_improvement_keeps_the_parent_serving(start_daemon: Start) -
 
 
 def test_promote_and_rollback(start_daemon: Start, tmp_path: Path) -> None:
-    r = start_daemon()
+    r = start_daemon(probation={"alpha": 0.001})  # no chance rollback by probation here
     sub = r.subscriber()
     first = r.wait_for(lambda s: s["grasps"] >= 1)["policy"]
     other = make_bundle(tmp_path / "cand", seed=5)

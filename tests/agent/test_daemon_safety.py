@@ -94,7 +94,7 @@ def test_status_answers_within_100ms_while_a_5s_grasp_runs(start_daemon: Start) 
 def test_policy_fault_at_run_time_restores_last_good_and_never_restarts_into_it(
     start_daemon: Start, tmp_path: Path
 ) -> None:
-    r = start_daemon()
+    r = start_daemon(probation={"alpha": 0.001})  # no chance rollback by probation here
     sub = r.subscriber()
     good = r.wait_for(lambda s: s["grasps"] >= 3)["policy"]
     bad_dir = white_image_faulty_bundle(tmp_path / "faulty")
