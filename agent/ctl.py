@@ -126,5 +126,12 @@ def format_reply(command: str, reply: dict[str, Any]) -> str:
 
 
 def help_text() -> str:
-    """Every command's usage and help (from the command classes' docstrings)."""
-    return "\n\n".join(f"{c.usage()}\n    {c.help().splitlines()[0]}" for c in COMMANDS.values())
+    """Every command's usage, help line and argument rules (from the command classes)."""
+    blocks = []
+    for c in COMMANDS.values():
+        lines = [c.usage(), f"    {c.help().splitlines()[0]}"]
+        for p in c.params:
+            longest = f", at most {p.max_chars} characters" if p.max_chars > 64 else ""
+            lines.append(f"    {p.name}: {p.rule}{longest}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -374,7 +374,7 @@ def _client_identity(parts: Sequence[zmq.Frame], curve: bool) -> bytes:
     user = ""
     if curve:
         with contextlib.suppress(zmq.ZMQError):
-            user = parts[-1].get("User-Id")
+            user = str(parts[-1].get("User-Id"))
     return b"key:" + str(user).encode() if user else b"conn:" + parts[0].bytes
 
 
