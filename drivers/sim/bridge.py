@@ -51,9 +51,9 @@ def serve_sim(
     """Start the cell, serve it until ``stop`` is set, close everything."""
     with SimCell(sim) as cell:
         bridge = BridgeServer(SimRobot(cell), cell.spec, server)
-        endpoint = bridge.start()
-        print(f"robot-sim bridge: serving {server.robot_id} on {endpoint}", flush=True)
         try:
+            endpoint = bridge.start()
+            print(f"robot-sim bridge: serving {server.robot_id} on {endpoint}", flush=True)
             while not stop.is_set():
                 bridge.serve_once(100)
         finally:

@@ -147,6 +147,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     import logging
     import threading
 
+    import zmq
+
     from drivers.bridge.config import BridgeServerConfig
     from drivers.sim.bridge import install_stop_signals, serve_sim
 
@@ -170,8 +172,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     try:
         serve_sim(sim, server, stop)
-    except ValueError as exc:
-        print(f"robot-sim bridge: {exc}", file=sys.stderr)
+    except (ValueError, zmq.ZMQError) as exc:  # exposed without keys, port taken, bad endpoint
+        print(f"robot-sim bridge: {args.endpoint}: {exc}", file=sys.stderr)
         return 2
     return 0
 
