@@ -54,6 +54,7 @@ from agent.jobwire import (
     PROTOCOL,
     Manifest,
     PartFile,
+    check_name,
     chunk_sha,
     from_ranges,
     manifest_of_dir,
@@ -68,8 +69,6 @@ OnStatus = Callable[[int, str, dict[str, Any]], None]
 
 BUNDLE_FILES = (META_FILE, MODEL_FILE, WEIGHTS_FILE)
 """What of a bundle directory is uploaded as a parent."""
-MAX_RESULT_BYTES = 1 << 30
-"""Largest result bundle the link downloads."""
 _FINISHED = ("done", "no_improvement", "failed", "delivered", "acknowledged")
 
 
@@ -149,6 +148,7 @@ class TrainerLink:
         self.on_result = on_result
         self.on_status = on_status
         self.agent_id = self.cfg.agent_id or _host_id()
+        self._max_result_bytes = cfg.policy.max_bundle_bytes
         self._clock = clock
         self._inbox: queue.Queue[tuple[int, str, str]] = queue.Queue()
         self._stop = threading.Event()
@@ -663,10 +663,18 @@ class TrainerLink:
         rec.detail = str(h.get("detail", ""))
         manifest = h.get("manifest")
         if rec.outcome == "improved" and isinstance(manifest, dict):
-            rec.bundle_id = str(h.get("bundle_id"))
-            m = Manifest.from_json(
-                manifest, max_chunk_bytes=self._chunk_bytes, max_total_bytes=MAX_RESULT_BYTES
-            )
+            try:
+                rec.bundle_id = check_name("bundle_id", h.get("bundle_id"))
+                m = Manifest.from_json(
+                    manifest,
+                    max_chunk_bytes=self._chunk_bytes,
+                    max_total_bytes=self._max_result_bytes,
+                )
+            except WireError as exc:  # unusable: record why, and let the trainer forget it
+                rec.outcome, rec.phase, rec.detail = "failed", "ack", f"result refused: {exc}"
+                self._save(rec)
+                self._status(rec, "failed", {"error": rec.detail})
+                return
             final = self._staging(rec.job) / rec.bundle_id
             if final.is_dir():
                 rec.phase = "deliver"

@@ -205,6 +205,10 @@ def ingest_once(spec: WorkSpec) -> Path:
     if (final / "source.json").is_file():
         return final
     index = json.loads((spec.export_dir / "index.json").read_text())
+    for desc in dict(index.get("arrays", {})).values():  # the index names files: keep them here
+        name = desc.get("file") if isinstance(desc, dict) else None
+        if not isinstance(name, str) or not (spec.export_dir / name).is_file() or "/" in name:
+            raise ValueError(f"export index names {name!r}, which is not a file of the upload")
     if index.get("condition") != spec.condition:
         raise ValueError(
             f"export is of condition {index.get('condition')!r}, the job names {spec.condition!r}"
