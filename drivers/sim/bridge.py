@@ -58,6 +58,7 @@ def serve_sim(
                 bridge.serve_once(100)
         finally:
             bridge.close()
+            print(f"robot-sim bridge: executed {bridge.executed} grasps", flush=True)
 
 
 def install_stop_signals(stop: threading.Event) -> None:

@@ -27,6 +27,7 @@ class SimBridgeProcess:
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
 
     def start(self, timeout: float = 30.0) -> SimBridgeProcess:
         cmd = [sys.executable, "-m", "drivers.sim.cli", "bridge", "--endpoint", self.endpoint]
@@ -57,9 +58,17 @@ class SimBridgeProcess:
             self.proc = None
 
     def stop(self) -> int:
-        """SIGTERM and wait; returns the exit status."""
-        assert self.proc is not None
+        """SIGTERM and wait; returns the exit status (its last lines in ``self.output``)."""
+        assert self.proc is not None and self.proc.stdout is not None
         self.proc.terminate()
         rc = self.proc.wait(10)
+        self.output = self.proc.stdout.read()
         self.proc = None
         return rc
+
+    def executed(self) -> int:
+        """Grasps the stopped bridge ran, from its exit line."""
+        for line in self.output.splitlines():
+            if line.startswith("robot-sim bridge: executed "):
+                return int(line.split()[3])
+        raise AssertionError(f"no executed line in {self.output!r}")

@@ -67,6 +67,9 @@ def test_daemon_survives_bridge_killed_and_restarted_without_double_or_half_gras
         assert up["state"] == "up"
         th.join(60)
         assert result == [0]
+        assert bridge.stop() == 0
+        # every grasp the second bridge ran was logged once, and nothing else after the restart
+        assert bridge.executed() == total - frozen
     finally:
         daemon.request_stop()
         th.join(30)
