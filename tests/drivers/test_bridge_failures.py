@@ -365,3 +365,33 @@ def test_local_camera_replaces_the_bridge_observe(tmp_path: Path, port: int) -> 
         with pytest.raises(DriverUnavailable, match="stopped delivering"):
             d.observe()  # the camera ran dry: an outage, nothing executed
     assert len(robot.grasps) == 1
+
+
+def test_garbage_requests_get_error_replies_and_the_bridge_serves_on(port: int) -> None:
+    with ServerThread(ToyRobot(), port) as srv:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(srv.server.endpoint)
+        codes = []
+        for frames in (
+            [b"not json"],
+            [b'{"v": 9, "type": "hello", "id": "a"}'],
+            [b'{"v": 1, "type": "hello"}'],
+            [b'{"v": 1, "type": "dance", "id": "b"}'],
+            [b'{"v": 1, "type": "hello", "id": "c", "protocol": 7}'],
+            [b'{"v": 1, "type": "execute", "id": "d", "session": "nope"}'],
+        ):
+            sock.send_multipart(frames)
+            assert sock.poll(5000)
+            codes.append(decode(sock.recv_multipart()).header["error"]["code"])
+        assert codes == [
+            "bad_json",
+            "bad_version",
+            "bad_request",
+            "bad_request",
+            "bad_protocol",
+            "stale_session",
+        ]
+        sock.close(0)
+        with client(port) as d:
+            assert d.observe().image.shape == (64, 64, 3)
