@@ -208,6 +208,14 @@ class JobStore:
         """The trainer got the parent bundle another way: this job no longer uploads it."""
         self.conn.execute("UPDATE jobs SET parent_manifest=NULL WHERE key=?", (key,))
 
+    def stale_uploads(self, older_than: float) -> list[Job]:
+        """Jobs still receiving whose row has not changed since ``older_than`` (epoch s)."""
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE state=? AND updated_at < ?",
+            (JobState.RECEIVING.value, older_than),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
     def next_seq(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()
         return int(row[0])
@@ -244,11 +252,19 @@ class JobStore:
         return int(row[0])
 
     def record_chunk(self, key: str, blob: str, file: str, idx: int) -> None:
-        """Record a chunk whose bytes are already fsynced."""
-        self.conn.execute(
-            "INSERT OR IGNORE INTO chunks (key, blob, file, idx) VALUES (?,?,?,?)",
-            (key, blob, file, idx),
-        )
+        """Record a chunk whose bytes are already fsynced (and mark the job active now)."""
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            c.execute(
+                "INSERT OR IGNORE INTO chunks (key, blob, file, idx) VALUES (?,?,?,?)",
+                (key, blob, file, idx),
+            )
+            c.execute("UPDATE jobs SET updated_at=? WHERE key=?", (time.time(), key))
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
 
     def clear_file(self, key: str, blob: str, file: str) -> None:
         """Forget every chunk of a file (its whole checksum failed)."""

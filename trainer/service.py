@@ -101,6 +101,7 @@ class JobService:
         self._last_progress: dict[str, float] = {}
         self._result_manifests: dict[str, Manifest] = {}
         self._running: str | None = None
+        self._next_expiry = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> str:
@@ -170,6 +171,7 @@ class JobService:
                     self._on_frames(frames)
             self._drain_worker()
             self._forward_progress()
+            self._expire_uploads()
         self.notifier.stopping("shutting down")
         log.info("trainer job service stopping")
 
@@ -228,6 +230,17 @@ class JobService:
                 self._apply(job, event)
             if key == self._running:
                 self._running = None
+
+    def _expire_uploads(self) -> None:
+        now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + 60.0
+        for job in self.store.stale_uploads(time.time() - self.s.abandon_upload_s):
+            log.warning(
+                "job %s: upload untouched for %.0f s, abandoned", job.key, self.s.abandon_upload_s
+            )
+            self._apply(job, jl.Failed(f"upload abandoned after {self.s.abandon_upload_s:.0f} s"))
 
     def _forward_progress(self) -> None:
         assert self.worker is not None

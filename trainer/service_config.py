@@ -47,6 +47,8 @@ class ServiceConfig:
     """Training runs of one job the trainer may crash during before the job is failed."""
     progress_interval_s: float = 0.5
     """Least time between two progress messages of a job."""
+    abandon_upload_s: float = 14 * 24 * 3600.0
+    """An upload untouched this long is failed and its files deleted (its agent is gone)."""
     runner: str = "trainer.finetune:finetune"
     """The fine-tune function, "module:callable" (the finetune(...) signature)."""
     runner_config: str = "trainer.finetune:FinetuneConfig"
@@ -110,6 +112,7 @@ def validate_service(s: ServiceConfig) -> None:
     _need(0.05 <= s.heartbeat_s <= 60, "service.heartbeat_s: must be in [0.05, 60]")
     _need(s.max_attempts >= 1, "service.max_attempts: must be >= 1")
     _need(s.progress_interval_s >= 0, "service.progress_interval_s: must be >= 0")
+    _need(s.abandon_upload_s > 0, "service.abandon_upload_s: must be > 0")
     for key in ("runner", "runner_config"):
         _need(":" in getattr(s, key), f"service.{key}: must be 'package.module:name'")
 

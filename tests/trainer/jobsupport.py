@@ -161,6 +161,7 @@ class Client:
         self.sock.connect(endpoint)
         self.agent = agent
         self.max_bytes = max_bytes
+        self.rid = 0
 
     def send(self, type_: str, header: dict[str, Any], data: bytes | None = None) -> None:
         arrays = None if data is None else {"data": np.frombuffer(data, np.uint8)}
@@ -175,12 +176,13 @@ class Client:
     def request(
         self, type_: str, header: dict[str, Any], data: bytes | None = None, timeout_s: float = 5.0
     ) -> Message:
-        """Send and return the first reply that is not a push (job/progress)."""
-        self.send(type_, header, data)
+        """Send and return the reply carrying this request's ``rid`` (pushes are skipped)."""
+        self.rid += 1
+        self.send(type_, {"rid": self.rid, **header}, data)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             msg = self.recv(deadline - time.monotonic())
-            if msg is not None and msg.type not in ("job", "progress"):
+            if msg is not None and msg.header.get("rid") == self.rid:
                 return msg
         raise AssertionError(f"no reply to {type_} within {timeout_s} s")
 

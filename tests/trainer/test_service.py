@@ -299,3 +299,52 @@ def test_whole_file_checksum_mismatch_makes_every_chunk_come_again(
     assert again.header["need"]["export"]["rewards.npy"] == [[0, 1]]  # asked for again
     assert not (service.store.incoming_dir(str(head["key"]), "export") / "rewards.npy").exists()
     c.close()
+
+
+def test_abandoned_upload_is_failed_and_its_files_deleted(tmp_path: Path) -> None:
+    import time
+
+    cfg = service_config_from_dict(
+        {
+            "service": {
+                "endpoint": "tcp://127.0.0.1:*",
+                "data_dir": str(tmp_path / "trainer"),
+                "max_chunk_bytes": CHUNK,
+                "abandon_upload_s": 0.5,
+            },
+            "finetune": TINY_FINETUNE,
+        }
+    )
+    svc = JobService(cfg)
+    svc.start()
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        c = Client(svc.endpoint, agent="robot-gone")
+        head, export, _ = _submit(c, tmp_path)
+        data = (export / "images.npy").read_bytes()[:CHUNK]
+        chunk = {
+            "key": head["key"],
+            "blob": "export",
+            "file": "images.npy",
+            "index": 0,
+            "sha256": chunk_sha(data),
+        }
+        assert c.request("chunk", chunk, data).type == "chunk_ok"
+        incoming = svc.store.incoming_dir(str(head["key"]), "export")
+        assert any(incoming.iterdir())
+        time.sleep(0.7)
+        svc._next_expiry = 0.0  # the next loop turn checks now, not in a minute
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            st = c.request("status", {"key": head["key"]}).header
+            if st["state"] == "failed":
+                break
+            time.sleep(0.05)
+        assert st["state"] == "failed" and "abandoned" in st["detail"]
+        assert not incoming.exists()
+        c.close()
+    finally:
+        svc.stop.set()
+        t.join(30)
+        svc.close()
