@@ -145,11 +145,12 @@ def main() -> None:
     ap.add_argument("--no-scratch", action="store_true", help="skip the scratch baseline")
     ap.add_argument("--max-steps", type=int, default=FinetuneConfig().max_steps)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each fine-tune")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-finetune")
     ap.add_argument("--parent", type=Path, default=ROOT / "policies" / "base")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs it)")
     args = ap.parse_args()
-    cfg = FinetuneConfig(max_steps=args.max_steps)
+    cfg = FinetuneConfig(max_steps=args.max_steps, threads=args.threads)
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
         args.eval_grasps, args.eval_seeds, args.base_grasps = 12, 2, 40

@@ -509,6 +509,14 @@ class _Job:
 # ----------------------------------------------------------------------------- the job
 
 
+def _identity(job: dict[str, Any]) -> Any:
+    """What must match to resume a job (threads and device may change between runs)."""
+    j = json.loads(json.dumps(job))
+    for k in ("threads", "device"):
+        j["config"].pop(k, None)
+    return j
+
+
 def _resolve_device(cfg: FinetuneConfig) -> torch.device:
     if cfg.device == "auto":
         return loop.pick_device()
@@ -553,7 +561,7 @@ def finetune(
         "condition": condition,
     }
     if (out / "job.json").is_file():
-        if json.loads((out / "job.json").read_text()) != json.loads(json.dumps(job)):
+        if _identity(json.loads((out / "job.json").read_text())) != _identity(job):
             raise ValueError(f"{out} holds a different fine-tune job; use a new directory")
     else:
         _write_json(out / "job.json", job)
