@@ -367,3 +367,20 @@ def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
     )
     link.start()
     return link
+
+
+@pytest.mark.parametrize(
+    ("trainer_table", "needle"),
+    [
+        ({"endpoint": "tcp://10.0.0.7:5570"}, "needs CURVE"),
+        ({"endpoint": "http://x"}, "allowed schemes"),
+        ({"agent_id": "../up"}, "trainer.agent_id"),
+        ({"curve_server_public": "k"}, "set together"),
+        ({"timeout_s": 0.5, "heartbeat_s": 1.0}, "trainer.timeout_s"),
+    ],
+)
+def test_trainer_config_refuses_unsafe_values(trainer_table: dict[str, Any], needle: str) -> None:
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict({"trainer": trainer_table})
