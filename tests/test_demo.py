@@ -193,7 +193,12 @@ def test_live_view_follows_phases_and_shows_training_progress() -> None:
         )
         == []
     )
-    assert "job 1 [#####...............] 250/1000" in view.status()
+    assert "job 1 train [#####...............] 250/1000" in view.status()
+    # alarms the agent does not act on (it is training) print once, then only count
+    first = view.apply("agent.alarm", {"kind": "success_drop", "reason": "dropped"})
+    assert "further ones only counted" in first[0]
+    assert view.apply("agent.alarm", {"kind": "success_drop", "reason": "dropped"}) == []
+    assert view.alarms == 3
     lines = view.apply(
         "agent.policy.swapped",
         {"policy": CHILD, "previous": PARENT, "reason": "trained", "probation_parent": PARENT},

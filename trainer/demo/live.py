@@ -48,12 +48,20 @@ class LiveView:
     """The job in flight."""
     job_status: str = ""
     """Its latest status."""
-    progress: tuple[int, int] | None = None
-    """(step, max_steps) of the job while it trains."""
+    progress: tuple[str, int, int] | None = None
+    """(phase, step, max_steps) of the job while it trains (phase: the trainer's, e.g. probe)."""
     recent: collections.deque[bool] = field(default_factory=collections.deque)
     """The last ``window`` outcomes."""
     job_lines: dict[int, str] = field(default_factory=dict)
     """The last status printed per job (a status is printed once)."""
+    muted_alarms: int = 0
+    """Success-drop alarms while exploring or training since the phase began (the first is
+    printed, the rest counted)."""
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.muted_alarms = 0
+        self.phase = phase
 
     def world(self) -> str:
         """The world's condition at the current grasp count (what the agent must find)."""
@@ -77,11 +85,16 @@ class LiveView:
             self.policy = str(data.get("policy") or self.policy)
             self.condition = str(data.get("condition") or self.condition)
             if data.get("mode") == "explore":
-                self.phase = "exploring"
+                self._set_phase("exploring")
             return []
         at = f"[grasp {self.last_id:>5}, world: {self.world()}]"
         if topic == "agent.alarm":
             self.alarms += 1
+            if self.phase in ("exploring", "training") and data.get("kind") == "success_drop":
+                # the agent does not act on these while it explores or trains: one line each time
+                self.muted_alarms += 1
+                if self.muted_alarms > 1:
+                    return []
             rate = data.get("recent_rate")
             ref = data.get("reference")
             figures = (
@@ -89,29 +102,32 @@ class LiveView:
                 if isinstance(rate, int | float) and isinstance(ref, int | float)
                 else ""
             )
-            return [f"{at} ALARM {data.get('kind', '?')}: {data.get('reason', '')}{figures}"]
+            line = f"{at} ALARM {data.get('kind', '?')}: {data.get('reason', '')}{figures}"
+            if self.muted_alarms == 1:
+                line += f" (while {self.phase}: further ones only counted)"
+            return [line]
         if topic == "agent.condition":
             self.condition = str(data.get("condition", ""))
-            self.phase = "exploring"
+            self._set_phase("exploring")
             return [f"{at} new condition {self.condition!r} ({data.get('source', '')}); exploring"]
         if topic == "agent.job":
             return self._job(at, data)
         if topic == "agent.policy.swapped":
             self.swaps += 1
             self.policy = str(data.get("policy", ""))
-            self.phase = "probation" if data.get("probation_parent") else "serving"
+            self._set_phase("probation" if data.get("probation_parent") else "serving")
             self.job, self.progress = None, None
             return [f"{at} SWAP to {self.policy} ({data.get('reason', '')})"]
         if topic == "agent.policy.rolled_back":
             self.rollbacks += 1
             self.policy = str(data.get("policy", ""))
-            self.phase = "serving"
+            self._set_phase("serving")
             return [f"{at} ROLLBACK to {self.policy} ({data.get('reason', '')})"]
         if topic == "agent.policy.rejected":
             return [f"{at} bundle {data.get('policy')} rejected: {data.get('reason', '')}"]
         if topic == "agent.policy.probation":
             if self.phase == "probation":
-                self.phase = "serving"
+                self._set_phase("serving")
             return [
                 f"{at} probation of {data.get('policy')}: {data.get('verdict')} "
                 f"({data.get('successes')}/{data.get('grasps')} vs parent "
@@ -127,17 +143,20 @@ class LiveView:
         raw = data.get("detail")
         detail: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if status == "exporting":
-            self.job, self.phase, self.progress = int(job or 0), "training", None
+            self.job, self.progress = int(job or 0), None
+            self._set_phase("training")
         self.job_status = status
         if status == "training":
             step, top = detail.get("step"), detail.get("max_steps")
             if isinstance(step, int) and isinstance(top, int) and top > 0:
-                self.progress = (step, top)
+                self.progress = (str(detail.get("phase") or "train"), step, top)
                 return []  # progress repeats: shown in the status line only
         if status in ("no_improvement",):
-            self.phase, self.job, self.progress = "serving", None, None
+            self.job, self.progress = None, None
+            self._set_phase("serving")
         elif status == "failed":
-            self.phase, self.job, self.progress = "exploring", None, None
+            self.job, self.progress = None, None
+            self._set_phase("exploring")
         elif status == "cancelled":
             self.job, self.progress = None, None
         extra = ""
@@ -164,9 +183,10 @@ class LiveView:
         ]
         if self.job is not None:
             if self.progress is not None:
-                step, top = self.progress
+                phase, step, top = self.progress
                 done = min(BAR, round(BAR * step / top))
-                parts.append(f"job {self.job} [{'#' * done}{'.' * (BAR - done)}] {step}/{top}")
+                bar = f"[{'#' * done}{'.' * (BAR - done)}]"
+                parts.append(f"job {self.job} {phase} {bar} {step}/{top}")
             else:
                 parts.append(f"job {self.job} {self.job_status}")
         return " | ".join(parts)

@@ -86,6 +86,10 @@ class DemoOptions:
     """The policy the agent starts with (and the trainer's base bundle)."""
     window: int = 50
     """Grasps in the rolling success rate."""
+    agent_command: tuple[str, ...] = ()
+    """The agent's command line before ``--config PATH`` (empty: ``python -m agent.cli run``)."""
+    report_only: bool = False
+    """Only (re)write the PNG and summary of the run already in ``out``."""
 
 
 def _existing(path: Path) -> Path:
@@ -390,6 +394,9 @@ class Demo:
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
+        if self.opts.report_only:
+            self.report()
+            return 0
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             base = self.base_data()
@@ -407,11 +414,8 @@ class Demo:
                 [py, "-m", "trainer.entry", "serve", "--config", str(t_path)],
                 self.out / "trainer.log",
             )
-            agent = Child(
-                "agent",
-                [py, "-m", "agent.cli", "run", "--config", str(a_path)],
-                self.out / "agent.log",
-            )
+            agent_cmd = list(self.opts.agent_command) or [py, "-m", "agent.cli", "run"]
+            agent = Child("agent", [*agent_cmd, "--config", str(a_path)], self.out / "agent.log")
             events = EventStream(ep.events)
             events.start()
             try:
@@ -483,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer-template", type=Path, default=d.trainer_template)
     p.add_argument("--bundle", type=Path, default=d.bundle, help="the starting policy bundle")
     p.add_argument("--window", type=int, default=d.window, help="rolling success window")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only redraw the PNG and summary of the run in --out (same schedule flags)",
+    )
     return p
 
 
@@ -504,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trainer_template=a.trainer_template,
             bundle=a.bundle,
             window=a.window,
+            report_only=a.report_only,
         )
         demo = Demo(opts)
     except ValueError as exc:
