@@ -42,7 +42,6 @@ from agent.active import WarmPolicies
 from agent.command_thread import CommandContext, CommandThread
 from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
-from agent.detector import SuccessDropDetector
 from agent.effects import record_step
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
@@ -50,10 +49,10 @@ from agent.held import HeldWrites
 from agent.loader import LoadResult, PolicyLoader
 from agent.notify import Notifier
 from agent.policy import Policy, PolicyFault
-from agent.probation import ProbationTest, design_probation
 from agent.queries import Queries
 from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
+from agent.watch import Judgement, OutcomeWatch
 from drivers.base import Driver, DriverUnavailable
 
 log = logging.getLogger(__name__)
@@ -94,13 +93,10 @@ class Daemon:
             lambda done: self._post(lambda: self._on_export(done)),
             cfg.grasp_log.busy_timeout_ms,
         )
-        d = cfg.detector
-        self.detector = SuccessDropDetector(
-            d.arl0, d.min_drop, d.reference_grasps, d.threshold_method
-        )
+        self.watch = OutcomeWatch(cfg.detector, cfg.probation)
+        """The drop detector and the probation test of the active policy."""
         self.state = lc.State(lc.Phase.SERVING, cfg.lifecycle.initial_condition, None)
         self.warm_policies = WarmPolicies()
-        self.probation: ProbationTest | None = None
         self.condition_id = 0
         self.paused = False
         self.pause_reason = ""
@@ -456,83 +452,54 @@ class Daemon:
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
-        if self.probation is not None:
-            verdict = self.probation.update(success)
-            if verdict is not None:
-                self._probation_verdict(verdict)
-            return
-        if not self.cfg.detector.enabled:
-            return
-        alarm = self.detector.update(success)
-        if alarm is not None:
-            details = {
-                "reference": alarm.reference,
-                "recent_rate": alarm.recent_rate,
-                "grasps": alarm.grasps,
-                "threshold": alarm.design.threshold,
-                "arl0": alarm.design.arl0,
-                "action": self.cfg.lifecycle.on_alarm,
-            }
+        judged = self.watch.update(success)
+        if judged is not None:
+            self._judged(judged)
+
+    def _judged(self, j: Judgement) -> None:
+        """Act on a detector alarm or a probation verdict."""
+        if j.kind == "alarm":
+            details = {**j.details, "action": self.cfg.lifecycle.on_alarm}
             auto = self.cfg.lifecycle.on_alarm == "mark"
             self._try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
-
-    def _probation_verdict(self, verdict: str) -> None:
-        assert self.probation is not None
-        details = self.probation.snapshot()
-        pid = self.state.policy
-        parent = self.state.probation_parent
-        self.emit("agent.policy.probation", {"policy": pid, "parent": parent, **details})
-        if verdict == "fail":
-            d = self.probation.design
-            reason = (
-                f"worse than its parent: {details['successes']}/{details['grasps']} against "
-                f"the parent's {d.p0:.2f} (SPRT alpha {d.alpha})"
-            )
+            return
+        pid, parent = self.state.policy, self.state.probation_parent
+        self.emit("agent.policy.probation", {"policy": pid, "parent": parent, **j.details})
+        if j.kind == "fail":
             try:
-                self.step(lc.ProbationFailed(reason), details)
+                self.step(lc.ProbationFailed(j.reason), j.details)
             except Exception as exc:  # e.g. disk full: out of service now, recorded later
                 self._error("lifecycle", exc)
                 if pid is not None:
-                    self._faulted[pid] = reason
+                    self._faulted[pid] = j.reason
                     self.warm_policies.drop(pid)
         else:
             self._try_step(lc.ProbationPassed())
-        self.probation = None
         self._reset_detector()
 
     def _start_probation(self) -> None:
-        """Judge the active policy against its probation parent under this condition."""
-        pcfg = self.cfg.probation
+        """Judge the active policy against its probation parent under this condition: the
+        parent's latest grasps here (anywhere, if too few here) against the child's."""
         child, parent = self.state.policy, self.state.probation_parent
-        if not pcfg.enabled or child is None or parent is None:
-            self.probation = None
-            if child is not None and parent is not None:
-                self._try_step(lc.ProbationPassed())
+        if child is None or parent is None:
+            self._reset_detector()
             return
-        hist = self.log.recent_outcomes(parent, self.condition_id, pcfg.reference_grasps)
-        if len(hist) < pcfg.min_reference:
-            hist = self.log.recent_outcomes_any(parent, pcfg.reference_grasps)
-        if not hist:
-            self.probation = None
-            self._try_step(lc.ProbationPassed())
-            return
-        rate = (sum(hist) + 1) / (len(hist) + 2)
-        design = design_probation(
-            rate, self.cfg.detector.min_drop, pcfg.alpha, pcfg.beta, pcfg.max_grasps
-        )
-        self.probation = ProbationTest(design)
-        for ok in self.log.recent_outcomes(child, self.condition_id, pcfg.max_grasps):
-            if self.probation.update(ok) is not None:  # a restart mid-probation replays it
-                self._probation_verdict(self.probation.verdict or "pass")
-                return
+        pc = self.cfg.probation
+        hist = self.log.recent_outcomes(parent, self.condition_id, pc.reference_grasps)
+        if len(hist) < pc.min_reference:
+            hist = self.log.recent_outcomes_any(parent, pc.reference_grasps)
+        own = self.log.recent_outcomes(child, self.condition_id, pc.max_grasps)
+        judged = self.watch.start_probation(hist, own)
+        if judged is not None:
+            self._judged(judged)
 
     def _reset_detector(self) -> None:
-        if self.state.policy is None:
-            self.detector.reset()
-            return
+        """The detector calibrates on the active policy's own record in this condition."""
+        pid = self.state.policy
         n = self.cfg.detector.reference_grasps
-        hist = self.log.recent_outcomes(self.state.policy, self.condition_id, n)
-        self.detector.reset(history=hist)
+        self.watch.reset(
+            None if pid is None else self.log.recent_outcomes(pid, self.condition_id, n)
+        )
 
     def _auto_name(self) -> str:
         base = f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -579,14 +546,12 @@ class Daemon:
     def _set_condition(self, cid: int) -> None:
         self.condition_id = cid
         self._probe_condition = cid
-        self.probation = None
         self._reset_detector()
 
     def _after_swap(self) -> None:
         if self.state.probation_parent is not None:
             self._start_probation()
         else:
-            self.probation = None
             self._reset_detector()
         if self.state.policy is not None:
             self.no_policy_reason = ""
@@ -809,6 +774,7 @@ class Daemon:
         s = self.state
         actuating = self._serving() is not None and not self.paused
         storage = "full" if self._storage_full else "ok"
+        detector, probation = self.watch.snapshot()
         self._snapshot = {
             **s.to_dict(),
             "fallback": s.fallback,
@@ -817,8 +783,8 @@ class Daemon:
             "actuating": actuating and not self.held.at_cap,
             "no_policy_reason": "" if actuating else self._not_actuating_reason(),
             "grasps": self.grasps,
-            "detector": self.detector.snapshot(),
-            "probation": None if self.probation is None else self.probation.snapshot(),
+            "detector": detector,
+            "probation": probation,
             "storage": {"status": storage, "held": len(self.held)},
             "last_grasp": self.last_grasp,
             "last_command": self.last_command,

@@ -287,3 +287,23 @@ def test_lifecycle_rejects_illegal_events() -> None:
         lc.step(s, lc.Promote("p0"))
     with pytest.raises(lc.LifecycleError):
         lc.step(lc.State(lc.Phase.SERVING, "base", None), lc.Finetune())
+
+
+def test_outcome_watch_probation_then_detector() -> None:
+    from agent.config import DetectorConfig, ProbationConfig
+    from agent.watch import OutcomeWatch
+
+    w = OutcomeWatch(DetectorConfig(reference_grasps=20), ProbationConfig(max_grasps=100))
+    assert w.start_probation([True] * 90 + [False] * 10, []) is None  # parent at ~0.9
+    verdict = None
+    for _ in range(100):  # the child fails every grasp: rolled back within a few
+        if (verdict := w.update(False)) is not None:
+            break
+    assert verdict is not None and verdict.kind == "fail" and verdict.details["grasps"] <= 10
+    assert w.probation is None and w.snapshot()[1] is None
+    # a restart mid-probation replays the child's record and decides at once
+    j = w.start_probation([True] * 90 + [False] * 10, [False] * 10)
+    assert j is not None and j.kind == "fail"
+    skipped = w.start_probation([], [])
+    assert skipped is not None and skipped.kind == "pass"
+    assert "no parent" in skipped.details["skipped"]
