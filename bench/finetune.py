@@ -33,10 +33,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from policy_eval import evaluate  # noqa: E402
 
+from agent.bundle import validate_bundle  # noqa: E402
 from drivers.sim.conditions import CONDITION_NAMES  # noqa: E402
 from trainer.basedata import DatasetSpec, collect_dataset  # noqa: E402
 from trainer.dataset import EpisodeDataset, EpisodeWriter  # noqa: E402
+from trainer.export import load_qnet, make_bundle  # noqa: E402
 from trainer.finetune import FinetuneConfig, finetune  # noqa: E402
+from trainer.qnet import QNet  # noqa: E402
 
 CHALLENGES = [c for c in CONDITION_NAMES if c != "baseline"]
 EVAL_SEED = 5000
@@ -91,6 +94,15 @@ class Evaluator:
         return dict(self.cache[key])
 
 
+def unshifted(bundle: Path, job_dir: Path) -> Path:
+    """A copy of ``bundle`` with its action shift removed (same weights)."""
+    net = load_qnet(validate_bundle(bundle))
+    plain = QNet(dataclasses.replace(net.config, action_shift_m=(0.0, 0.0)), spec=net.spec)
+    plain.load_state_dict(net.state_dict())
+    meta = {"condition": "unshifted-copy", "training": {"kind": "unshifted", "of": bundle.name}}
+    return make_bundle(plain.eval(), meta, job_dir / "unshifted").path
+
+
 def recovered(base: float, parent: float, child: float) -> float | None:
     """Share of the parent's drop from its baseline success that the child recovers."""
     drop = base - parent
@@ -126,6 +138,7 @@ def run_job(
         "wall_s": round(time.time() - t0, 1),
         "path": str(res.bundle_path) if res.bundle_path else None,
         "snapshots": res.meta.get("snapshots", {}),
+        "action_shift": tr.get("action_shift", {}),
     }
     log(f"{label}: {res.status} chosen {tr['chosen_step']} of {tr['steps_run']} ({row['wall_s']}s)")
     return row
@@ -207,6 +220,10 @@ def main() -> None:
             child = Path(job["path"]) if job["path"] else args.parent
             job["challenge"] = ev(child, ch)
             job["baseline"] = ev(child, "baseline")
+            if job["action_shift"].get("adopted"):
+                # The child serves a moved gripper; its network with the shift removed tells
+                # whether it forgot the stock robot.
+                job["baseline_unshifted"] = ev(unshifted(child, out / ch / f"ft-{n}"), "baseline")
             job["recovered"] = recovered(
                 parent_base["success"], parent_ch["success"], job["challenge"]["success"]
             )

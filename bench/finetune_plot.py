@@ -31,11 +31,66 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def pct(fig: dict[str, Any] | None) -> str:
+    """'78.8% (75-82)' from a policy_eval figure."""
+    if not fig:
+        return "-"
+    lo, hi = fig["ci95"]
+    return f"{fig['success']:.1%} ({lo * 100:.0f}-{hi * 100:.0f})"
+
+
+def table(dirs: list[Path]) -> str:
+    """Markdown table of every challenge row in the given bench output directories."""
+    lines = [
+        "| challenge | N | parent | child | recovered | child on baseline "
+        "| status, step (of run), aug, shift | job wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    scratch = [
+        "| challenge | N | scratch | status, step (of run) | job wall |",
+        "|---|---|---|---|---|",
+    ]
+    for d in dirs:
+        f = d / "partial.json"
+        if not f.is_file():
+            continue
+        res = json.loads(f.read_text())
+        for ch, row in res["challenges"].items():
+            for n, r in row["runs"].items():
+                rec = json.loads((d / ch / f"ft-{n}" / "result.json").read_text())["meta"]
+                sh = rec["training"].get("action_shift", {})
+                shift = f"{sh['shift_m'][0] * 100:+.1f} cm" if sh.get("adopted") else "0"
+                lines.append(
+                    f"| {ch} | {n} | {pct(row['parent'])} | {pct(r['challenge'])} | "
+                    f"{r['recovered']} | {pct(r['baseline'])}"
+                    + (
+                        f"; unshifted {pct(r['baseline_unshifted'])}"
+                        if "baseline_unshifted" in r
+                        else ""
+                    )
+                    + f" | {r['status']}, "
+                    f"{r['chosen_step']} ({r['steps_run']}), {r['augment']}, {shift} | "
+                    f"{r['wall_s']:.0f} s |"
+                )
+            sc = row.get("scratch")
+            if sc:
+                scratch.append(
+                    f"| {ch} | {max(int(k) for k in row['runs'])} | {pct(sc['challenge'])} | "
+                    f"{sc['status']}, {sc['chosen_step']} ({sc['steps_run']}) | "
+                    f"{sc['wall_s']:.0f} s |"
+                )
+    return "\n".join([*lines, "", *scratch])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ft2")
+    ap.add_argument("--table", type=Path, nargs="*", default=None, help="print markdown tables")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "finetune_measures.png")
     args = ap.parse_args()
+    if args.table is not None:
+        print(table(args.table or [args.out]))
+        return
     res = json.loads((args.out / "partial.json").read_text())
     panels: dict[str, Any] = {}
     for ch, row in res["challenges"].items():
