@@ -39,7 +39,6 @@ import shutil
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,13 +52,12 @@ from agent.config import AgentConfig
 from agent.jobwire import (
     PROTOCOL,
     Manifest,
-    PartFile,
     check_name,
     chunk_sha,
-    from_ranges,
     manifest_of_dir,
     read_chunk,
 )
+from agent.link_transfer import BundleDownload, UploadWindow
 from agent.wire import MAX_HEADER_BYTES, Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -99,31 +97,23 @@ class JobRecord:
 
 
 @dataclass
-class _Download:
-    manifest: Manifest
-    bundle_id: str
-    partial: Path
-    pending: deque[tuple[str, int]]
-    got: dict[str, set[int]] = field(default_factory=dict)
-    inflight: int = 0
-    last_ok: float = 0.0
-
-
-@dataclass
 class _Live:
     """Per-connection state of a job (reset on every reconnect)."""
 
     awaiting: str = ""
+    """Request whose reply is awaited ("submit", "status", "fetch", "ack") or ""."""
     sent_at: float = 0.0
-    pending: deque[tuple[str, str, int]] = field(default_factory=deque)
-    credit: int = 0
-    inflight: int = 0
-    last_ok: float = 0.0
+    """When it was sent."""
+    upload: UploadWindow = field(default_factory=UploadWindow)
+    """Chunks to send and credit."""
     resubmit_at: float = 0.0
-    download: _Download | None = None
+    """Earliest time for the next submit/status."""
+    download: BundleDownload | None = None
+    """The result bundle being fetched."""
     reported: str = ""
-    sent_bytes: int = 0
+    """Last status given to on_status."""
     last_upload_report: float = 0.0
+    """When "uploading" was last reported."""
 
 
 def _host_id() -> str:
@@ -407,23 +397,17 @@ class TrainerLink:
             self._send("ack", {"key": rec.key})
 
     def _drive_upload(self, rec: JobRecord, live: _Live, now: float) -> None:
-        if live.inflight and now - live.last_ok > self.cfg.timeout_s:
-            live.pending.clear()  # chunks or their replies lost: ask what is missing
-            live.inflight = 0
-        if not live.awaiting and not live.pending and not live.inflight:
-            if now < live.resubmit_at:
-                return
-            self._send_submit(rec, live, now)
+        up = live.upload
+        if up.stalled(now, self.cfg.timeout_s):
+            up.clear()  # chunks or their replies lost: ask what is missing
+        if not live.awaiting and up.drained:
+            if now >= live.resubmit_at:
+                self._send_submit(rec, live, now)
             return
-        while live.credit > 0 and live.pending:
-            blob, file, idx = live.pending.popleft()
-            if not self._send_chunk(rec, blob, file, idx):
-                live.pending.appendleft((blob, file, idx))
+        while (item := up.take(now)) is not None:
+            if not self._send_chunk(rec, live, *item):
+                up.unsent(item)
                 break
-            live.credit -= 1
-            live.inflight += 1
-            if live.inflight == 1:
-                live.last_ok = now
 
     def _send_submit(self, rec: JobRecord, live: _Live, now: float) -> None:
         export = Path(rec.export)
@@ -450,22 +434,20 @@ class TrainerLink:
             },
         )
 
-    def _send_chunk(self, rec: JobRecord, blob: str, file: str, idx: int) -> bool:
+    def _send_chunk(self, rec: JobRecord, live: _Live, blob: str, file: str, idx: int) -> bool:
         src = Path(rec.export) if blob == "export" else self.store_dir / rec.parent_id
         data = read_chunk(src / file, idx, self._chunk_bytes)
         head = {"key": rec.key, "blob": blob, "file": file, "index": idx, "sha256": chunk_sha(data)}
         ok = self._send("chunk", head, data)
         if ok:
             self.stats["chunks_sent"] += 1
-            live = self._live_of(rec)
-            live.sent_bytes += len(data)
+            live.upload.sent_bytes += len(data)
             now = self._clock()
             if now - live.last_upload_report >= 1.0:
                 live.last_upload_report = now
                 total = int(sum(f["size"] for f in (rec.manifest or {}).get("files", [])))
-                self._status(
-                    rec, "uploading", {"sent_bytes": live.sent_bytes, "export_bytes": total}
-                )
+                sent = live.upload.sent_bytes
+                self._status(rec, "uploading", {"sent_bytes": sent, "export_bytes": total})
         return ok
 
     def _drive_fetch(self, rec: JobRecord, live: _Live, now: float) -> None:
@@ -475,24 +457,12 @@ class TrainerLink:
                 live.awaiting, live.sent_at = "fetch", now
                 self._send("fetch", {"key": rec.key})
             return
-        if dl.inflight and now - dl.last_ok > self.cfg.timeout_s:
-            missing = [
-                (f.name, i)
-                for f in dl.manifest.files
-                for i in range(dl.manifest.chunks(f.name))
-                if i not in dl.got.get(f.name, set()) and (f.name, i) not in dl.pending
-            ]
-            dl.pending.extend(missing)
-            dl.inflight = 0
-        while dl.inflight < self._credit and dl.pending:
-            file, idx = dl.pending.popleft()
-            if not self._send("get", {"key": rec.key, "file": file, "index": idx}):
-                dl.pending.appendleft((file, idx))
+        dl.recover_stall(now, self.cfg.timeout_s)
+        while (item := dl.take(self._credit, now)) is not None:
+            if not self._send("get", {"key": rec.key, "file": item[0], "index": item[1]}):
+                dl.unsent(item)
                 break
             self.stats["gets_sent"] += 1
-            dl.inflight += 1
-            if dl.inflight == 1:
-                dl.last_ok = now
 
     def _deliver(self, rec: JobRecord) -> None:
         final = self._staging(rec.job) / rec.bundle_id
@@ -543,12 +513,10 @@ class TrainerLink:
         if t == "accepted":
             self._on_accepted(rec, live, h, now)
         elif t == "chunk_ok":
-            live.inflight = max(0, live.inflight - 1)
-            live.credit += int(h.get("credit", 1))
-            live.last_ok = now
+            live.upload.acked(int(h.get("credit", 1)), now)
             if h.get("state") != "receiving":
                 self._trainer_state(rec, str(h.get("state")), h)
-            elif not live.pending and not live.inflight:
+            elif live.upload.drained:
                 live.awaiting = ""  # all sent: confirm with a submit (lists anything missing)
         elif t == "error":
             self._on_error(rec, live, h, now)
@@ -578,33 +546,23 @@ class TrainerLink:
             self._trainer_state(rec, state, h)
             return
         self._report(rec, live, "receiving", {})
-        live.credit = max(1, int(h.get("credit", self._credit)))
-        live.inflight = 0
-        live.pending.clear()
         assert rec.manifest is not None
         export_m = Manifest.from_json(
             rec.manifest, max_chunk_bytes=1 << 30, max_total_bytes=1 << 62
         )
         need = h.get("need") or {}
-        for blob in ("parent", "export"):
-            for file, ranges in dict(need.get(blob, {})).items():
-                upper = export_m.chunks(file) if blob == "export" else 1 << 30
-                for idx in from_ranges(ranges, upper):
-                    live.pending.append((blob, str(file), idx))
-        if not live.pending:
+        live.upload.reset(need, int(h.get("credit", self._credit)), export_m.chunks, now)
+        if live.upload.drained:
             live.resubmit_at = now + self.cfg.heartbeat_s
 
     def _on_error(self, rec: JobRecord, live: _Live, h: dict[str, Any], now: float) -> None:
         code, re_ = h.get("code"), h.get("re")
         if code == "checksum" and re_ == "chunk":
             self.stats["chunks_rejected"] += 1
-            live.inflight = max(0, live.inflight - 1)
-            live.credit += 1
-            live.pending.appendleft((str(h["blob"]), str(h["file"]), int(h["index"])))
+            live.upload.rejected((str(h["blob"]), str(h["file"]), int(h["index"])))
             return
         if code == "whole_checksum":
-            live.inflight = max(0, live.inflight - 1)
-            live.credit += 1
+            live.upload.rejected(None)
             return
         if code == "unknown_job":
             log.warning("trainer forgot job %s (%s): submitting it again", rec.job, rec.key)
@@ -645,8 +603,7 @@ class TrainerLink:
             if rec.phase == "upload":
                 rec.phase = "wait"
                 self._save(rec)
-                live.pending.clear()
-                live.inflight = 0
+                live.upload.clear()
         elif state in _FINISHED and rec.phase in ("upload", "wait"):
             rec.phase = "fetch"
             self._save(rec)
@@ -681,10 +638,8 @@ class TrainerLink:
                 self._save(rec)
                 return
             partial = self._staging(rec.job) / f"{rec.bundle_id}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            pending = deque((f.name, i) for f in m.files for i in range(m.chunks(f.name)))
-            live.download = _Download(m, rec.bundle_id, partial, pending)
+            live.download = BundleDownload(m, partial, final)
+            live.download.start()
             self._save(rec)
             self._report(
                 rec, live, "downloading", {"bundle_id": rec.bundle_id, "bytes": m.total_bytes}
@@ -699,39 +654,15 @@ class TrainerLink:
 
     def _on_data(self, rec: JobRecord, live: _Live, h: dict[str, Any], msg: Message) -> None:
         dl = live.download
-        if dl is None or "data" not in msg.arrays:
+        idx = h.get("index")
+        if dl is None or "data" not in msg.arrays or not isinstance(idx, int):
             return
-        file, idx = str(h.get("file")), h.get("index")
-        if not isinstance(idx, int):
-            return
-        dl.inflight = max(0, dl.inflight - 1)
-        dl.last_ok = self._clock()
-        data = msg.arrays["data"].tobytes()
-        try:
-            entry = dl.manifest.entry(file)
-            ok = 0 <= idx < dl.manifest.chunks(file)
-        except WireError:
-            return
-        if not ok or idx in dl.got.get(file, set()):
-            return
-        if len(data) != dl.manifest.chunk_size(file, idx) or chunk_sha(data) != h.get("sha256"):
-            self.stats["data_rejected"] += 1
-            dl.pending.appendleft((file, idx))
-            return
-        pf = PartFile(dl.partial / file, entry, dl.manifest.chunk_bytes)
-        pf.write(idx, data, sync=False)
-        got = dl.got.setdefault(file, set())
-        got.add(idx)
-        if len(got) == dl.manifest.chunks(file) and not pf.finish():
-            self.stats["data_rejected"] += 1
-            got.clear()
-            dl.pending.extend((file, i) for i in range(dl.manifest.chunks(file)))
-            return
-        if all(
-            len(dl.got.get(f.name, ())) == dl.manifest.chunks(f.name) for f in dl.manifest.files
-        ):
-            final = self._staging(rec.job) / dl.bundle_id
-            os.replace(dl.partial, final)
+        before = dl.rejected
+        done = dl.on_data(
+            str(h.get("file")), idx, msg.arrays["data"].tobytes(), h.get("sha256"), self._clock()
+        )
+        self.stats["data_rejected"] += dl.rejected - before
+        if done:
             live.download = None
             rec.phase = "deliver"
             self._save(rec)

@@ -384,3 +384,37 @@ def test_trainer_config_refuses_unsafe_values(trainer_table: dict[str, Any], nee
 
     with pytest.raises(ConfigError, match=needle):
         config_from_dict({"trainer": trainer_table})
+
+
+def test_download_rejects_bad_chunks_and_refetches_a_file_failing_its_whole_checksum(
+    tmp_path: Path,
+) -> None:
+    from agent.jobwire import FileEntry, Manifest, chunk_sha, manifest_of_dir
+    from agent.link_transfer import BundleDownload
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(bytes(range(256)) * 40)  # 10240 bytes: 3 chunks of 4096
+    (src / "b.bin").write_bytes(b"b" * 100)
+    good = manifest_of_dir(src, 4096)
+    data = (src / "a.bin").read_bytes()
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    dl = BundleDownload(good, tmp_path / "x.partial", tmp_path / "x")
+    dl.start()
+    assert [dl.take(8, 0.0) for _ in range(5)][-1] is None  # 4 chunks in all, window 8
+    flipped = bytes([chunks[0][0] ^ 0xFF]) + chunks[0][1:]
+    assert not dl.on_data("a.bin", 0, flipped, chunk_sha(chunks[0]), 0.0)
+    assert dl.rejected == 1 and ("a.bin", 0) in dl.pending  # asked for again
+    for i, c in enumerate(chunks):
+        assert not dl.on_data("a.bin", i, c, chunk_sha(c), 0.0)
+    assert dl.on_data("b.bin", 0, b"b" * 100, chunk_sha(b"b" * 100), 0.0)
+    assert (tmp_path / "x" / "a.bin").read_bytes() == data and not dl.partial.exists()
+    # A manifest whose whole-file hash disagrees with the (individually fine) chunks.
+    lying = Manifest(
+        tuple(FileEntry(f.name, f.size, "0" * 64) if f.name == "b.bin" else f for f in good.files),
+        4096,
+    )
+    dl2 = BundleDownload(lying, tmp_path / "y.partial", tmp_path / "y")
+    dl2.start()
+    assert not dl2.on_data("b.bin", 0, b"b" * 100, chunk_sha(b"b" * 100), 0.0)
+    assert dl2.rejected == 1 and ("b.bin", 0) in dl2.pending and not dl2.got["b.bin"]
