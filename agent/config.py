@@ -179,9 +179,9 @@ class SocketsConfig:
     """Server secret-key file (`robot-agent keygen`); required to bind a non-loopback address."""
     curve_clients_dir: str = ""
     """Directory of authorised client public keys (*.key); required with curve_server_secret."""
-    max_message_bytes: int = 1 << 20
+    max_message_bytes: int = 64 << 10
     """Largest command message (all frames) answered; larger ones get `too_large`."""
-    max_frame_bytes: int = 4 << 20
+    max_frame_bytes: int = 256 << 10
     """Largest single frame read (ZMQ_MAXMSGSIZE); libzmq drops a larger one unanswered."""
     command_rate_per_s: float = 20.0
     """Sustained requests per second per client (CURVE key, else connection); 0 = no limit."""

@@ -11,7 +11,10 @@ the daemon answers, ``--messages`` of them at least over all windows. The grasp 
 each window is read from the grasp log (t_end of committed grasps), so no command is needed
 to measure it. Every reply must carry a documented error code (or ok
 for a read-only command); the fuzz never sends a well-formed state-changing command, and the
-daemon must end unpaused, in its condition, on its policy. ``--limits off`` turns the rate
+daemon must end unpaused, in its condition, on its policy. The daemon's CPU time per grasp
+(all threads, from /proc) is reported too: on a machine shared with other jobs, wall-clock
+grasp rates swing by 20% between windows, while the CPU the daemon spends per grasp shows
+what answering the fuzz costs it. ``--limits off`` turns the rate
 limits off so that every message reaches the parser (the worst case for the daemon's CPU).
 Last line of stdout: one JSON object.
 """
@@ -39,12 +42,13 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.config import SocketsConfig  # noqa: E402
 from agent.ctl import request  # noqa: E402
 from agent.wire import ERROR_CODES, decode, encode  # noqa: E402
 
 READ_ONLY = ("status", "stats", "policies")
-MAX_MESSAGE = 1 << 20
-MAX_FRAME = 4 << 20
+MAX_MESSAGE = SocketsConfig.max_message_bytes
+MAX_FRAME = SocketsConfig.max_frame_bytes
 
 
 def free_port() -> int:
@@ -74,8 +78,6 @@ iterations = 3
 [sockets]
 command_endpoint = "tcp://127.0.0.1:{cmd_port}"
 event_endpoint = "tcp://127.0.0.1:{ev_port}"
-max_message_bytes = {MAX_MESSAGE}
-max_frame_bytes = {MAX_FRAME}
 {rate}""")
     return cfg
 
@@ -173,6 +175,12 @@ def fuzz(endpoint: str, n: int, until: float, rng: np.random.Generator) -> dict[
     return {"sent": sent, "answered": answered, "unanswered": sent - answered, "codes": tally}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def grasps_between(db: Path, t0: float, t1: float) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -222,10 +230,11 @@ def main() -> None:
         db = tmp / "grasps.db"
         rng = np.random.default_rng(args.seed)
         windows: list[tuple[str, float, float]] = []
+        cpu = {"unloaded": 0.0, "loaded": 0.0}
         fz: dict[str, Any] = {"sent": 0, "answered": 0, "unanswered": 0, "codes": {}}
         per_window = -(-args.messages // args.rounds)
         for i in range(2 * args.rounds + 1):  # U L U L ... U: drift hits both sides alike
-            t0 = time.time()
+            t0, c0 = time.time(), cpu_seconds(proc.pid)
             if i % 2:
                 part = fuzz(endpoint, per_window, time.monotonic() + args.seconds, rng)
                 for k in ("sent", "answered", "unanswered"):
@@ -235,12 +244,18 @@ def main() -> None:
             else:
                 time.sleep(args.seconds)
             windows.append(("loaded" if i % 2 else "unloaded", t0, time.time()))
+            cpu[windows[-1][0]] += cpu_seconds(proc.pid) - c0
         time.sleep(0.5)
         rates = {
             kind: [grasps_between(db, a, b) / (b - a) for k, a, b in windows if k == kind]
             for kind in ("unloaded", "loaded")
         }
         loaded_s = sum(b - a for k, a, b in windows if k == "loaded")
+        n_grasps = {
+            kind: sum(grasps_between(db, a, b) for k, a, b in windows if k == kind)
+            for kind in ("unloaded", "loaded")
+        }
+        cpu_ms = {k: 1000 * cpu[k] / max(1, n_grasps[k]) for k in cpu}
         final = request(endpoint, "status", timeout_s=10)["result"]
         unchanged = (
             not final["paused"]
@@ -267,6 +282,8 @@ def main() -> None:
         "grasps_per_s_loaded": [round(r, 2) for r in rates["loaded"]],
         "loaded_over_unloaded": round(ratio, 4),
         "within_10pct": bool(abs(ratio - 1) <= 0.10),
+        "daemon_cpu_ms_per_grasp": {k: round(v, 2) for k, v in cpu_ms.items()},
+        "cpu_per_grasp_loaded_over_unloaded": round(cpu_ms["loaded"] / cpu_ms["unloaded"], 4),
         "fuzz": fz,
         "fuzz_per_s": round(fz["sent"] / loaded_s, 1),
         "daemon_alive": alive,
