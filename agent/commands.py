@@ -338,7 +338,7 @@ class Stats(Command):
     """Success counts and rates per condition, policy and mode; decision latency percentiles.
 
     Args: none. Result: {"table": [...], "latency_ms": {...}, "grasps"}. Runs on the
-    command thread's own connection and folds in only the grasps new since the last call.
+    command thread's own connection, from running totals (the same cost at any log size).
     """
 
     name = "stats"

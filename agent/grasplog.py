@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,29 @@ def _m2(db: sqlite_utils.Database) -> None:
     db.table("kv").create({"key": str, "value": str}, pk="key")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1, _m2)
+def _m3(db: sqlite_utils.Database) -> None:
+    """Running totals per (condition, policy, mode), kept by log_grasp: stats in O(groups)."""
+    db.execute(
+        "CREATE TABLE grasp_stats (condition_id INTEGER NOT NULL, policy_id TEXT NOT NULL, "
+        "mode TEXT NOT NULL, grasps INTEGER NOT NULL, successes INTEGER NOT NULL, "
+        "decide_ms REAL NOT NULL, first_id INTEGER NOT NULL, "
+        "PRIMARY KEY (condition_id, policy_id, mode))"
+    )
+    db.execute(_FOLD_STATS, (0,))
+
+
+_FOLD_STATS = (
+    "INSERT INTO grasp_stats (condition_id, policy_id, mode, grasps, successes, decide_ms, "
+    "first_id) SELECT condition_id, policy_id, mode, count(*), total(success), "
+    "total(decide_ms), min(id) FROM grasps WHERE id > ? GROUP BY condition_id, policy_id, mode "
+    "ON CONFLICT (condition_id, policy_id, mode) DO UPDATE SET "
+    "grasps = grasps + excluded.grasps, successes = successes + excluded.successes, "
+    "decide_ms = decide_ms + excluded.decide_ms"
+)
+"""Fold the grasps after an id into grasp_stats (migration and bulk inserts)."""
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1, _m2, _m3)
 """Migration i takes the schema from version i to i + 1 (PRAGMA user_version)."""
 
 
@@ -292,37 +314,28 @@ class LogQueries:
         )
         return [bool(r[0]) for r in rows]
 
-    def stats_rows(self, after_id: int = 0) -> tuple[int, list[tuple[Any, ...]]]:
-        """(max grasp id, [(condition, policy, mode, n, successes, sum decide_ms, first id)])
-        over the grasps with id > ``after_id``: the increment a stats cache folds in."""
-        top = int(self._conn().execute("SELECT coalesce(max(id), 0) FROM grasps").fetchone()[0])
+    def stats(self) -> list[dict[str, Any]]:
+        """Grasps, successes, rate and mean decision time per (condition, policy, mode), in
+        order of first grasp: read from the running totals (O(groups), any log size)."""
         rows = (
             self._conn()
             .execute(
-                "SELECT c.name, g.policy_id, g.mode, count(*), sum(g.success), "
-                "total(g.decide_ms), min(g.id) "
-                "FROM grasps g JOIN conditions c ON c.id = g.condition_id "
-                "WHERE g.id > ? AND g.id <= ? GROUP BY c.name, g.policy_id, g.mode",
-                (after_id, top),
+                "SELECT c.name, s.policy_id, s.mode, s.grasps, s.successes, s.decide_ms "
+                "FROM grasp_stats s JOIN conditions c ON c.id = s.condition_id ORDER BY s.first_id"
             )
             .fetchall()
         )
-        return top, [tuple(r) for r in rows]
-
-    def stats(self) -> list[dict[str, Any]]:
-        """Grasps, successes and rate per (condition, policy, mode), in order of first grasp."""
-        _, rows = self.stats_rows(0)
         return [
             {
                 "condition": r[0],
                 "policy": r[1],
                 "mode": r[2],
                 "grasps": r[3],
-                "successes": r[4],
+                "successes": int(r[4]),
                 "success_rate": r[4] / r[3] if r[3] else None,
                 "mean_decide_ms": r[5] / r[3] if r[3] else None,
             }
-            for r in sorted(rows, key=lambda r: r[6])
+            for r in rows
         ]
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -582,6 +595,14 @@ class GraspLog(LogQueries):
                 ),
             )
             gid = int(cur.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO grasp_stats (condition_id, policy_id, mode, grasps, successes, "
+                "decide_ms, first_id) VALUES (?, ?, ?, 1, ?, ?, ?) "
+                "ON CONFLICT (condition_id, policy_id, mode) DO UPDATE SET "
+                "grasps = grasps + 1, successes = successes + excluded.successes, "
+                "decide_ms = decide_ms + excluded.decide_ms",
+                (g.condition_id, g.policy_id, g.mode, int(g.success), g.decide_ms, gid),
+            )
             for tr in g.transitions:
                 img = (
                     encode_image(tr.image, self.image_format)
@@ -670,6 +691,7 @@ class GraspLog(LogQueries):
         rng = np.random.default_rng(seed)
         t0 = time.time()
         done = 0
+        after = self.last_grasp_id()
         while done < n:
             k = min(chunk, n - done)
             ok = rng.random(k) < p_success
@@ -684,6 +706,8 @@ class GraspLog(LogQueries):
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
                     rows,
                 )
+                conn.execute(_FOLD_STATS, (after,))
+            after = self.last_grasp_id()
             done += k
 
 

@@ -45,7 +45,7 @@ def _grasp(cid: int, pid: str, ok: bool, img: np.ndarray) -> GraspRecord:
 def test_grasp_log_schema_wal_and_durability(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     with GraspLog(path) as log:
-        assert log.schema_version() == 2
+        assert log.schema_version() == 3
         assert log.db.journal_mode == "wal"
         assert log.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         cid = log.add_condition("base")
