@@ -97,6 +97,8 @@ def _write_log(db: Path) -> None:
             )
             if i == 110:
                 log.add_event("agent.alarm", {"kind": "success_drop", "policy": PARENT}, at(i))
+                mark = {"condition": "auto-1", "source": "alarm", "previous": "baseline"}
+                log.add_event("agent.condition", mark, at(i))
             if i == 130:
                 log.add_event("agent.job", {"job": 1, "status": "exporting"}, at(i))
             if i == 199:
@@ -122,13 +124,16 @@ def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
     assert harsh.between.n == 100 and harsh.between.rate == 0.5
     assert harsh.after is not None and harsh.after.n == 100 and harsh.after.rate == 0.8
     assert (harsh.alarm, harsh.job, harsh.swap) == (110, 130, 200)
-    assert harsh.detection_delay == 10
+    assert harsh.detection_delay == 10 and harsh.marked == 110
     assert harsh.swapped_policy == CHILD
     assert harsh.rollbacks == (290,)
     assert harsh.job_results == ("improved",)
     assert harsh.recovered == pytest.approx(0.75)
     text = summary_text(s)
-    assert "recovered 75% of the drop" in text and "detected after 10 grasps" in text
+    assert (
+        "recovered 75% of the drop" in text
+        and "alarm after 10 grasps; new condition marked at 110" in text
+    )
     doc = s.to_json()
     assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
     assert doc["conditions"][1]["after"]["n"] == 100
@@ -161,7 +166,8 @@ def test_png_is_written_with_markers(tmp_path: Path, backend: str) -> None:
     grasps, events = read_run(db)
     s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
     data = plot_data(grasps, s, window=20, title="test run")
-    assert [m.kind for m in data.markers] == ["alarm", "job", "job_result", "swap", "rollback"]
+    kinds = [m.kind for m in data.markers]
+    assert kinds == ["alarm", "condition", "job", "job_result", "swap", "rollback"]
     assert len(data.rolling) == 300 and len(data.levels) == 3
     png = tmp_path / f"{backend}.png"
     assert write_png(data, png, backend) == backend  # type: ignore[arg-type]

@@ -59,8 +59,8 @@ class Marker:
     """Something worth drawing, placed at a grasp index."""
 
     kind: str
-    """alarm, job, job_result, swap, rollback, rejected, probation, or start (the first
-    policy loaded)."""
+    """alarm, condition (the agent marked a new one), job, job_result, swap, rollback,
+    rejected, probation, or start (the first policy loaded)."""
     index: int
     """Grasps finished when it happened."""
     label: str
@@ -139,6 +139,10 @@ def markers(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[Marker]:
         if e.topic == "agent.alarm":
             kind = str(d.get("kind", "?"))
             out.append(Marker("alarm", idx, f"alarm ({kind})", pol, kind))
+        elif e.topic == "agent.condition":
+            src = str(d.get("source", ""))
+            name = d.get("condition")
+            out.append(Marker("condition", idx, f"condition {name} marked ({src})", "", src))
         elif e.topic == "agent.job":
             status, job = str(d.get("status", "")), d.get("job")
             if status == "exporting":
@@ -178,6 +182,9 @@ class Segment:
     """Success from that swap to the segment's end (None without a swap)."""
     alarm: int | None
     """Grasp index of the first success-drop alarm in the segment."""
+    marked: int | None
+    """Grasp index where the agent marked a new condition in the segment (its alarm acted
+    on); None when it did not (e.g. it was still exploring or training)."""
     job: int | None
     """Grasp index of the first job submission in the segment."""
     swap: int | None
@@ -265,6 +272,7 @@ def summarise(
         swap = trained[0] if trained else None
         drops = [m for m in _within(ms, "alarm", start, end) if m.detail == "success_drop"]
         jobs = _within(ms, "job", start, end)
+        marks = _within(ms, "condition", start, end)
         cut = swap.index if swap else end
         segs.append(
             Segment(
@@ -275,6 +283,7 @@ def summarise(
                 between=rate_of(grasps[start:cut]),
                 after=rate_of(grasps[cut:end]) if swap else None,
                 alarm=drops[0].index if drops else None,
+                marked=marks[0].index if marks else None,
                 job=jobs[0].index if jobs else None,
                 swap=swap.index if swap else None,
                 swapped_policy=swap.policy if swap else None,
@@ -301,8 +310,9 @@ def summary_text(s: Summary) -> str:
         lines.append(f"  after the swap    {seg.after.text() if seg.after else '   -   (no swap)'}")
         delay = seg.detection_delay
         lines.append(
-            "  detected "
-            + (f"after {delay} grasps" if delay is not None else "no")
+            "  alarm "
+            + (f"after {delay} grasps" if delay is not None else "none")
+            + f"; new condition marked at {seg.marked if seg.marked is not None else '-'}"
             + f"; job at {seg.job if seg.job is not None else '-'}"
             + f"; swap at {seg.swap if seg.swap is not None else '-'}"
             + (f" ({seg.swapped_policy})" if seg.swapped_policy else "")

@@ -20,12 +20,20 @@ from trainer.demo.analysis import Grasp, Marker, Summary, rolling
 
 Backend = Literal["auto", "matplotlib", "cv2"]
 
-DRAWN = ("alarm", "job", "job_result", "swap", "rollback", "rejected")
+DRAWN = ("alarm", "condition", "job", "job_result", "swap", "rollback", "rejected")
 """Marker kinds drawn (probation verdicts are only in the text summary)."""
-LANES = {"alarm": 1.04, "job": 1.09, "job_result": 1.09, "swap": 1.14, "rollback": 1.14}
+LANES = {
+    "alarm": 1.04,
+    "condition": 1.04,
+    "job": 1.09,
+    "job_result": 1.09,
+    "swap": 1.14,
+    "rollback": 1.14,
+}
 """Height of each kind's symbols above the curve (rejected shares the swap lane)."""
 COLOURS = {
     "alarm": (0.85, 0.1, 0.1),
+    "condition": (0.45, 0.0, 0.0),
     "job": (0.1, 0.3, 0.85),
     "job_result": (0.5, 0.2, 0.7),
     "swap": (0.1, 0.6, 0.2),
@@ -35,6 +43,7 @@ COLOURS = {
 """RGB in [0, 1] per marker kind."""
 NAMES = {
     "alarm": "alarm",
+    "condition": "new condition marked",
     "job": "job submitted",
     "job_result": "job result",
     "swap": "swap",
@@ -44,6 +53,7 @@ NAMES = {
 """Legend text per marker kind."""
 SYMBOLS = {
     "alarm": "v",
+    "condition": "*",
     "job": "s",
     "job_result": "D",
     "swap": "^",

@@ -66,9 +66,9 @@ class DemoOptions:
     """Run directory."""
     schedule: str = "default"
     """"default", "paper" or a comma-separated list of conditions (the first is the start)."""
-    baseline_grasps: int = 400
+    baseline_grasps: int = 500
     """Grasps under the first condition."""
-    grasps_per_condition: int = 2000
+    grasps_per_condition: int = 1600
     """Grasps under each later condition."""
     exploration_grasps: int | None = None
     """lifecycle.exploration_grasps (None: the template's)."""
@@ -88,6 +88,9 @@ class DemoOptions:
     """Grasps in the rolling success rate."""
     agent_command: tuple[str, ...] = ()
     """The agent's command line before ``--config PATH`` (empty: ``python -m agent.cli run``)."""
+    agent_nice: int = 10
+    """Niceness of the agent process: the trainer gets the CPU first while a job trains, as
+    it would on its own machine (0: equal shares)."""
     report_only: bool = False
     """Only (re)write the PNG and summary of the run already in ``out``."""
 
@@ -114,10 +117,11 @@ def free_ports(n: int) -> list[int]:
 class Child:
     """A child process with its output in a log file; :meth:`stop` is SIGTERM, wait, kill."""
 
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log: Path, nice: int = 0) -> None:
         self.name = name
         self.argv = argv
         self.log = log
+        self.nice = nice
         self.proc: subprocess.Popen[bytes] | None = None
         self._file: IO[bytes] | None = None
 
@@ -132,6 +136,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
         )
 
     def poll(self) -> int | None:
@@ -415,7 +420,12 @@ class Demo:
                 self.out / "trainer.log",
             )
             agent_cmd = list(self.opts.agent_command) or [py, "-m", "agent.cli", "run"]
-            agent = Child("agent", [*agent_cmd, "--config", str(a_path)], self.out / "agent.log")
+            agent = Child(
+                "agent",
+                [*agent_cmd, "--config", str(a_path)],
+                self.out / "agent.log",
+                self.opts.agent_nice,
+            )
             events = EventStream(ep.events)
             events.start()
             try:
@@ -488,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=d.bundle, help="the starting policy bundle")
     p.add_argument("--window", type=int, default=d.window, help="rolling success window")
     p.add_argument(
+        "--agent-nice",
+        type=int,
+        default=d.agent_nice,
+        help="niceness of the agent process (default 10: the trainer, sharing the machine, "
+        "gets the CPU first while a job trains)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="only redraw the PNG and summary of the run in --out (same schedule flags)",
@@ -513,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trainer_template=a.trainer_template,
             bundle=a.bundle,
             window=a.window,
+            agent_nice=a.agent_nice,
             report_only=a.report_only,
         )
         demo = Demo(opts)
