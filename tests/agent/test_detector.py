@@ -120,7 +120,7 @@ def test_detector_tunes_from_its_reference_counts() -> None:
 def test_detector_class_matches_the_vectorised_simulation() -> None:
     """The class fed grasp by grasp alarms like simulate_streams on the same design."""
     rng = np.random.default_rng(3)
-    det = SuccessDropDetector(arl0=200, min_drop=0.2, reference_grasps=50)
+    det = SuccessDropDetector(arl0=200, min_drop=0.2, reference_grasps=50, max_reference=50)
     for x in [True] * 40 + [False] * 10:
         det.update(x)
     d = det.design
@@ -129,3 +129,51 @@ def test_detector_class_matches_the_vectorised_simulation() -> None:
     alarms = sum(det.update(bool(x)) is not None for x in rng.random(grasps) < 0.8)
     exact = arl_curve(d.down, d.up, d.threshold, [0.8])[0, -1]
     assert grasps / alarms == pytest.approx(exact, rel=0.2)
+
+
+def test_reference_grows_in_fixed_whole_windows_and_retunes() -> None:
+    det = SuccessDropDetector(arl0=1000, min_drop=0.15, reference_grasps=100, max_reference=400)
+    det.reset(history=[True] * 86 + [False] * 14)
+    assert det.design == design_from_counts(86, 100, 0.15, 1000)
+    first = det.design
+    outcomes = [True] * 80 + [False] * 20  # 100 monitored grasps: the reference doubles
+    for x in outcomes[:-1]:
+        det.update(x)
+    assert det.design is first
+    det.update(outcomes[-1])
+    assert det.design == design_from_counts(166, 200, 0.15, 1000)
+    assert det.snapshot()["reference_n"] == 200
+    for _ in range(200):
+        det.update(True)
+    assert det.design == design_from_counts(366, 400, 0.15, 1000)
+    for _ in range(400):  # at max_reference: no more growth
+        det.update(True)
+    assert det.design == design_from_counts(366, 400, 0.15, 1000)
+
+
+def test_regrown_reference_carries_the_statistic_in_nats() -> None:
+    det = SuccessDropDetector(arl0=1000, min_drop=0.15, reference_grasps=100, max_reference=200)
+    det.reset(history=[True] * 90 + [False] * 10)
+    old = det.design
+    assert old is not None
+    for _ in range(99):
+        det.update(True)
+    det.update(False)  # the 100th grasp: statistic = old.up, then the reference grows
+    new = det.design
+    assert new is not None and new is not old and new.reference_grasps == 200
+    nats = old.up * math.log((1 - old.p1) / (1 - old.p0)) / old.up
+    assert det.statistic == round(nats * new.up / math.log((1 - new.p1) / (1 - new.p0)))
+
+
+def test_known_or_borrowed_references_do_not_grow() -> None:
+    det = SuccessDropDetector(arl0=500, min_drop=0.2, reference_grasps=20)
+    det.reset(reference_counts=(18, 20))  # e.g. the parent's record on probation
+    first = det.design
+    for _ in range(100):
+        det.update(True)
+    assert det.design is first
+    det.reset(reference=0.9)
+    first = det.design
+    for _ in range(100):
+        det.update(True)
+    assert det.design is first
