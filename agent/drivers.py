@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from typing import Any
 
 from agent.config import DriverConfig
@@ -18,6 +19,11 @@ def make_driver(cfg: DriverConfig) -> Driver:
     "import" -> factory(seed=, **options).
     """
     if cfg.type == "sim":
+        if importlib.util.find_spec("pybullet") is None:  # imported only at start(): say it now
+            raise ValueError(
+                'driver.type = "sim" needs the [sim] extra (pybullet), not installed here: '
+                "pip install '.[sim]'"
+            )
         from drivers.sim.cell import SimCell, SimConfig
 
         allowed = {f.name for f in dataclasses.fields(SimConfig)} - {

@@ -73,7 +73,7 @@ def test_unit_passes_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
 
 def test_verify_catches_a_missing_executable(tmp_path: Path) -> None:
     unit = tmp_path / "robot-agent.service"
-    unit.write_text(_unit_text("robot-agent"))  # ExecStart into /opt: not installed here
+    unit.write_text(_unit_text("robot-agent").replace(INSTALLED_BIN, str(tmp_path / "nowhere")))
     res = subprocess.run(
         [_tool("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
