@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
+from trainer.service_config import load_service_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ("robot-agent", "robot-trainer")
@@ -200,7 +201,9 @@ def test_install_script_stages_units_configs_and_is_idempotent(tmp_path: Path) -
     cfg = load_config(conf)  # the template is a valid agent config
     assert cfg.agent.data_dir == "" and cfg.policy.bundle == "/opt/rc/policies/base"
     assert (root / "opt/rc/policies/base/model.onnx").is_file()
-    assert (root / "etc/robot-trainer/trainer.toml").is_file()
+    trainer_cfg = load_service_config(root / "etc/robot-trainer/trainer.toml")
+    assert trainer_cfg.service.data_dir == ""
+    assert trainer_cfg.service.base_bundle == "/opt/rc/policies/base"
     # an operator's edit survives a re-run; the result is otherwise the same
     conf.write_text(conf.read_text().replace("seed = 0", "seed = 7"))
     before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
