@@ -3,6 +3,8 @@ generated configs, and the event stream on a real PUB socket."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -19,7 +21,7 @@ from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
 from trainer.demo.plot import plot_data, write_png
-from trainer.demo.run import EventStream, free_ports
+from trainer.demo.run import Demo, DemoOptions, EventStream, free_ports
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,
@@ -273,3 +275,36 @@ def test_event_markers_are_placed_by_time() -> None:
     ev = [Event(2.5, "agent.alarm", {"kind": "success_drop"})]
     s = summarise(grasps, ev, [(0, "baseline")])
     assert s.markers[0].index == 3 and s.segments[0].false_alarms == 1
+
+
+def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Path) -> None:
+    """The orchestration end to end on a tiny budget: both child processes, the live view from
+    the PUB socket, a clean stop of the trainer, the report from the grasp log."""
+    out = io.StringIO()
+    opts = DemoOptions(
+        out=tmp_path / "run",
+        schedule="baseline,harsh_lighting",
+        baseline_grasps=30,
+        grasps_per_condition=30,
+        exploration_grasps=1000,
+        base_grasps=0,
+        time_limit_s=150,
+        agent_nice=0,
+        agent_template=REPO / "configs" / "demo-agent.toml",
+        trainer_template=REPO / "configs" / "demo-trainer.toml",
+        bundle=REPO / "policies" / "base",
+    )
+    assert Demo(opts, out).run() == 0
+    run = tmp_path / "run"
+    doc = json.loads((run / "summary.json").read_text())
+    assert doc["grasps"] == 60 and [c["condition"] for c in doc["conditions"]] == [
+        "baseline",
+        "harsh_lighting",
+    ]
+    assert doc["exit_codes"] == {"agent": 0, "trainer": 0}
+    assert cv2.imread(str(run / "demo.png")) is not None
+    text = out.getvalue()
+    assert "grasp    60/60" in text and "harsh_lighting: grasps 30-59" in text
+    agent_cfg = tomllib.loads((run / "agent.toml").read_text())
+    assert agent_cfg["lifecycle"]["on_alarm"] == "mark"
+    assert agent_cfg["driver"]["sim"]["schedule"] == [[0, "baseline"], [30, "harsh_lighting"]]

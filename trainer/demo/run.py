@@ -73,7 +73,7 @@ class DemoOptions:
     exploration_grasps: int | None = None
     """lifecycle.exploration_grasps (None: the template's)."""
     base_grasps: int = 4000
-    """Size of the base replay data (robot-trainer base-data --grasps)."""
+    """Size of the base replay data (robot-trainer base-data --grasps); 0: none."""
     time_limit_s: float = 15 * 60.0
     """Stop the agent after this long (the run still writes its PNG and summary)."""
     summary_json: Path | None = None
@@ -265,8 +265,12 @@ class Demo:
         self.console.line(f"[demo {time.monotonic() - self.started:6.0f}s] {text}")
 
     # -- steps -------------------------------------------------------------------------------
-    def base_data(self) -> Path:
-        """The base replay data under ``out/base-data`` (made by robot-trainer if missing)."""
+    def base_data(self) -> Path | None:
+        """The base replay data under ``out/base-data`` (made by robot-trainer if missing);
+        None with ``base_grasps = 0`` (jobs then train on their new data alone)."""
+        if self.opts.base_grasps <= 0:
+            self.say("no base replay data (--base-grasps 0): jobs train on new data alone")
+            return None
         path = (self.out / "base-data").resolve()
         done = path / "collect.json"
         if done.is_file() and json.loads(done.read_text()).get("episodes") == self.opts.base_grasps:
@@ -305,7 +309,7 @@ class Demo:
     def _bundle(self) -> Path:
         return _existing(self.opts.bundle).resolve()
 
-    def write_configs(self, base: Path) -> tuple[Path, Path, Endpoints]:
+    def write_configs(self, base: Path | None) -> tuple[Path, Path, Endpoints]:
         ports = free_ports(3)
         ep = Endpoints(*(f"tcp://127.0.0.1:{p}" for p in ports))
         for d in ("agent", "trainer"):

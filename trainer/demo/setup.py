@@ -121,7 +121,7 @@ def trainer_config(
     template: Mapping[str, Any],
     data_dir: Path,
     endpoints: Endpoints,
-    base_dataset: Path,
+    base_dataset: Path | None,
     base_bundle: Path,
     finetune: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def trainer_config(
     svc = _table(cfg, "service")
     svc["endpoint"] = endpoints.trainer
     svc["data_dir"] = str(data_dir)
-    svc["base_dataset"] = str(base_dataset)
+    svc["base_dataset"] = "" if base_dataset is None else str(base_dataset)
     svc["base_bundle"] = str(base_bundle)
     ft = _table(cfg, "finetune")
     ft.update(finetune or {})
