@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from agent.runlength import arl_curve, arl_markov, arl_simulate, run_lengths
+from agent.runlength import ArlCurve, arl_curve, arl_markov, arl_simulate, run_lengths
 
 __all__ = [
     "Alarm",
@@ -60,6 +60,8 @@ QUADRATURE_POINTS = 31
 """Grid points over the posterior of the reference rate (+-7 standard deviations, in logit)."""
 MAX_THRESHOLD = 1 << 13
 """Largest threshold searched for an estimated reference (integer units)."""
+SEARCH_BLOCK = 32
+"""Thresholds computed per step of the threshold search."""
 PRIOR = 0.5
 """Beta(PRIOR, PRIOR) prior of the reference rate (0.5: Jeffreys; 1: uniform, Laplace)."""
 
@@ -180,17 +182,15 @@ def _design_counts(s: int, n: int, min_drop: float, arl0: float, resolution: int
     p1 = round(max(p0 - min_drop, P_MIN / 2), 4)
     down, up = integer_steps(p0, p1, resolution)
     rates, weights = posterior_grid(s, n)
-    # Wald: threshold ~ log(arl0) nats; the calibrated one lands at 0.6-0.8 of that
-    _, f = llr_increments(p0, p1)
-    size = min(MAX_THRESHOLD, max(64, math.ceil(0.9 * math.log(arl0) * up / f) + up))
-    while True:
-        curve = arl_curve(down, up, size, np.append(rates, p0))
-        rate = weights @ (1.0 / curve[:-1])  # posterior-mean alarm rate per threshold
+    curve = ArlCurve(down, up, np.append(rates, p0))  # last row: p0 itself
+    while True:  # the rate falls with the threshold: walk up until it is low enough
+        block = curve.extend(SEARCH_BLOCK)
+        rate = weights @ (1.0 / block[:-1])  # posterior-mean alarm rate per threshold
         ok = np.flatnonzero(rate <= 1.0 / arl0)
-        if ok.size or size >= MAX_THRESHOLD:
-            h = int(ok[0]) if ok.size else size  # best effort past the cap
-            return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[h]), n, float(curve[-1, h]))
-        size = min(size * 3 // 2, MAX_THRESHOLD)
+        if ok.size or curve.thresholds >= MAX_THRESHOLD:
+            i = int(ok[0]) if ok.size else SEARCH_BLOCK - 1  # best effort past the cap
+            h = curve.thresholds - SEARCH_BLOCK + 1 + i
+            return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[i]), n, float(block[-1, i]))
 
 
 @dataclass(frozen=True)

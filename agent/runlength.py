@@ -36,6 +36,64 @@ def arl_markov(down: int, up: int, threshold: int, p_success: float) -> float:
     return float(np.linalg.solve(mat, np.ones(h))[0])
 
 
+class ArlCurve:
+    """Exact mean run lengths from 0 for thresholds 1, 2, 3, ..., computed on demand.
+
+    The elimination of row k only involves rows k..k+down and columns k..k+down+up, so a
+    window of that size slides along an open-ended matrix: :meth:`extend` continues where
+    the last call stopped, and a threshold search pays only for the thresholds it looks at.
+    """
+
+    def __init__(self, down: int, up: int, p_success: npt.ArrayLike) -> None:
+        p = np.atleast_1d(np.asarray(p_success, dtype=np.float64))
+        if not np.all((p > 0) & (p < 1)):
+            raise ValueError("success rates must be in (0, 1)")
+        self.down, self.up, self._p, self._q = down, up, p, 1.0 - p
+        n = p.size
+        win = np.zeros((n, down + 1, down + up + 2))  # rows k..k+down, columns k.. (+1 spare)
+        for r in range(down + 1):
+            win[:, r, 0] -= p  # a success from state r <= down lands in state 0
+            win[:, r, r] += 1.0
+            win[:, r, r + up] -= self._q
+        self._win = win
+        self._y = np.ones((n, down + 1))  # L^-1 1 for rows k..k+down
+        self._acc = np.zeros((n, up + 1))  # U^T w = e_0, partial sums for columns k..k+up
+        self._acc[:, 0] = -1.0
+        self._total = np.zeros(n)
+        self.thresholds = 0
+        """Thresholds computed so far (the next :meth:`extend` starts at this + 1)."""
+
+    def extend(self, count: int) -> npt.NDArray[np.float64]:
+        """ARL for the next ``count`` thresholds, ``[len(p_success), count]``, capped at ARL_CAP."""
+        down, up, p, q = self.down, self.up, self._p, self._q
+        win, y, acc = self._win, self._y, self._acc
+        out = np.empty((p.size, count))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for j in range(count):
+                piv = win[:, 0, : up + 1]  # row k of U: columns k..k+up
+                w = -acc[:, 0] / piv[:, 0]
+                acc[:, 1:] += piv[:, 1:] * w[:, None]
+                factor = win[:, 1:, 0] / piv[:, 0, None]
+                win[:, 1:, : up + 1] -= factor[:, :, None] * piv[:, None, :]
+                y[:, 1:] -= factor * y[:, 0, None]
+                # each term is >= 0 in exact arithmetic; past ~1e12 the pivots lose precision
+                term = np.nan_to_num(w * y[:, 0], nan=ARL_CAP)
+                self._total += np.maximum(term, 0.0)
+                out[:, j] = self._total
+                win[:, :-1, :-1] = win[:, 1:, 1:]  # slide: row k+down+1 enters
+                win[:, -1, :] = 0.0
+                win[:, :, -1] = 0.0
+                win[:, -1, 0] -= p
+                win[:, -1, down] += 1.0
+                win[:, -1, down + up] -= q
+                y[:, :-1] = y[:, 1:]
+                y[:, -1] = 1.0
+                acc[:, :-1] = acc[:, 1:]
+                acc[:, -1] = 0.0
+        self.thresholds += count
+        return np.minimum(out, ARL_CAP)
+
+
 def arl_curve(
     down: int, up: int, max_threshold: int, p_success: npt.ArrayLike
 ) -> npt.NDArray[np.float64]:
@@ -43,48 +101,13 @@ def arl_curve(
 
     Entry ``[k, h]`` is the ARL with threshold ``h`` at success rate ``p_success[k]``
     (equal to :func:`arl_markov` ``(down, up, h, p_success[k])``; threshold 0 gives 1),
-    capped at :data:`ARL_CAP`.
-    Every rate must be in (0, 1).
+    capped at :data:`ARL_CAP`. Every rate must be in (0, 1).
     """
-    p = np.atleast_1d(np.asarray(p_success, dtype=np.float64))
-    if not np.all((p > 0) & (p < 1)):
-        raise ValueError("success rates must be in (0, 1)")
-    n_rates, size = p.size, int(max_threshold)
-    out = np.ones((n_rates, size + 1))
-    if size <= 0:
-        return out
-    q = 1.0 - p
-    # Elimination only ever touches rows k..k+down and columns k..k+down+up: keep that
-    # window (plus a spare column) and slide it one row and column per step.
-    win = np.zeros((n_rates, down + 1, down + up + 2))
-    for r in range(min(down + 1, size)):
-        win[:, r, 0] -= p  # a success from state r <= down lands in state 0
-        win[:, r, r] += 1.0
-        win[:, r, r + up] -= q
-    y = np.ones((n_rates, size))  # becomes L^-1 1
-    w = np.empty((n_rates, size))  # U^T w = e_0, solved column by column
-    acc = np.zeros((n_rates, size + up + 1))
-    acc[:, 0] = -1.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(size):
-            piv = win[:, 0, : up + 1]  # row k of U: columns k..k+up
-            w[:, k] = -acc[:, k] / piv[:, 0]
-            acc[:, k + 1 : k + up + 1] += piv[:, 1:] * w[:, k, None]
-            r = min(down, size - 1 - k)
-            if r:
-                factor = win[:, 1 : r + 1, 0] / piv[:, 0, None]
-                win[:, 1 : r + 1, : up + 1] -= factor[:, :, None] * piv[:, None, :]
-                y[:, k + 1 : k + 1 + r] -= factor * y[:, k, None]
-            win[:, :-1, :-1] = win[:, 1:, 1:]
-            win[:, -1, :] = 0.0
-            win[:, :, -1] = 0.0
-            if k + down + 1 < size:  # row k+down+1 enters: columns k+1 (success), +down, +down+up
-                win[:, -1, 0] -= p
-                win[:, -1, down] += 1.0
-                win[:, -1, down + up] -= q
-        # every term is >= 0 in exact arithmetic; past ~1e12 grasps the pivots lose precision
-        out[:, 1:] = np.cumsum(np.maximum(np.nan_to_num(w * y, nan=ARL_CAP), 0.0), axis=1)
-    return np.minimum(out, ARL_CAP)
+    curve = ArlCurve(down, up, p_success)
+    first = np.ones((curve._p.size, 1))
+    if max_threshold <= 0:
+        return first
+    return np.concatenate([first, curve.extend(int(max_threshold))], axis=1)
 
 
 def run_lengths(
