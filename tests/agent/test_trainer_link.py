@@ -98,7 +98,7 @@ def test_job_end_to_end_over_loopback_with_lineage(tmp_path: Path) -> None:
     parent = make_parent(store)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-a", store)
     try:
-        link.submit(1, make_export(tmp_path / "x" / "job-1", 120, "checkerboard", seed=1), parent)
+        link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1), parent)
         child = validate_bundle(rec.result(1))
         assert child.parent_id == parent
         seq = rec.of(1)
@@ -109,7 +109,7 @@ def test_job_end_to_end_over_loopback_with_lineage(tmp_path: Path) -> None:
         # already holds it (not uploaded again), and the lineage's first condition is prior.
         shutil.copytree(child.path, store / child.id)
         link.submit(
-            2, make_export(tmp_path / "x" / "job-2", 120, "harsh_lighting", seed=2), child.id
+            2, make_export(tmp_path / "x" / "job-2", 200, "harsh_lighting", seed=2), child.id
         )
         second = validate_bundle(rec.result(2))
         assert second.parent_id == child.id
@@ -135,7 +135,7 @@ def test_disconnect_mid_upload_resumes_with_only_missing_chunks(tmp_path: Path) 
     proxy.start()
     link, rec = make_link(tmp_path / "agent", f"tcp://127.0.0.1:{proxy.port}", "robot-b", store)
     try:
-        link.submit(7, make_export(tmp_path / "x" / "job-7", 150, "transparent", seed=3), parent)
+        link.submit(7, make_export(tmp_path / "x" / "job-7", 200, "transparent", seed=3), parent)
         validate_bundle(rec.result(7))
         info = tr.jobs()
         counters = info["counters"]
@@ -157,6 +157,8 @@ def test_trainer_sigkilled_mid_job_resumes_and_delivers_once(tmp_path: Path) -> 
     port = free_port()
     slow = {
         "max_steps": 160,
+        "lr": 0.01,
+        "holdout": 0.25,
         "eval_every": 20,
         "patience": 100,
         "batch_size": 16,
@@ -175,7 +177,7 @@ def test_trainer_sigkilled_mid_job_resumes_and_delivers_once(tmp_path: Path) -> 
     parent = make_parent(store)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-c", store)
     try:
-        link.submit(3, make_export(tmp_path / "x" / "job-3", 120, "offset", seed=4), parent)
+        link.submit(3, make_export(tmp_path / "x" / "job-3", 200, "offset", seed=4), parent)
 
         def trained_some() -> bool:
             with rec.lock:
@@ -214,7 +216,7 @@ def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
             parent = make_parent(store, seed=i)
             link, rec = make_link(tmp_path / name, tr.endpoint, name, store)
             links.append((link, rec))
-            export = make_export(tmp_path / name / "exports" / "job-1", 100, "checkerboard", i)
+            export = make_export(tmp_path / name / "exports" / "job-1", 200, "checkerboard", i)
             link.submit(1, export, parent)
             time.sleep(0.3)  # submissions in a known order
         for _, rec in links:
@@ -275,7 +277,7 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
         curve_client_secret=str(agent_sec),
     )
     try:
-        link.submit(4, make_export(tmp_path / "x" / "job-4", 100, "checkerboard", seed=5), parent)
+        link.submit(4, make_export(tmp_path / "x" / "job-4", 200, "checkerboard", seed=5), parent)
         wait_for(lambda: link.phases().get(4) == "done", 60, "job 4 acknowledged")
         assert "no_improvement" in rec.of(4) and rec.results == []
         intruder = Client(endpoint, agent="intruder")
@@ -418,3 +420,34 @@ def test_download_rejects_bad_chunks_and_refetches_a_file_failing_its_whole_chec
     dl2.start()
     assert not dl2.on_data("b.bin", 0, b"b" * 100, chunk_sha(b"b" * 100), 0.0)
     assert dl2.rejected == 1 and ("b.bin", 0) in dl2.pending and not dl2.got["b.bin"]
+
+
+def test_agent_restart_mid_upload_resumes_from_its_records(tmp_path: Path) -> None:
+    tr = trainer(tmp_path).start()
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    proxy = Proxy(free_port(), tr.endpoint)
+    proxy.cut_after = 10
+    proxy.down_s = 60.0  # the first agent never gets through again
+    proxy.start()
+    first, rec1 = make_link(tmp_path / "agent", f"tcp://127.0.0.1:{proxy.port}", "robot-e", store)
+    export = make_export(tmp_path / "x" / "job-5", 200, "checkerboard", seed=6)
+    try:
+        first.submit(5, export, parent)
+        wait_for(lambda: proxy.cuts == 1 or proxy.chunks > 10, 30, "the line cut mid-upload")
+        written_before = tr.jobs()["counters"]["chunks.written"]
+        assert 0 < written_before <= 10
+        first.close()  # the agent stops; its job record stays on disk
+        again, rec2 = make_link(tmp_path / "agent", tr.endpoint, "robot-e", store)
+        again.submit(5, export, parent)  # the daemon offers it again at start-up: no-op
+        validate_bundle(rec2.result(5))
+        wait_for(lambda: again.phases().get(5) == "done", 10, "acknowledged")
+        counters = tr.jobs()["counters"]
+        assert counters.get("chunks.duplicate", 0) == 0
+        assert again.stats["chunks_sent"] == counters["chunks.written"] - written_before
+        assert rec1.results == [] and len(rec2.results) == 1
+        assert len(_job_rows(tr)) == 1
+        again.close()
+    finally:
+        proxy.close()
+        tr.stop()

@@ -107,7 +107,9 @@ def make_export(dest: Path, grasps: int, condition: str, seed: int = 0) -> Path:
 
 
 TINY_FINETUNE = {
-    "max_steps": 40,
+    "max_steps": 80,
+    "lr": 0.01,
+    "holdout": 0.25,
     "eval_every": 10,
     "patience": 2,
     "batch_size": 16,
@@ -121,7 +123,9 @@ TINY_FINETUNE = {
     "prior_tolerance": 1.0,
     "max_eval": 64,
 }
-"""The real fine-tune recipe on a tiny budget (about 1-2 s per job on the tiny network)."""
+"""The real fine-tune recipe on a tiny budget (about 2 s per job on the tiny network). With
+200-grasp exports of :func:`make_export` it returned "improved" for 30 of 30 data/parent seeds
+(40 steps at the recipe's lr: 9 of 10; the held-out set is then too small to be sure)."""
 
 
 def write_service_config(
