@@ -53,8 +53,18 @@ class Recorder:
             return [s for j, s, _ in self.statuses if j == job]
 
     def result(self, job: int, timeout_s: float = 60.0) -> Path:
-        wait_for(lambda: any(j == job for _, j in self.results), timeout_s, f"result of {job}")
-        return next(p for p, j in self.results if j == job)
+        """The bundle of ``job``; fails at once if the job ended without one."""
+
+        def ended() -> bool:
+            return any(j == job for _, j in self.results) or any(
+                s in ("no_improvement", "failed") for s in self.of(job)
+            )
+
+        wait_for(ended, timeout_s, f"result of {job}")
+        with self.lock:
+            got = [p for p, j in self.results if j == job]
+        assert got, f"job {job} ended without a bundle: {self.statuses[-3:]}"
+        return got[0]
 
 
 def make_link(
