@@ -29,12 +29,10 @@ import zmq
 from agent.jobwire import (
     PROTOCOL,
     Manifest,
-    PartFile,
     check_int,
     check_name,
     chunk_sha,
     manifest_of_dir,
-    need_of,
     read_chunk,
 )
 from agent.notify import Notifier
@@ -45,10 +43,10 @@ from trainer.jobs import FINISHED, Job, JobState
 from trainer.jobstore import JobStore
 from trainer.jobworker import Runner, Worker, WorkSpec, load_object, store_bundle
 from trainer.service_config import TrainerServiceConfig, check_service_exposure
+from trainer.uploads import BLOBS, Uploads, Verdict
 
 log = logging.getLogger(__name__)
 
-BLOBS = ("export", "parent")
 ZAP_DOMAIN = "robot-trainer"
 """ZAP domain of the job socket; agent keys are accepted only in it."""
 
@@ -91,6 +89,7 @@ class JobService:
         self._runner_cfg = runner_cfg
         self.notifier = notifier or Notifier(env={})
         self.store = JobStore(cfg.data_root())
+        self.uploads = Uploads(self.store, cfg.service)
         self.worker: Worker | None = None
         self.endpoint = self.s.endpoint
         self.stop = threading.Event()
@@ -182,7 +181,7 @@ class JobService:
                 log.warning("job %s was training when the trainer went down: resuming", job.key)
                 self._apply(job, jl.Restarted(self.s.max_attempts))
             elif job.state is JobState.RECEIVING:
-                self._check_complete(job)
+                self._queue_if_complete(job)
 
     def _schedule(self) -> None:
         assert self.worker is not None
@@ -385,156 +384,43 @@ class JobService:
         return job
 
     def _submit(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
-        agent = check_name("agent", h.get("agent"))
-        agent_job = check_int("job", h.get("job"))
-        condition = check_name("condition", h.get("condition"))
-        parent_id = check_name("parent_id", h.get("parent_id"))
-        caps = {"max_chunk_bytes": self.s.max_chunk_bytes, "max_total_bytes": self.s.max_job_bytes}
-        export = Manifest.from_json(h.get("export"), **caps)
-        key = f"{agent}-{agent_job}-{export.digest()[:12]}"
-        job = self.store.get(key)
-        if job is None:
-            have_parent = self.store.bundle_dir(parent_id).is_dir()
-            parent = None
-            if not have_parent:
-                if h.get("parent") is None:
-                    raise WireError(
-                        "parent_missing", f"the trainer lacks bundle {parent_id}; send 'parent'"
-                    )
-                parent = Manifest.from_json(h.get("parent"), **caps)
-                if export.total_bytes + parent.total_bytes > self.s.max_job_bytes:
-                    raise WireError("too_large", "export plus parent exceed max_job_bytes")
-            job = Job(key, agent, agent_job, condition, parent_id)
-            self.store.add(job, export, parent)  # committed before the reply
-            if parent is None:
-                self.store.count("parent.already_held")
-            else:
-                self.store.count("parent.upload")
-            log.info("job %s accepted from %s (%d bytes)", key, agent, export.total_bytes)
-            self._check_complete(job)
-            job = self.store.get(key) or job
-        need: dict[str, Any] = {}
-        if job.state is JobState.RECEIVING:
-            export_m, parent_m = self.store.manifests(key)
-            for blob, m in (("export", export_m), ("parent", parent_m)):
-                if m is None:
-                    continue
-                n = need_of(m, self.store.have(key, blob))
-                if n:
-                    need[blob] = n
-        self._reply(
-            ident,
-            "accepted",
-            {
-                "rid": h.get("rid"),
-                **self._job_header(job),
-                "need": need,
-                "credit": self.s.credit,
-            },
-        )
+        job, created = self.uploads.accept(h)
+        if created:
+            job = self._queue_if_complete(job)
+        head = {"rid": h.get("rid"), **self._job_header(job)}
+        need = self.uploads.need(job)
+        self._reply(ident, "accepted", {**head, "need": need, "credit": self.s.credit})
 
     def _chunk(self, ident: bytes, h: dict[str, Any], data: bytes | None) -> None:
         job = self._owned(h)
-        blob = h.get("blob")
-        if blob not in BLOBS:
-            raise WireError("bad_request", f"blob must be one of {BLOBS}")
-        file = check_name("file", h.get("file"))
-        ack = {"rid": h.get("rid"), "key": job.key, "blob": blob, "file": file}
         if data is None:
             raise WireError("bad_request", "a chunk carries one data frame")
-        if job.state is not JobState.RECEIVING:
+        ack = {"rid": h.get("rid"), "key": job.key, "blob": h.get("blob"), "file": h.get("file")}
+        if job.state is not JobState.RECEIVING:  # complete already: a late or repeated chunk
             self.store.count("chunks.late")
-            self._reply(
-                ident,
-                "chunk_ok",
-                {**ack, "index": h.get("index"), "credit": 1, "state": job.state.value},
-            )
+            head = {**ack, "index": h.get("index"), "credit": 1, "state": job.state.value}
+            self._reply(ident, "chunk_ok", head)
             return
-        export_m, parent_m = self.store.manifests(job.key)
-        m = export_m if blob == "export" else parent_m
-        if m is None:
-            raise WireError("bad_request", "this job does not upload its parent")
-        entry = m.entry(file)
-        index = check_int("index", h.get("index"), 0, m.chunks(file) - 1)
+        verdict, index = self.uploads.receive(job, h, data)
         ack["index"] = index
-        want = m.chunk_size(file, index)
-        if len(data) > want:
-            self.store.count("chunks.too_large")
-            raise WireError("too_large", f"chunk {index} of {file}: {len(data)} bytes > {want}")
-        if len(data) != want or chunk_sha(data) != h.get("sha256"):
-            self.store.count("chunks.rejected")
-            self._reply(
-                ident,
-                "error",
-                {
-                    **ack,
-                    "code": "checksum",
-                    "re": "chunk",
-                    "message": "chunk size or sha256 mismatch: send again",
-                },
+        if verdict in (Verdict.CHECKSUM, Verdict.WHOLE_CHECKSUM):
+            what = (
+                "chunk size or sha256 mismatch: send it again"
+                if verdict is Verdict.CHECKSUM
+                else "the whole file's sha256 differs: every chunk of it must come again"
             )
+            head = {**ack, "code": verdict.value, "re": "chunk", "message": what}
+            self._reply(ident, "error", head)
             return
-        if self.store.has_chunk(job.key, blob, file, index):
-            self.store.count("chunks.duplicate")
-        else:
-            dest = self.store.incoming_dir(job.key, blob) / file
-            PartFile(dest, entry, m.chunk_bytes).write(index, data)
-            self.store.record_chunk(job.key, blob, file, index)
-            self.store.count("chunks.written")
-            if self.store.chunk_count(job.key, blob, file) == m.chunks(file):
-                if not self._finish_file(job.key, blob, m, file):
-                    self._reply(
-                        ident,
-                        "error",
-                        {
-                            **ack,
-                            "code": "whole_checksum",
-                            "re": "chunk",
-                            "message": "the whole file's sha256 differs: "
-                            "every chunk of it must come again",
-                        },
-                    )
-                    return
-                job = self._check_complete(job)
+        if verdict is Verdict.FILE_DONE:
+            job = self._queue_if_complete(job)
         self._reply(ident, "chunk_ok", {**ack, "credit": 1, "state": job.state.value})
 
-    def _finish_file(self, key: str, blob: str, m: Manifest, file: str) -> bool:
-        entry = m.entry(file)
-        dest = self.store.incoming_dir(key, blob) / file
-        pf = PartFile(dest, entry, m.chunk_bytes)
-        ok = pf.finish()
-        if ok:
-            self.store.mark_file_done(key, blob, file)
-        else:
-            self.store.clear_file(key, blob, file)
-            self.store.count("files.rejected")
-            log.warning("job %s: %s/%s failed its whole-file checksum", key, blob, file)
-        return ok
-
-    def _check_complete(self, job: Job) -> Job:
+    def _queue_if_complete(self, job: Job) -> Job:
         """Queue the job once every file of its upload is verified (also after a crash)."""
-        if job.state is not JobState.RECEIVING:
-            return job
-        export_m, parent_m = self.store.manifests(job.key)
-        if parent_m is not None and self.store.bundle_dir(job.parent_id).is_dir():
-            self.store.drop_parent_manifest(job.key)  # another job brought it meanwhile
-            parent_m = None
-        for blob, m in (("export", export_m), ("parent", parent_m)):
-            if m is None:
-                continue
-            done = self.store.files_done(job.key, blob)
-            have = self.store.have(job.key, blob)
-            for f in m.files:
-                if f.name in done:
-                    continue
-                if len(have.get(f.name, ())) < m.chunks(f.name):
-                    return job
-                final = self.store.incoming_dir(job.key, blob) / f.name
-                if final.is_file() and not final.with_name(f.name + ".part").exists():
-                    self.store.mark_file_done(job.key, blob, f.name)  # renamed before a crash
-                elif not self._finish_file(job.key, blob, m, f.name):
-                    return job
-        return self._apply(job, jl.DataComplete(self.store.next_seq()))
+        if self.uploads.complete(job):
+            return self._apply(job, jl.DataComplete(self.store.next_seq()))
+        return job
 
     def _status(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
         job = self._owned(h)
