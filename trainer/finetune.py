@@ -61,6 +61,8 @@ from trainer.qnet import QNet, QNetConfig
 from trainer.sampler import MixtureSampler
 
 Status = Literal["improved", "no_improvement", "stopped"]
+PARENT_STEP = -1
+"""Step number of the parent (candidate zero) in the selection; step 0 is "shift only"."""
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -347,7 +349,7 @@ class _Job:
         self.held_new = data.held_new
         self.parent_learner = self._learner(parent_net, augment=False)
         self.parent, self.parent_entry, self.parent_p, self.parent_pp = _score(
-            cfg, self.parent_learner, data, 0, "parent"
+            cfg, self.parent_learner, data, PARENT_STEP, "parent"
         )
 
     def set_shift(self, shift_m: tuple[float, float]) -> None:
@@ -403,7 +405,7 @@ class _Job:
         saved = load_checkpoint(learner, d / "checkpoint")
         st: dict[str, Any] = {
             "curve": [],
-            "best_step": 0,
+            "best_step": PARENT_STEP,
             "best_new": self.parent.new,
             "ended": False,
             "stopped": False,
@@ -438,7 +440,7 @@ class _Job:
             cand, entry, _, _ = _score(
                 cfg, learner, self.data, step, arm, self.parent_pp, self.held_new
             )
-            entry["loss"] = round(loss, 6)
+            entry["loss"] = round(loss, 6) if np.isfinite(loss) else None
             st["curve"].append(entry)
             if (
                 early_stop.eligible(cand, self.parent, cfg.prior_tolerance)
@@ -482,6 +484,8 @@ class _Job:
             label=f"finetune {phase} ({'aug' if augment else 'no aug'})",
             quiet=self.progress is not None,
         )
+        if saved is None and self.shift_m != (0.0, 0.0):
+            hook(0, float("nan"))  # candidate "shift only": the parent's weights, shifted
         res = loop.run(
             learner,
             lambda rng: self.data.sampler.sample(rng),
@@ -626,7 +630,7 @@ def _decide(
     se = 0.0
     chosen: Candidate | None = None
     net: QNet | None = None
-    if best.step != 0:
+    if best.step != PARENT_STEP:
         net = jb.best_net(augment, best.step).to(jb.device)
         p, y = _predict(jb._learner(net, False), jb.held_new)
         se = early_stop.paired_se(
