@@ -17,6 +17,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from agent.commands import COMMANDS
 from agent.config import SocketsConfig
@@ -108,6 +109,14 @@ def check(reply_frames: list[bytes], before: int, control: RecordingControl) -> 
     if code not in EXECUTING:
         assert control.count() == before, f"refused with {code} but executed {head}"
     return code
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hypothesis keeps its caches under the test's temporary directory, not the checkout."""
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(None)
 
 
 @pytest.fixture(scope="module")
