@@ -168,6 +168,7 @@ class Daemon:
         self._events = EventPublisher(self._ctx, self.cfg.sockets.event_endpoint)
         self.endpoints["events"] = self._events.bind(self._security)
         self._restore()
+        self._refresh()  # the command thread answers status from the first request on
         self._commands = CommandThread(
             self._ctx, self.cfg.sockets, self._security, self.db_path, self._command_context
         )
