@@ -17,9 +17,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.commands import COMMANDS
 from agent.config import AgentConfig, ConfigError, example_toml, load_config
+
+if TYPE_CHECKING:
+    from agent.daemon import Daemon
+    from agent.trainer_link import TrainerLink
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,7 +45,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"robot-agent: {exc}", file=sys.stderr)
         return 2
     daemon = Daemon(cfg, driver, stop_event=signals.event)
-    status = daemon.run()
+    link = _attach_trainer_link(daemon, cfg)
+    try:
+        status = daemon.run()
+    finally:
+        if link is not None:
+            link.close()
     if any(t.is_alive() for t in threading.enumerate() if t is not threading.current_thread()):
         # a worker still inside native code (e.g. a policy warm-up cut short by SIGTERM):
         # the log is closed and flushed; exit without interpreter teardown (it would abort)
@@ -49,6 +59,23 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None:
+    """Start the trainer link when ``[trainer] endpoint`` is set; exports go to it as jobs."""
+    if not cfg.trainer.endpoint:
+        return None
+    from agent.trainer_link import TrainerLink
+
+    link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
+
+    def on_export(job: int, path: Path) -> None:
+        row = daemon.log.job(job)
+        link.submit(job, path, str(row["parent_policy_id"]) if row else "")
+
+    daemon.set_export_hook(on_export)
+    link.start()
+    return link
 
 
 def _ctl(args: argparse.Namespace) -> int:
