@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 OnResult = Callable[[Path, int], None]
 OnStatus = Callable[[int, str, dict[str, Any]], None]
 
+MAX_OFFERS = 3
+"""How often one result bundle is handed to on_result (re-offered at start if not imported)."""
 BUNDLE_FILES = (META_FILE, MODEL_FILE, WEIGHTS_FILE)
 """What of a bundle directory is uploaded as a parent."""
 _FINISHED = ("done", "no_improvement", "failed", "delivered", "acknowledged")
@@ -94,6 +96,8 @@ class JobRecord:
     """Result bundle id (improved)."""
     detail: str = ""
     """The trainer's summary or reason."""
+    offers: int = 0
+    """Times the result bundle was handed to on_result."""
 
 
 @dataclass
@@ -145,6 +149,7 @@ class TrainerLink:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._records: dict[int, JobRecord] = {}
+        self._redeliver: list[int] = []
         self._live: dict[int, _Live] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
@@ -181,11 +186,25 @@ class TrainerLink:
                 log.error("%s: unreadable job record, skipped: %s", f, exc)
                 continue
             self._records[rec.job] = rec
-            if rec.phase in ("done", "failed"):
+            again = self._offer_again(rec)
+            if rec.phase in ("done", "failed") and not again:
                 shutil.rmtree(self._staging(rec.job), ignore_errors=True)
         self._ctx = zmq.Context()
         self._thread = threading.Thread(target=self._run, name="trainer-link", daemon=True)
         self._thread.start()
+
+    def _offer_again(self, rec: JobRecord) -> bool:
+        """At start: a delivered bundle that never reached the store (the agent went down
+        before importing it) is handed to on_result again, at most MAX_OFFERS times."""
+        if rec.outcome != "improved" or rec.phase not in ("ack", "done"):
+            return False
+        staged = self._staging(rec.job) / rec.bundle_id
+        if (self.store_dir / rec.bundle_id).is_dir() or not staged.is_dir():
+            return False
+        if rec.offers >= MAX_OFFERS:
+            return False
+        self._redeliver.append(rec.job)
+        return True
 
     def submit(self, job_id: int, export_path: Path, parent_id: str) -> None:
         """Hand a job to the link's thread; returns at once (no I/O: safe on the control thread).
@@ -235,6 +254,12 @@ class TrainerLink:
 
     # -- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        for job in self._redeliver:
+            rec = self._records[job]
+            log.warning(
+                "job %s: bundle %s was never imported; offering it again", job, rec.bundle_id
+            )
+            self._deliver(rec)
         while not self._stop.is_set():
             try:
                 self._take_inbox()
@@ -467,12 +492,15 @@ class TrainerLink:
     def _deliver(self, rec: JobRecord) -> None:
         final = self._staging(rec.job) / rec.bundle_id
         self.stats["results"] += 1
+        rec.offers += 1
+        self._save(rec)
         try:
             self.on_result(final, rec.job)
         except Exception:
             log.exception("on_result(%s, %s) raised", final, rec.job)
-        rec.phase = "ack"
-        self._save(rec)
+        if rec.phase not in ("ack", "done"):
+            rec.phase = "ack"
+            self._save(rec)
         self._status(rec, "improved", {"bundle_id": rec.bundle_id, "path": str(final)})
 
     # -- messages from the trainer --------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import shutil
 import socket
@@ -71,6 +72,19 @@ def build_options(cls: type[Any], options: dict[str, Any]) -> Any:
 
 
 _UnionType = type(int | None)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with non-finite floats as None and unknown objects as strings (for headers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
 
 
 class JobService:
@@ -285,8 +299,12 @@ class JobService:
 
     def _push(self, agent: str, type_: str, header: dict[str, Any]) -> None:
         ident = self._routes.get(agent)
-        if ident is not None:
-            self._reply(ident, type_, header)
+        if ident is None:
+            return
+        try:
+            self._reply(ident, type_, json_ready(header))
+        except WireError as exc:  # e.g. a huge progress dict: the agent asks for the state
+            log.warning("could not push %s to %s: %s", type_, agent, exc)
 
     @property
     def _max_bytes(self) -> int:

@@ -461,3 +461,61 @@ def test_agent_restart_mid_upload_resumes_from_its_records(tmp_path: Path) -> No
     finally:
         proxy.close()
         tr.stop()
+
+
+def test_result_never_imported_is_offered_again_at_start_a_bounded_number_of_times(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from agent.trainer_link import MAX_OFFERS, JobRecord
+
+    root, store = tmp_path / "agent", tmp_path / "agent" / "policies"
+    store.mkdir(parents=True)
+    staged = root / "trainer-link" / "staging" / "job-9" / "abc123"
+    staged.mkdir(parents=True)
+    rec = JobRecord(
+        9,
+        "/gone",
+        "p0",
+        "c",
+        phase="done",
+        key="k",
+        outcome="improved",
+        bundle_id="abc123",
+        offers=1,
+    )
+    (root / "trainer-link" / "jobs").mkdir(parents=True)
+    path = root / "trainer-link" / "jobs" / "job-9.json"
+    path.write_text(json.dumps(rec.__dict__))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # no trainer: nothing to talk about
+    calls = []
+    for _ in range(MAX_OFFERS + 1):
+        link, r = make_link(root, endpoint, "robot-f", store)
+        time.sleep(0.2)
+        link.close()
+        calls.append(len(r.results))
+    # offered once more per start until MAX_OFFERS offers in all (it had one already)
+    assert calls == [1] * (MAX_OFFERS - 1) + [0, 0]
+    assert json.loads(path.read_text())["offers"] == MAX_OFFERS
+    assert not staged.exists()  # given up on: the staging copy is dropped
+    # Once the daemon has imported it, a start neither offers it nor keeps the staging copy.
+    rec2 = JobRecord(
+        10,
+        "/gone",
+        "p0",
+        "c",
+        phase="done",
+        key="k2",
+        outcome="improved",
+        bundle_id="def456",
+        offers=1,
+    )
+    (root / "trainer-link" / "jobs" / "job-10.json").write_text(json.dumps(rec2.__dict__))
+    staged2 = root / "trainer-link" / "staging" / "job-10" / "def456"
+    staged2.mkdir(parents=True)
+    (store / "def456").mkdir()
+    link, r = make_link(root, endpoint, "robot-f", store)
+    time.sleep(0.2)
+    link.close()
+    assert r.results == [] and not staged2.exists()

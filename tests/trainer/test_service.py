@@ -348,3 +348,14 @@ def test_abandoned_upload_is_failed_and_its_files_deleted(tmp_path: Path) -> Non
         svc.stop.set()
         t.join(30)
         svc.close()
+
+
+def test_progress_with_non_finite_values_is_made_json_ready() -> None:
+    """Regression: a fine-tune progress dict with a NaN score crashed the service loop."""
+    from agent.wire import encode
+    from trainer.service import json_ready
+
+    info = {"step": 3, "val": {"score_new": float("nan"), "loss": float("inf")}, "ok": [1.5]}
+    clean = json_ready(info)
+    assert clean == {"step": 3, "val": {"score_new": None, "loss": None}, "ok": [1.5]}
+    encode("progress", clean)  # would raise WireError with the raw dict
