@@ -48,6 +48,8 @@ from trainer.uploads import BLOBS, Uploads, Verdict
 
 log = logging.getLogger(__name__)
 
+JOBS_LISTED = 80
+"""The ``jobs`` request lists the latest this many jobs (the reply fits the 64 KiB header)."""
 ZAP_DOMAIN = "robot-trainer"
 """ZAP domain of the job socket; agent keys are accepted only in it."""
 
@@ -488,7 +490,7 @@ class JobService:
         self._reply(ident, "acked", {"rid": h.get("rid"), **self._job_header(job)})
 
     def _jobs(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
-        rows = self.store.rows()[-200:]
+        rows = [{**r, "detail": str(r["detail"])[:160]} for r in self.store.rows()[-JOBS_LISTED:]]
         self._reply(
             ident,
             "jobs",
