@@ -138,8 +138,11 @@ class JobService:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.s.max_chunk_bytes + MAX_HEADER_BYTES)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.RCVHWM, 1000)
+        # Per-peer queues of a few windows: a client that ignores its credit (or never reads
+        # its replies) is held back by TCP instead of filling the trainer's memory.
+        hwm = max(64, 4 * self.s.credit)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         ivl = int(self.s.heartbeat_s * 1000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
