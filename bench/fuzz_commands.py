@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=10_000, help="least fuzz messages sent")
     ap.add_argument("--limits", choices=["default", "off"], default="default")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the daemon's data directory")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))
@@ -295,6 +297,10 @@ def main() -> None:
         "state_unchanged": unchanged,
         "pinned": len(cores) >= 2,
     }
+    if args.keep:
+        result["data_dir"] = str(tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # on a failure above it stays, with daemon.log
     print(json.dumps(result))
 
 
