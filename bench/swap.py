@@ -12,7 +12,9 @@ Usage: python bench/swap.py [--bundles 20] [--rate 200] [--cem-iterations 2] [--
    ``PolicyLoader`` and, when a bundle is ready, swaps the reference, keeps the previous one
    as the warm fallback and drops the one before (as ``agent.active.WarmPolicies.keep``).
 3. All bundles are submitted at once to the loader thread (full validation, probe on the sim
-   images, import into a store, warm-up, latency check against the serving policy).
+   images, import into a store, warm-up; the latency comparison with the serving policy only
+   with ``--latency-check``). The control thread is pinned to the first CPU, the loader and
+   the reaper to the others (``--no-pin``: no pinning), as a deployment would isolate it.
 
 Reports: decisions, failed decisions, achieved rate, decision latency p50/p99, the control
 thread's pause per swap (poll + swap + hand-off of the retired policy, p50/p99/max, and the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import queue
 import shutil
 import sys
@@ -50,6 +53,10 @@ from agent.config import PolicyConfig  # noqa: E402
 from agent.loader import PolicyLoader  # noqa: E402
 from agent.policy import Policy, PolicyFault, load_policy  # noqa: E402
 from agent.spec import DEFAULT_SPEC  # noqa: E402
+
+CATCH_UP_S = 0.1
+"""A late decision is followed at once by the next (the rate holds) unless the loop is this
+far behind its schedule (then the schedule restarts from now)."""
 
 
 def log(msg: str) -> None:
@@ -115,8 +122,13 @@ def run(
     tail_s: float,
     drop_off_thread: bool,
     latency_check: bool,
+    pin: bool,
 ) -> dict[str, Any]:
     pcfg = PolicyConfig()
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = pin and len(cpus) >= 2
+    if pinned:  # threads started from here on inherit this: the loader and the reaper
+        os.sched_setaffinity(0, cpus[1:])
     active: Policy = load_policy(validate_bundle(base), pcfg, cem, images)
     fallback: Policy | None = None
     loader = PolicyLoader(store, DEFAULT_SPEC, pcfg, cem, probe_images=lambda: images)
@@ -125,6 +137,8 @@ def run(
     if drop_off_thread:
         reaper = queue.SimpleQueue()
         threading.Thread(target=_reap, args=(reaper,), name="reaper", daemon=True).start()
+    if pinned:  # the control thread (Linux: affinity is per thread) gets the first CPU
+        os.sched_setaffinity(0, cpus[:1])
     period = 1.0 / rate
     latencies: list[float] = []
     gaps: list[float] = []
@@ -189,11 +203,11 @@ def run(
                 swapped += 1
                 parts.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
             pauses.append(time.perf_counter() - t0)
-        else:
-            idle_polls.append(time.perf_counter() - t0)
             swapped_since_last = True
             if swapped + len(refused) == len(bundles):
                 done_at = time.perf_counter()
+        else:
+            idle_polls.append(time.perf_counter() - t0)
         # -- pace
         next_t += period
         wait = next_t - time.perf_counter()
@@ -201,8 +215,8 @@ def run(
             time.sleep(wait)
         else:
             late += 1
-            if wait < -period:
-                next_t = time.perf_counter()  # do not burst to catch up
+            if wait < -CATCH_UP_S:
+                next_t = time.perf_counter()  # too far behind: do not burst to catch up
     elapsed = time.perf_counter() - start
     loader_s = (done_at or time.perf_counter()) - t_submit
     loader.close()
@@ -235,6 +249,7 @@ def run(
         "loader_s_per_bundle": round(loader_s / max(1, len(bundles)), 3),
         "seconds": round(elapsed, 2),
         "drop": "reaper thread" if drop_off_thread else "control thread",
+        "pinned": pinned,
         "latency_check": latency_check,
         "cem": {"samples": cem.samples, "elites": cem.elites, "iterations": cem.iterations},
     }
@@ -250,9 +265,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="sim images decided on and probed")
     ap.add_argument("--tail", type=float, default=1.0, help="seconds served after the last swap")
     ap.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=sys.getswitchinterval() * 1e3,
+        help="Python's GIL switch interval (default: the interpreter's, 5 ms): the longest a"
+        " thread waits for the GIL while another runs Python code",
+    )
+    ap.add_argument(
         "--drop-on-control",
         action="store_true",
         help="release the retired policy on the control thread (default: a reaper thread)",
+    )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the control thread to the first CPU and the loader to the others",
     )
     ap.add_argument(
         "--latency-check",
@@ -261,6 +288,7 @@ def main() -> None:
         " off by default: measured beside 200 decisions/s it reads contention, not the model)",
     )
     args = ap.parse_args()
+    sys.setswitchinterval(args.switch_interval_ms / 1e3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     work = args.work or tmp / "bundles"
     try:
@@ -280,8 +308,10 @@ def main() -> None:
             args.tail,
             not args.drop_on_control,
             args.latency_check,
+            not args.no_pin,
         )
         res["distinct_bundle_ids"] = len(ids)
+        res["switch_interval_ms"] = args.switch_interval_ms
         ok = (
             res["failed_decisions"] == 0
             and res["swaps"] == args.bundles
