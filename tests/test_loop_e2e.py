@@ -1,0 +1,347 @@
+"""The whole loop with real processes: ``robot-trainer serve`` and ``robot-agent run`` on the sim.
+
+Real child processes, real loopback sockets on free ports, real files under tmp_path, the
+shipped base policy. The sim's schedule changes the world by itself (baseline, then the
+gripper moved 10 cm: the base policy drops from ~86% to ~14%); the agent is told nothing
+(``on_alarm = "mark"``). What happens is read back from the agent's SQLite grasp log and
+its PUB events: serving on baseline -> alarm -> new condition -> exploration -> job ->
+bundle -> swap -> grasps under the child, whose parent is the base policy.
+
+The fine-tune runs the real recipe (action-shift search, then a few steps) on a tiny budget
+with ``min_gain = -1``: these tests are about the loop's plumbing, so the trainer always
+returns its best candidate ("improved") and the swap always happens; whether the recipe
+recovers a condition is the fine-tuning tests' and the demo's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.trainer.jobsupport import TrainerProcess, free_port, write_service_config
+from trainer.demo.run import EventStream
+from trainer.demo.setup import dumps_toml
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "policies" / "base"
+BASE_ID = json.loads((BASE / "meta.json").read_text())["id"]
+CHANGE_AT = 60
+"""Grasps on baseline before the sim moves the gripper."""
+
+LOOP_FINETUNE: dict[str, Any] = {
+    "max_steps": 20,
+    "eval_every": 10,
+    "patience": 1,
+    "batch_size": 16,
+    "lr": 0.0005,
+    "holdout": 0.25,
+    "augment": "off",
+    "threads": 1,
+    "device": "cpu",
+    "checkpoint_every": 10,
+    "max_eval": 64,
+    "shift_samples": 60,
+    "min_gain": -1.0,
+    "se_margin": 0.0,
+    "prior_tolerance": 1.0,
+}
+"""The real recipe on a tiny budget that always returns its best candidate (see above)."""
+
+
+class Events:
+    """Every event of the agent's PUB socket, in order (subscribed before the agent starts)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.stream = EventStream(endpoint)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __enter__(self) -> Events:
+        self.stream.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
+
+    def pump(self, timeout_ms: int = 50) -> None:
+        self.seen.extend(self.stream.poll(timeout_ms))
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.seen]
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        return [d for t, d in self.seen if t == topic]
+
+    def wait(
+        self, pred: Callable[[], bool], timeout_s: float, what: str, why: Callable[[], str]
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.pump(100)
+            if pred():
+                return
+        raise AssertionError(f"timed out waiting for {what}; {why()}")
+
+
+class AgentProcess:
+    """``python -m agent.cli run --config ...`` as a child process."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class Loop:
+    """One trainer and one agent on the sim, configured for a fast loop under tmp_path."""
+
+    def __init__(self, tmp: Path, finetune: dict[str, Any] | None = None) -> None:
+        self.tmp = tmp
+        port = free_port()
+        tcfg = write_service_config(
+            tmp / "trainer.toml",
+            tmp / "trainer",
+            port,
+            finetune=finetune or LOOP_FINETUNE,
+            base_bundle=str(BASE),
+            progress_interval_s=0.2,
+        )
+        self.trainer = TrainerProcess(tcfg, tmp / "trainer.log", port)
+        cmd, ev = free_port(), free_port()
+        self.events_endpoint = f"tcp://127.0.0.1:{ev}"
+        self.agent_dir = tmp / "agent"
+        cfg = {
+            "agent": {"data_dir": str(self.agent_dir)},
+            "driver": {
+                "type": "sim",
+                "condition": "baseline",
+                "seed": 0,
+                "options": {"split": "test"},
+                "sim": {"schedule": [[0, "baseline"], [CHANGE_AT, "offset_gripper"]]},
+            },
+            "policy": {"bundle": str(BASE)},
+            "cem": {"iterations": 2},
+            # p0 from the first 30 grasps; a drop of 30 points or more alarms within a few
+            # grasps (the base policy loses ~70 on the moved gripper)
+            "detector": {"arl0": 300.0, "min_drop": 0.3, "reference_grasps": 30},
+            "lifecycle": {
+                "initial_condition": "baseline",
+                "on_alarm": "mark",
+                "exploration_grasps": 60,
+            },
+            "sockets": {
+                "command_endpoint": f"tcp://127.0.0.1:{cmd}",
+                "event_endpoint": self.events_endpoint,
+            },
+            "trainer": {
+                "endpoint": self.trainer.endpoint,
+                "agent_id": "e2e",
+                "heartbeat_s": 0.2,
+                "timeout_s": 1.0,
+                "backoff_min_s": 0.2,
+                "backoff_max_s": 1.0,
+            },
+        }
+        (tmp / "agent.toml").write_text(dumps_toml(cfg))
+        self.agent = AgentProcess(tmp / "agent.toml", tmp / "agent.log")
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("agent.log", "trainer.log"):
+            p = self.tmp / name
+            text = p.read_text(errors="replace") if p.exists() else ""
+            parts.append(f"--- {name} (tail)\n{text[-2500:]}")
+        return "\n".join(parts)
+
+    def db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(f"file:{self.agent_dir / 'grasps.db'}?mode=ro", uri=True, timeout=10)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.trainer.stop()
+
+
+def _index(topics: list[str], topic: str, start: int = 0) -> int:
+    return topics.index(topic, start)
+
+
+def test_world_changes_agent_detects_explores_trains_and_swaps_in_the_child(
+    tmp_path: Path,
+) -> None:
+    loop = Loop(tmp_path)
+    loop.trainer.start()
+    with Events(loop.events_endpoint) as ev:
+        loop.agent.start()
+        try:
+
+            def child_grasps() -> bool:
+                return any(
+                    d.get("policy") not in (None, BASE_ID) for d in ev.of("agent.grasp")
+                ) and bool(ev.of("agent.policy.swapped"))
+
+            ev.wait(child_grasps, 200, "grasps under the trained child", loop.logs)
+        finally:
+            code = loop.agent.stop()
+            loop.trainer.stop()
+    assert code == 0, loop.logs()
+    topics = ev.topics()
+    # the order of what happened, from the PUB socket
+    alarm = _index(topics, "agent.alarm")
+    marked = _index(topics, "agent.condition", alarm)
+    jobs = [(i, d) for i, (t, d) in enumerate(ev.seen) if t == "agent.job"]
+    statuses = [d["status"] for _, d in jobs]
+    assert "improved" in statuses, statuses
+    swaps = [(i, d) for i, (t, d) in enumerate(ev.seen) if t == "agent.policy.swapped"]
+    trained = [(i, d) for i, d in swaps if d.get("previous") == BASE_ID]
+    assert len(trained) == 1, swaps
+    swap_at, swap = trained[0]
+    child = swap["policy"]
+    assert marked < jobs[0][0] < swap_at
+    assert ev.of("agent.condition")[0]["source"] == "alarm"
+    new_condition = ev.of("agent.condition")[0]["condition"]
+    assert new_condition != "baseline"
+
+    with loop.db() as db:
+        grasps = db.execute(
+            "SELECT g.id, g.policy_id, g.mode, c.name AS cond FROM grasps g "
+            "JOIN conditions c ON c.id = g.condition_id ORDER BY g.id"
+        ).fetchall()
+        policies = {r["id"]: r for r in db.execute("SELECT * FROM policies")}
+        job_rows = db.execute("SELECT * FROM jobs").fetchall()
+    # serving on baseline, with the base policy, until the world changed
+    first = grasps[:CHANGE_AT]
+    assert all(g["cond"] == "baseline" and g["policy_id"] == BASE_ID for g in first)
+    assert all(g["mode"] == "serve" for g in first)
+    # exploration under the condition the alarm marked, with the base policy
+    explore = [g for g in grasps if g["mode"] == "explore"]
+    assert len(explore) == 60
+    assert all(g["cond"] == new_condition and g["policy_id"] == BASE_ID for g in explore)
+    assert explore[0]["id"] > CHANGE_AT  # the alarm came after the change, not before
+    # the child: a new policy whose parent is the base policy, trained for that condition
+    assert child in policies and policies[child]["parent_id"] == BASE_ID
+    under_child = [g for g in grasps if g["policy_id"] == child]
+    assert under_child and all(g["cond"] == new_condition for g in under_child)
+    assert under_child[0]["id"] > explore[-1]["id"]
+    # one job, its result the child (lineage in the grasp log)
+    assert len(job_rows) == 1
+    assert job_rows[0]["parent_policy_id"] == BASE_ID
+    assert job_rows[0]["result_policy_id"] == child
+
+
+SLOW_FINETUNE: dict[str, Any] = {
+    **LOOP_FINETUNE,
+    "max_steps": 60,
+    "patience": 100,
+}
+"""Long enough (about 10 s) to kill the trainer after its first checkpoint and before the end."""
+
+
+def test_trainer_sigkilled_mid_job_restarts_and_the_agent_swaps_once(tmp_path: Path) -> None:
+    """The agent side of a trainer crash, across the real ``robot-agent run`` process: the
+    trainer dies (SIGKILL) while training the agent's job and comes back on the same port;
+    the job resumes from its checkpoint, the agent's link fetches the result once and the
+    daemon swaps once: one job, one child, one swap, one copy of every bundle."""
+    loop = Loop(tmp_path, SLOW_FINETUNE)
+    loop.trainer.start()
+    with Events(loop.events_endpoint) as ev:
+        loop.agent.start()
+        try:
+
+            def trained_past_a_checkpoint() -> bool:
+                steps = [
+                    (d.get("detail") or {}).get("step", 0)
+                    for d in ev.of("agent.job")
+                    if d.get("status") == "training"
+                ]
+                return any(isinstance(s, int) and 10 <= s < 50 for s in steps)
+
+            ev.wait(trained_past_a_checkpoint, 150, "the job training", loop.logs)
+            loop.trainer.kill()
+            assert not any(d.get("status") == "improved" for d in ev.of("agent.job"))
+            time.sleep(1.0)  # the agent's link notices and backs off
+            loop.trainer.start()
+
+            def swapped_and_settled() -> bool:
+                swapped = bool(ev.of("agent.policy.swapped"))
+                under_child = [
+                    d for d in ev.of("agent.grasp") if d.get("policy") not in (None, BASE_ID)
+                ]
+                return swapped and len(under_child) >= 10
+
+            ev.wait(swapped_and_settled, 150, "the swap after the restart", loop.logs)
+            jobs_on_trainer = loop.trainer.jobs()
+        finally:
+            code = loop.agent.stop()
+            loop.trainer.stop()
+    assert code == 0, loop.logs()
+    trained = [d for d in ev.of("agent.policy.swapped") if d.get("previous") == BASE_ID]
+    assert len(trained) == 1, ev.of("agent.policy.swapped")
+    child = trained[0]["policy"]
+    improved = [d for d in ev.of("agent.job") if d.get("status") == "improved"]
+    assert len(improved) == 1, improved  # the result reached the daemon once
+    assert not ev.of("agent.error"), ev.of("agent.error")
+    # the trainer: one job, trained twice (the crash), one result bundle
+    rows = jobs_on_trainer["jobs"]
+    assert len(rows) == 1 and rows[0]["attempts"] == 2, rows
+    assert rows[0]["state"] == "acknowledged", rows
+    bundles = sorted(p.name for p in (tmp_path / "trainer" / "bundles").iterdir())
+    assert bundles == sorted([BASE_ID, child])
+    assert "resuming" in (tmp_path / "trainer.log").read_text()
+    # the agent: one job whose result is the child, two policies, the child's parent the base
+    with loop.db() as db:
+        policies = {r["id"]: r for r in db.execute("SELECT * FROM policies")}
+        job_rows = db.execute("SELECT * FROM jobs").fetchall()
+        swaps_logged = db.execute(
+            "SELECT count(*) FROM events WHERE topic = 'agent.policy.swapped'"
+        ).fetchone()[0]
+        under_child = db.execute(
+            "SELECT count(*) FROM grasps WHERE policy_id = ?", (child,)
+        ).fetchone()[0]
+    assert set(policies) == {BASE_ID, child} and policies[child]["parent_id"] == BASE_ID
+    assert len(job_rows) == 1 and job_rows[0]["result_policy_id"] == child
+    assert swaps_logged == 2  # the initial load of the base policy, then the child
+    assert under_child >= 10
+    store = sorted(p.name for p in (loop.agent_dir / "policies").iterdir())
+    assert store == sorted([BASE_ID, child])
