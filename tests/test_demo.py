@@ -308,3 +308,23 @@ def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Pa
     agent_cfg = tomllib.loads((run / "agent.toml").read_text())
     assert agent_cfg["lifecycle"]["on_alarm"] == "mark"
     assert agent_cfg["driver"]["sim"]["schedule"] == [[0, "baseline"], [30, "harsh_lighting"]]
+
+
+def test_job_in_flight_ends_with_every_way_a_job_can_end() -> None:
+    """The demo pauses the agent while a job is with the trainer: every end must resume it."""
+    endings: list[tuple[str, dict[str, object]]] = [
+        ("agent.policy.swapped", {"policy": CHILD, "previous": PARENT, "reason": "trained"}),
+        ("agent.job", {"job": 1, "status": "no_improvement", "detail": {"reason": "none"}}),
+        ("agent.job", {"job": 1, "status": "failed", "detail": {"error": "x"}}),
+        ("agent.job", {"job": 1, "status": "cancelled"}),
+        ("agent.policy.rejected", {"policy": CHILD, "purpose": "trained", "reason": "non_finite"}),
+        ("agent.alarm", {"kind": "job_failed", "reason": "job 1 failed: bundle rejected"}),
+    ]
+    for topic, data in endings:
+        view = LiveView([(0, "baseline")], total=10)
+        view.apply("agent.job", {"job": 1, "status": "exporting"})
+        assert not view.job_in_flight()  # the agent's exporter still reads its log
+        view.apply("agent.job", {"job": 1, "status": "queued", "grasps": 5, "transitions": 5})
+        assert view.job_in_flight()
+        view.apply(topic, data)
+        assert not view.job_in_flight(), topic

@@ -90,6 +90,9 @@ class LiveView:
         at = f"[grasp {self.last_id:>5}, world: {self.world()}]"
         if topic == "agent.alarm":
             self.alarms += 1
+            if data.get("kind") == "job_failed":
+                self.job, self.progress = None, None
+                self._set_phase("exploring")
             if self.phase in ("exploring", "training") and data.get("kind") == "success_drop":
                 # the agent does not act on these while it explores or trains: one line each time
                 self.muted_alarms += 1
@@ -124,6 +127,8 @@ class LiveView:
             self._set_phase("serving")
             return [f"{at} ROLLBACK to {self.policy} ({data.get('reason', '')})"]
         if topic == "agent.policy.rejected":
+            if data.get("purpose") == "trained":  # the job ends with it (the parent serves on)
+                self.job, self.progress = None, None
             return [f"{at} bundle {data.get('policy')} rejected: {data.get('reason', '')}"]
         if topic == "agent.policy.probation":
             if self.phase == "probation":
@@ -170,6 +175,10 @@ class LiveView:
             return []
         self.job_lines[key] = status
         return [f"{at} job {job}: {status}{extra}"]
+
+    def job_in_flight(self) -> bool:
+        """A job's data is exported and the trainer has it (until its result is settled)."""
+        return self.job is not None and self.job_status != "exporting"
 
     def status(self) -> str:
         """The one-line status."""

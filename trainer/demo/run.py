@@ -38,6 +38,7 @@ from typing import IO, Any
 
 import zmq
 
+from agent.ctl import CtlError, request
 from agent.wire import WireError, decode
 from trainer.demo.analysis import summarise, summary_text
 from trainer.demo.live import LiveView
@@ -68,7 +69,7 @@ class DemoOptions:
     """"default", "paper" or a comma-separated list of conditions (the first is the start)."""
     baseline_grasps: int = 500
     """Grasps under the first condition."""
-    grasps_per_condition: int = 1600
+    grasps_per_condition: int = 1200
     """Grasps under each later condition."""
     exploration_grasps: int | None = None
     """lifecycle.exploration_grasps (None: the template's)."""
@@ -91,6 +92,9 @@ class DemoOptions:
     agent_nice: int = 10
     """Niceness of the agent process: the trainer gets the CPU first while a job trains, as
     it would on its own machine (0: equal shares)."""
+    pause_while_training: bool = True
+    """Pause the agent (robot-agent ctl pause) while a job is with the trainer: on two shared
+    cores the trainer then gets them; a robot with its own trainer machine keeps grasping."""
     report_only: bool = False
     """Only (re)write the PNG and summary of the run already in ``out``."""
 
@@ -336,7 +340,26 @@ class Demo:
         )
         return a_path, t_path, ep
 
-    def watch(self, agent: Child, trainer: Child, events: EventStream) -> None:
+    def _pause(self, endpoint: str, pause: bool) -> bool:
+        """Pause or resume the agent over its command socket; returns the new state."""
+        command = "pause" if pause else "resume"
+        args = {"reason": "robot-demo: a job is training on the shared CPU"} if pause else {}
+        try:
+            reply = request(endpoint, command, args, timeout_s=5.0)
+        except CtlError as exc:
+            self.say(f"robot-agent ctl {command} failed: {exc}")
+            return not pause
+        if not reply.get("ok"):
+            self.say(f"robot-agent ctl {command}: {reply.get('error')}")
+            return not pause
+        self.say(
+            "agent paused while the job trains (--no-pause-while-training to keep it grasping)"
+            if pause
+            else "agent resumed"
+        )
+        return pause
+
+    def watch(self, agent: Child, trainer: Child, events: EventStream, commands: str) -> None:
         """Show events until the agent exits (or the time limit, or a stop request)."""
         view = LiveView(
             [(int(c), str(n)) for c, n in self.plan.schedule()],
@@ -345,10 +368,13 @@ class Demo:
         )
         limit_hit = False
         trainer_reported = False
+        paused = False
         while agent.poll() is None:
             for topic, data in events.poll(200):
                 for text in view.apply(topic, data):
                     self.console.line(text)
+            if self.opts.pause_while_training and view.job_in_flight() != paused:
+                paused = self._pause(commands, not paused)
             self.console.status(view.status())
             if self.stop.is_set():
                 break
@@ -437,7 +463,7 @@ class Demo:
                     self.children.append(child)
                     child.start()
                     self.say(f"started {child.name} (pid {child.proc.pid if child.proc else '?'})")
-                self.watch(agent, trainer, events)
+                self.watch(agent, trainer, events, ep.commands)
             finally:
                 events.close()
                 self.stop_children()
@@ -509,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
         "gets the CPU first while a job trains)",
     )
     p.add_argument(
+        "--no-pause-while-training",
+        action="store_true",
+        help="keep the agent grasping while a job trains (the default pauses it: both share "
+        "the machine's cores)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="only redraw the PNG and summary of the run in --out (same schedule flags)",
@@ -535,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bundle=a.bundle,
             window=a.window,
             agent_nice=a.agent_nice,
+            pause_while_training=not a.no_pause_while_training,
             report_only=a.report_only,
         )
         demo = Demo(opts)
