@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--base-grasps", type=int, default=4000, help="base replay data size")
     ap.add_argument("--sweep", default="", help="fixed step counts at the largest N")
     ap.add_argument("--sweep-challenges", default="", help="challenges swept (default: all)")
+    ap.add_argument("--scratch-steps", type=int, default=600, help="fixed steps of scratch")
     ap.add_argument("--no-scratch", action="store_true", help="skip the scratch baseline")
     ap.add_argument("--max-steps", type=int, default=FinetuneConfig().max_steps)
     ap.add_argument("--workers", type=int, default=2)
@@ -167,6 +168,7 @@ def main() -> None:
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
         args.eval_grasps, args.eval_seeds, args.base_grasps = 12, 2, 40
+        args.scratch_steps = 8
         cfg = dataclasses.replace(
             cfg, max_steps=8, eval_every=4, probe_steps=4, batch_size=16, patience=1
         )
@@ -248,10 +250,16 @@ def main() -> None:
         (out / "partial.json").write_text(json.dumps(result))
     for ch in [] if args.no_scratch else challenges:
         data = out / ch / f"new-{ns[-1]}"
-        sc = dataclasses.replace(cfg, init="scratch")
-        job = run_job(sc, args.parent, data, base, out / ch / f"scratch-{ns[-1]}", f"{ch} S")
-        child = Path(job["path"]) if job["path"] else None
-        job["challenge"] = ev(child, ch) if child else None
+        # Scratch never passes the parent comparison (its early candidates fail the forgetting
+        # rule), so it runs a fixed number of steps, as in the paper, and its last network is
+        # evaluated.
+        steps = args.scratch_steps
+        sc = dataclasses.replace(
+            cfg, init="scratch", max_steps=steps, patience=10**6, snapshot_steps=(steps,)
+        )
+        sdir = out / ch / f"scratch-{ns[-1]}-{steps}"
+        job = run_job(sc, args.parent, data, base, sdir, f"{ch} S")
+        job["challenge"] = ev(Path(job["snapshots"][str(steps)]), ch)
         result["challenges"][ch]["scratch"] = job
         log(f"{ch} scratch: {json.dumps(job)}")
         (out / "partial.json").write_text(json.dumps(result))
