@@ -558,6 +558,10 @@ class Daemon:
             self.no_policy_reason = ""
             self._maybe_ready()
 
+    def _awaits(self, job: int | None) -> bool:
+        """Whether the lifecycle waits for a trained policy from ``job``."""
+        return self.state.phase is lc.Phase.TRAINING and (job is None or job == self.state.job)
+
     def _retry_due(self) -> bool:
         now = time.monotonic()
         if now - self._last_retry < FLUSH_RETRY_S:
@@ -635,6 +639,16 @@ class Daemon:
             )
             if self.state.policy is None:
                 self._refuse(f"policy {pol.id} was rejected earlier")
+            return
+        if purpose == "trained" and not self._awaits(job):
+            # a result the daemon no longer waits for: a job cancelled by a later condition,
+            # or a result offered again (the link re-offers at start): kept as a candidate
+            # (promote can serve it), never swapped in
+            log.info("policy %s (job %s) arrived after its job ended; not swapped in", pol.id, job)
+            if job is not None:
+                row = self.log.job(job)
+                if row is not None:
+                    self.log.update_job(job, str(row["status"]), result_policy_id=pol.id)
             return
         self.warm_policies.put(pol)
         if purpose == "warm":
@@ -721,6 +735,15 @@ class Daemon:
             self._error("export_hook", exc)
 
     def _on_job_update(self, job: int, status: str, detail: dict[str, Any]) -> None:
+        row = self.log.job(job)
+        if row is not None and row["status"] == "cancelled":
+            # the trainer goes on with the cancelled job's data (the lineage keeps it); the
+            # row stays cancelled and the event says so
+            self.log.update_job(job, "cancelled", detail={"trainer": status, **detail})
+            self.emit(
+                "agent.job", {"job": job, "status": status, "detail": detail, "cancelled": True}
+            )
+            return
         self.log.update_job(job, status, detail=detail)
         self.emit("agent.job", {"job": job, "status": status, "detail": detail})
         if status == "failed":
