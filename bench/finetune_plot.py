@@ -43,11 +43,11 @@ def table(dirs: list[Path]) -> str:
     """Markdown table of every challenge row in the given bench output directories."""
     lines = [
         "| challenge | N | parent | child | recovered | child on baseline "
-        "| status, step (of run), aug, shift | job wall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| status, step (of run), aug, shift |",
+        "|---|---|---|---|---|---|---|",
     ]
     scratch = [
-        "| challenge | N | scratch | status, step (of run) | job wall |",
+        "| challenge | N | scratch (served) | scratch steps | fine-tuned child |",
         "|---|---|---|---|---|",
     ]
     for d in dirs:
@@ -69,15 +69,14 @@ def table(dirs: list[Path]) -> str:
                         else ""
                     )
                     + f" | {r['status']}, "
-                    f"{r['chosen_step']} ({r['steps_run']}), {r['augment']}, {shift} | "
-                    f"{r['wall_s']:.0f} s |"
+                    f"{r['chosen_step']} ({r['steps_run']}), {r['augment']}, {shift} |"
                 )
             sc = row.get("scratch")
             if sc:
+                n = max(int(k) for k in row["runs"])
                 scratch.append(
-                    f"| {ch} | {max(int(k) for k in row['runs'])} | {pct(sc['challenge'])} | "
-                    f"{sc['status']}, {sc['chosen_step']} ({sc['steps_run']}) | "
-                    f"{sc['wall_s']:.0f} s |"
+                    f"| {ch} | {n} | {pct(sc['challenge'])} | {sc['steps_run']} | "
+                    f"{pct(row['runs'][str(n)]['challenge'])} |"
                 )
     return "\n".join([*lines, "", *scratch])
 
