@@ -23,9 +23,11 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import json
 import logging
 import math
 import queue
+import re
 import threading
 import time
 import traceback
@@ -258,6 +260,25 @@ class Daemon:
                 self.exporter.submit(job, self.state.condition)
             elif row is not None and row["status"] == "queued" and self.export_hook:
                 self._call_hook(job, Path(row["export_path"]))
+            elif row is not None and row["status"] == "improved":
+                self._resume_trained(job, row)
+
+    def _resume_trained(self, job: int, row: dict[str, Any]) -> None:
+        """The job's result came back and was imported into the store, but the daemon stopped
+        before swapping it in: the link does not offer a bundle already in the store again,
+        so it is loaded from there (else the daemon would wait for it forever)."""
+        try:
+            detail = json.loads(row["detail"] or "{}")
+        except (TypeError, ValueError):
+            return
+        bid = detail.get("bundle_id") if isinstance(detail, dict) else None
+        if (
+            isinstance(bid, str)
+            and re.fullmatch(r"[0-9a-f]{8,64}", bid)
+            and ((self.store / bid).is_dir())
+        ):
+            log.warning("job %s: result %s is in the store but not served; loading it", job, bid)
+            self._load(self.store / bid, "trained", job)
 
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> int:

@@ -222,3 +222,56 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
     jobs = {x["id"]: (x["status"], x["result_policy_id"]) for x in query(db, "SELECT * FROM jobs")}
     assert jobs[job] == ("done", new) and jobs[cancelled] == ("cancelled", late_id)
     assert query(db, "SELECT data FROM events WHERE topic = 'agent.error'") == []
+
+
+def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start(
+    tmp_path: Path,
+) -> None:
+    """The daemon stopped after the loader had put a job's result into the store and before
+    the swap was committed: the link never offers a bundle already in the store again, so
+    the daemon itself loads it at start (it would otherwise wait in TRAINING for ever)."""
+    import shutil
+
+    base = make_bundle(tmp_path / "incoming")
+    cfg = agent_config(
+        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
+    )
+
+    def run_daemon() -> tuple[Daemon, threading.Thread]:
+        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
+        t = threading.Thread(target=d.run, daemon=True)
+        t.start()
+        assert d.ready.wait(30)
+        return d, t
+
+    first, th = run_daemon()
+    try:
+        assert request(first.endpoints["commands"], "mark-condition", {"name": "offset"})["ok"]
+        wait_for(lambda: first.snapshot()["phase"] == "training", 20, "the job")
+        snap = first.snapshot()
+        job, old = int(snap["job"]), str(snap["policy"])
+        child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
+        shutil.copytree(child, first.store / child.name)  # the loader's import, then the crash
+        first.job_update(job, "improved", {"bundle_id": child.name, "path": str(child)})
+
+        def improved() -> bool:
+            rows = query(first.db_path, "SELECT status FROM jobs WHERE id = ?", job)
+            return bool(rows) and rows[0]["status"] == "improved"
+
+        wait_for(improved, 20, "the job's status recorded")
+    finally:
+        first.request_stop()
+        th.join(30)
+    second, th = run_daemon()
+    try:
+        wait_for(lambda: second.snapshot()["policy"] == child.name, 20, "the child served")
+        db = second.db_path
+        swaps = query(db, "SELECT data FROM events WHERE topic = 'agent.policy.swapped'")
+        assert [json.loads(x["data"])["policy"] for x in swaps] == [old, child.name]
+        (row,) = query(db, "SELECT status, result_policy_id FROM jobs WHERE id = ?", job)
+        assert (row["status"], row["result_policy_id"]) == ("done", child.name)
+        (pol,) = query(db, "SELECT parent_id FROM policies WHERE id = ?", child.name)
+        assert pol["parent_id"] == old
+    finally:
+        second.request_stop()
+        th.join(30)
