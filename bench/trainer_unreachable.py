@@ -1,0 +1,170 @@
+"""The trainer unreachable while the robot works on: memory, exports on disk, exactly-once delivery.
+
+The daemon runs in-process on the fast fake driver with the trainer link attached as
+``robot-agent run`` attaches it; no trainer runs. ``--jobs`` conditions are marked one
+after another, each explored (``--explore`` grasps) and exported into a job the link cannot
+deliver (a new condition cancels the previous job in the daemon; its data still goes to the
+trainer, for the lineage). The robot goes on to ``--grasps`` grasps; this process's RSS is
+sampled every 500 grasps. Then ``robot-trainer serve`` starts (a real process on loopback,
+the real fine-tune on a tiny network and budget) and every job is delivered; the trainer's
+job table, its lineage files and its chunk counters say whether each arrived exactly once.
+Last stdout line: one JSON object. The short version is a test:
+tests/agent/test_trainer_unreachable.py.
+
+    python bench/trainer_unreachable.py [--grasps 10000] [--jobs 5] [--explore 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.cli import _attach_trainer_link
+from agent.ctl import request
+from agent.daemon import Daemon
+from tests.agent.conftest import agent_config
+from tests.agent.fakes import FakeDriver
+from tests.trainer.jobsupport import (
+    TINY_FINETUNE,
+    TrainerProcess,
+    free_port,
+    make_parent,
+    wait_for,
+    write_service_config,
+)
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / (1 << 20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--grasps", type=int, default=10_000, help="grasps logged while away")
+    ap.add_argument("--jobs", type=int, default=5, help="jobs queued while away")
+    ap.add_argument("--explore", type=int, default=200, help="exploration grasps per job")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        port = free_port()
+        base = make_parent(tmp / "incoming")
+        cfg = agent_config(
+            tmp,
+            tmp / "incoming" / base,
+            lifecycle={"exploration_grasps": args.explore},
+            detector={"enabled": False},
+            probation={"enabled": False},
+            trainer={
+                "endpoint": f"tcp://127.0.0.1:{port}",
+                "agent_id": "bench",
+                "heartbeat_s": 0.2,
+                "timeout_s": 1.0,
+                "backoff_min_s": 0.2,
+                "backoff_max_s": 2.0,
+                "chunk_bytes": 65536,
+            },
+        )
+        daemon = Daemon(cfg, FakeDriver(p_success=0.5))
+        link = _attach_trainer_link(daemon, cfg)
+        assert link is not None
+        th = threading.Thread(target=daemon.run, daemon=True)
+        th.start()
+        tr: TrainerProcess | None = None
+        out: dict[str, Any] = {"grasps_away": args.grasps, "jobs": args.jobs}
+        try:
+            assert daemon.ready.wait(60)
+            ep = daemon.endpoints["commands"]
+            t0 = time.monotonic()
+            samples: list[tuple[int, float]] = []
+            for i in range(1, args.jobs + 1):
+                assert request(ep, "mark-condition", {"name": f"c{i}"})["ok"]
+                wait_for(lambda i=i: i in link.phases(), 300, f"job {i} handed to the link")
+            first = int(daemon.snapshot()["grasps"])
+            samples.append((first, rss_mb()))
+            mark = first + 500
+            while True:
+                n = int(daemon.snapshot()["grasps"])
+                if n >= mark:
+                    samples.append((n, rss_mb()))
+                    mark += 500
+                if n >= args.grasps:
+                    break
+                time.sleep(0.05)
+            away_s = time.monotonic() - t0
+            rss = [m for _, m in samples]
+            with sqlite3.connect(daemon.db_path) as db:
+                exports = dict(db.execute("SELECT id, export_path FROM jobs").fetchall())
+            on_disk_mb = sum(
+                f.stat().st_size for p in exports.values() for f in Path(p).iterdir()
+            ) / (1 << 20)
+            out.update(
+                {
+                    "away_s": round(away_s, 1),
+                    "grasps_per_s": round((args.grasps - first) / max(away_s, 1e-9), 1),
+                    "connect_attempts": link.stats["connects"],
+                    "rss_mb_first": round(rss[0], 1),
+                    "rss_mb_last": round(rss[-1], 1),
+                    "rss_mb_max": round(max(rss), 1),
+                    "rss_growth_mb_after_first_1000": round(rss[-1] - rss[min(2, len(rss) - 1)], 1),
+                    "exports_on_disk_mb": round(on_disk_mb, 1),
+                }
+            )
+            tcfg = write_service_config(
+                tmp / "trainer.toml",
+                tmp / "trainer",
+                port,
+                finetune={**TINY_FINETUNE, "max_steps": 20},
+            )
+            t1 = time.monotonic()
+            tr = TrainerProcess(tcfg, tmp / "trainer.log", port).start()
+            jobs = list(range(1, args.jobs + 1))
+            wait_for(
+                lambda: all(link.phases().get(j) == "done" for j in jobs),
+                120 + 30 * args.jobs,
+                "every job done",
+            )
+            info = tr.jobs()
+            rows = info["jobs"]
+            lineage = tmp / "trainer" / "lineages" / "bench"
+            sources = [json.loads((d / "source.json").read_text()) for d in lineage.iterdir()]
+            agent_jobs = sorted(int(r["agent_job"]) for r in rows)
+            out.update(
+                {
+                    "drain_s": round(time.monotonic() - t1, 1),
+                    "trainer_jobs": len(rows),
+                    "distinct_agent_jobs": len(set(agent_jobs)),
+                    "lineage_entries": len(sources),
+                    "lineage_grasps": [int(s["grasps"]) for s in sources],
+                    "chunks_written": info["counters"].get("chunks.written", 0),
+                    "chunks_duplicate": info["counters"].get("chunks.duplicate", 0),
+                    "parent_uploads": info["counters"].get("parent.upload", 0),
+                }
+            )
+            ok = (
+                agent_jobs == jobs
+                and sorted(int(s["agent_job"]) for s in sources) == jobs
+                and out["chunks_duplicate"] == 0
+            )
+            out["delivered_exactly_once"] = ok
+        finally:
+            daemon.request_stop()
+            th.join(30)
+            link.close()
+            if tr is not None:
+                tr.stop()
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
