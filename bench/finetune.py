@@ -162,9 +162,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each fine-tune")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-finetune")
     ap.add_argument("--parent", type=Path, default=ROOT / "policies" / "base")
+    ap.add_argument(
+        "--paper-recipe", action="store_true", help="no action-shift search (section IV-A only)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs it)")
     args = ap.parse_args()
-    cfg = FinetuneConfig(max_steps=args.max_steps, threads=args.threads)
+    cfg = FinetuneConfig(
+        max_steps=args.max_steps, threads=args.threads, shift_search=not args.paper_recipe
+    )
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
         args.eval_grasps, args.eval_seeds, args.base_grasps = 12, 2, 40
