@@ -709,6 +709,10 @@ class Daemon:
                 },
             )
             if purpose == "trained" and job is not None:
+                row = self.log.job(job)
+                if row is not None and row["status"] != "cancelled":  # not left "improved"
+                    why = {"error": f"bundle rejected ({res.reason})"}
+                    self.log.update_job(job, "failed", detail=why)
                 self._try_step(lc.JobFailed(job, f"bundle rejected ({res.reason})"))
         if self.state.policy is None:
             self._refuse(f"no usable policy: {reason}")

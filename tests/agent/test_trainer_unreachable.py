@@ -69,6 +69,9 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         lifecycle={"exploration_grasps": EXPLORE},
         detector={"enabled": False},
         probation={"enabled": False},
+        # the latency check compares a child measured now with the parent measured at
+        # start-up: on a loaded test machine that ratio is noise (not what this test is about)
+        policy={"max_latency_factor": 20.0},
         trainer={
             "endpoint": f"tcp://127.0.0.1:{port}",  # nobody there yet
             "agent_id": "robot-u",
