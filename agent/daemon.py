@@ -618,7 +618,12 @@ class Daemon:
             return
         active = self._serving()
         latency = active.validated_latency_s if active is not None else None
-        self.loader.submit(source, (purpose, job), active_latency_s=latency)
+        self.loader.submit(
+            source,
+            (purpose, job),
+            active_latency_s=latency,
+            active_id=active.id if active is not None else None,
+        )
 
     def load(self, source: Path, purpose: str) -> None:
         """Queue a bundle for validation and loading; ``purpose`` says what its arrival does

@@ -155,3 +155,29 @@ def test_cem_table_builds_the_one_cem_settings_class() -> None:
     assert (cfg.cem.samples, cfg.cem.elites, cfg.cem.iterations, cfg.cem.seed) == (32, 4, 2, 7)
     with pytest.raises(ConfigError, match=r"cem\.elites = 40"):
         config_from_dict({"cem": {"samples": 32, "elites": 40}})
+
+
+def test_borderline_latency_is_judged_against_the_active_policy_measured_now(
+    tmp_path: Path,
+) -> None:
+    """Regression: a child was refused as too_slow against the active policy's latency recorded
+    at start-up, on a machine busier now than then (e2e runs on a loaded box)."""
+    import dataclasses
+
+    from agent.loader import load_bundle
+
+    store = tmp_path / "store"
+    pcfg = dataclasses.replace(PolicyConfig(), latency_floor_s=1e-9, max_latency_factor=3.0)
+    cem = CemParams()
+    active = load_bundle(make_bundle(tmp_path / "a", seed=1), store, DEFAULT_SPEC, pcfg, cem)
+    assert active.validated_latency_s is not None
+    stale = active.validated_latency_s / 100  # as if recorded on an idle machine
+    child = make_bundle(tmp_path / "c", seed=2)
+    with pytest.raises(BundleError) as refused:
+        load_bundle(child, store, DEFAULT_SPEC, pcfg, cem, active_latency_s=stale)
+    assert refused.value.reason == "too_slow"
+    assert not (store / child.name).exists()
+    pol = load_bundle(
+        child, store, DEFAULT_SPEC, pcfg, cem, active_latency_s=stale, active_id=active.id
+    )
+    assert pol.id == child.name != active.id
