@@ -105,24 +105,39 @@ class Candidate:
     """Score on the held-out prior slice (higher is better)."""
     prior_slack: float = 0.0
     """Noise allowance of the forgetting rule for this candidate (see :func:`eligible`)."""
+    prior_bce: float = 0.0
+    """BCE on the held-out prior slice (0: no prior data)."""
+    new_auc: float = 1.0
+    """AUC on the held-out new data."""
 
 
-def eligible(c: Candidate, parent: Candidate, prior_tolerance: float) -> bool:
-    """The forgetting rule: the prior-data score may fall at most ``prior_tolerance`` + noise.
+def eligible(
+    c: Candidate, parent: Candidate, prior_tolerance: float, bce_ratio: float = float("inf")
+) -> bool:
+    """The forgetting rule: the prior-data score may fall at most ``prior_tolerance`` + noise,
+    and the prior-data BCE may rise at most to ``bce_ratio`` x the parent's.
 
     The noise allowance is the candidate's ``prior_slack`` (``se_margin`` x the
     bootstrap SE of its prior-score difference to the parent), set when scored.
+    The BCE bound catches forgetting that ranking hides: a network can keep
+    ranking prior grasps while growing confidently wrong about them.
     """
-    return c.prior >= parent.prior - max(prior_tolerance, c.prior_slack)
+    if c.prior < parent.prior - max(prior_tolerance, c.prior_slack):
+        return False
+    return not (parent.prior_bce > 0 and c.prior_bce > bce_ratio * parent.prior_bce)
 
 
 def best_candidate(
-    cands: Sequence[Candidate], parent: Candidate, prior_tolerance: float
+    cands: Sequence[Candidate],
+    parent: Candidate,
+    prior_tolerance: float,
+    bce_ratio: float = float("inf"),
 ) -> Candidate:
     """The eligible candidate with the best new-data score (earliest on ties); parent if none."""
     best = parent
     for c in cands:
-        if c.step != parent.step and eligible(c, parent, prior_tolerance) and c.new > best.new:
+        ok = eligible(c, parent, prior_tolerance, bce_ratio)
+        if c.step != parent.step and ok and c.new > best.new:
             best = c
     return best
 
@@ -139,9 +154,16 @@ def choose(
     min_gain: float,
     se: float,
     se_margin: float,
+    bce_ratio: float = float("inf"),
+    min_auc: float = 0.0,
 ) -> Candidate | None:
-    """The winning candidate, or None when none beats the parent (no improvement)."""
-    best = best_candidate(cands, parent, prior_tolerance)
-    if best.step == parent.step:
+    """The winning candidate, or None when none beats the parent (no improvement).
+
+    The winner must also rank held-out new grasps better than chance
+    (``new_auc >= min_auc``): beating a parent that ranks them *worse* than
+    chance is not enough.
+    """
+    best = best_candidate(cands, parent, prior_tolerance, bce_ratio)
+    if best.step == parent.step or best.new_auc < min_auc:
         return None
     return best if beats(best.new - parent.new, se, min_gain, se_margin) else None

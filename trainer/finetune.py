@@ -102,6 +102,10 @@ class FinetuneConfig:
     """Gain must also exceed this many bootstrap standard errors."""
     prior_tolerance: float = 0.02
     """Largest allowed drop of the prior-slice score below the parent's (forgetting rule)."""
+    prior_bce_ratio: float = 1.15
+    """Largest allowed prior-slice BCE as a multiple of the parent's (forgetting rule)."""
+    min_auc: float = 0.6
+    """The winner's held-out new-data AUC must reach this (better than chance)."""
     seed: int = 0
     """Seed of the split, initialisation, sampling and augmentation."""
     threads: int = 2
@@ -314,7 +318,15 @@ def _score(
                 cfg.measure, pp, parent_prior, yp, data.held_prior_groups, 100, cfg.seed
             )
             slack = cfg.se_margin * se
-    cand = Candidate(step, early_stop.score(cfg.measure, p, y), prior_score, slack)
+    prior_bce = float(entry["prior"]["bce"]) if "prior" in entry else 0.0
+    cand = Candidate(
+        step,
+        early_stop.score(cfg.measure, p, y),
+        prior_score,
+        slack,
+        prior_bce,
+        float(entry["new"]["auc"]),
+    )
     entry["score_new"], entry["score_prior"] = round(cand.new, 6), round(cand.prior, 6)
     entry["prior_slack"] = round(slack, 6)
     return cand, entry, p, pp
@@ -443,7 +455,7 @@ class _Job:
             entry["loss"] = round(loss, 6) if np.isfinite(loss) else None
             st["curve"].append(entry)
             if (
-                early_stop.eligible(cand, self.parent, cfg.prior_tolerance)
+                early_stop.eligible(cand, self.parent, cfg.prior_tolerance, cfg.prior_bce_ratio)
                 and cand.new > st["best_new"]
             ):
                 tmp = d / ".best.tmp"
@@ -624,9 +636,17 @@ def _decide(
 ) -> FinetuneResult:
     curve = st["curve"]
     cands = [
-        Candidate(e["step"], e["score_new"], e["score_prior"], e["prior_slack"]) for e in curve
+        Candidate(
+            e["step"],
+            e["score_new"],
+            e["score_prior"],
+            e["prior_slack"],
+            float(e["prior"]["bce"]) if "prior" in e else 0.0,
+            float(e["new"]["auc"]),
+        )
+        for e in curve
     ]
-    best = early_stop.best_candidate(cands, jb.parent, cfg.prior_tolerance)
+    best = early_stop.best_candidate(cands, jb.parent, cfg.prior_tolerance, cfg.prior_bce_ratio)
     se = 0.0
     chosen: Candidate | None = None
     net: QNet | None = None
@@ -637,7 +657,14 @@ def _decide(
             cfg.measure, p, jb.parent_p, y, jb.data.held_new_groups, seed=cfg.seed
         )
         chosen = early_stop.choose(
-            cands, jb.parent, cfg.prior_tolerance, cfg.min_gain, se, cfg.se_margin
+            cands,
+            jb.parent,
+            cfg.prior_tolerance,
+            cfg.min_gain,
+            se,
+            cfg.se_margin,
+            cfg.prior_bce_ratio,
+            cfg.min_auc,
         )
     steps_run = max((e["step"] for e in curve), default=0)
     meta: dict[str, Any] = {
@@ -667,8 +694,10 @@ def _decide(
             "curve": curve,
             "rule": (
                 "best held-out new-data score among candidates whose prior-slice score fell "
-                f"at most max({cfg.prior_tolerance}, {cfg.se_margin} x its bootstrap SE); "
-                f"wins if gain > max({cfg.min_gain}, {cfg.se_margin} x SE)"
+                f"at most max({cfg.prior_tolerance}, {cfg.se_margin} x its bootstrap SE) and "
+                f"whose prior-slice BCE is at most {cfg.prior_bce_ratio} x the parent's; wins "
+                f"if gain > max({cfg.min_gain}, {cfg.se_margin} x SE) and its AUC >= "
+                f"{cfg.min_auc}"
             ),
         },
     }
