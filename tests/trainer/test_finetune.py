@@ -213,3 +213,15 @@ def test_auc_and_selection_rule() -> None:
     steady = Candidate(50, 0.7, 0.89)
     assert choose([steady, forgetful], parent, 0.02, 0.005, 0.01, 1.5) == steady
     assert choose([steady], parent, 0.02, 0.005, 0.2, 1.5) is None  # within noise
+
+
+def test_forgetting_rule_bounds_prior_bce_and_winner_must_beat_chance() -> None:
+    parent = Candidate(-1, 0.30, 0.77, 0.0, prior_bce=0.44, new_auc=0.30)
+    # Ranks prior grasps as well as the parent but grew confidently wrong about them.
+    forgetful = Candidate(1000, 0.55, 0.76, 0.05, prior_bce=0.97, new_auc=0.55)
+    assert choose([forgetful], parent, 0.02, 0.005, 0.01, 2.0, bce_ratio=1.15) is None
+    # Keeps the prior but only climbs from worse-than-chance to chance on the new data.
+    chance = Candidate(400, 0.55, 0.77, 0.05, prior_bce=0.45, new_auc=0.55)
+    assert choose([chance], parent, 0.02, 0.005, 0.01, 2.0, 1.15, min_auc=0.6) is None
+    good = Candidate(100, 0.85, 0.77, 0.05, prior_bce=0.47, new_auc=0.85)
+    assert choose([chance, good], parent, 0.02, 0.005, 0.01, 2.0, 1.15, 0.6) == good
