@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from agent.active import WarmPolicies  # noqa: E402
 from agent.bundle import validate_bundle  # noqa: E402
 from agent.cem import CemParams  # noqa: E402
 from agent.config import PolicyConfig  # noqa: E402
@@ -133,6 +134,8 @@ def run(
     fallback: Policy | None = None
     loader = PolicyLoader(store, DEFAULT_SPEC, pcfg, cem, probe_images=lambda: images)
     loader.start()
+    warm = WarmPolicies()
+    warm.put(active)
     reaper: queue.SimpleQueue[Policy | None] | None = None
     if drop_off_thread:
         reaper = queue.SimpleQueue()
@@ -194,12 +197,16 @@ def run(
             if res.policy is None:
                 refused.append(f"{res.source}: {res.reason} {res.error}")
             else:
-                old, fallback, active = fallback, active, res.policy
-                t2 = time.perf_counter()
+                if reaper is not None:  # the daemon's path: agent.active.WarmPolicies
+                    warm.put(res.policy)
+                    warm.keep(res.policy.id, active.id)  # the one before is reaped off-thread
+                    fallback, active = active, res.policy
+                    t2 = time.perf_counter()
+                else:
+                    old, fallback, active = fallback, active, res.policy
+                    t2 = time.perf_counter()
+                    del old  # released here, on the control thread
                 served_ids.add(active.id)
-                if old is not None and reaper is not None:
-                    reaper.put(old)  # released on the reaper thread
-                old = None  # without a reaper: released here, on the control thread
                 swapped += 1
                 parts.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
             pauses.append(time.perf_counter() - t0)
