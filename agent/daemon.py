@@ -481,6 +481,12 @@ class Daemon:
     def _judged(self, j: Judgement) -> None:
         """Act on a detector alarm or a probation verdict."""
         if j.kind == "alarm":
+            if self.state.phase in (lc.Phase.EXPLORING, lc.Phase.TRAINING):
+                # the drop is already being handled (an alarm every ~20 grasps until the swap
+                # filled the events table): re-reference on this condition, stay quiet
+                log.info("success drop while %s: already handled", self.state.phase.value)
+                self._reset_detector()
+                return
             details = {**j.details, "action": self.cfg.lifecycle.on_alarm}
             auto = self.cfg.lifecycle.on_alarm == "mark"
             self._try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
