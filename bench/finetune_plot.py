@@ -1,6 +1,7 @@
 """Plot validation measures against real success over fine-tuning steps (from a bench run).
 
-Usage: python bench/finetune_plot.py [--out runs/bench-ft2] [--png docs/img/finetune_measures.png]
+Usage: python bench/finetune_plot.py [--out DIR ...] [--png docs/img/finetune_measures.png]
+       python bench/finetune_plot.py --table DIR ...
 
 Reads ``partial.json`` of ``bench/finetune.py`` (the served success of the
 sweep's snapshots) and each swept challenge's fine-tune record (the held-out
@@ -83,20 +84,23 @@ def table(dirs: list[Path]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ft2")
+    ap.add_argument("--out", type=Path, nargs="+", default=[ROOT / "runs" / "bench-ft3"])
     ap.add_argument("--table", type=Path, nargs="*", default=None, help="print markdown tables")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "finetune_measures.png")
     args = ap.parse_args()
     if args.table is not None:
-        print(table(args.table or [args.out]))
+        print(table(args.table or args.out))
         return
-    res = json.loads((args.out / "partial.json").read_text())
     panels: dict[str, Any] = {}
-    for ch, row in res["challenges"].items():
+    rows = []
+    for d in args.out:
+        res = json.loads((d / "partial.json").read_text())
+        rows += [(d, ch, row) for ch, row in res["challenges"].items()]
+    for out_dir, ch, row in rows:
         if "sweep" not in row:
             continue
         n = max(int(k) for k in row["runs"])
-        rec = json.loads((args.out / ch / f"sweep-{n}" / "result.json").read_text())
+        rec = json.loads((out_dir / ch / f"sweep-{n}" / "result.json").read_text())
         curve = rec["meta"]["validation"]["curve"]
         parent = rec["meta"]["validation"]["parent"]
         arm = "noaug" if not rec["meta"]["training"]["augment"] else "aug"
@@ -106,13 +110,15 @@ def main() -> None:
             v["challenge"]["success"] for v in row["sweep"].values()
         ]
         by_step = {e["step"]: e for e in curve}
-        by_step[0] = parent
+        es = row["runs"][str(n)]
+        if 0 in by_step and es["chosen_step"] == 0:  # "shift only" was served as the child
+            success[0] = es["challenge"]["success"]
+        by_step.setdefault(0, parent)  # step 0 is "shift only" when a shift was adopted
         meas = {
             "auc": [by_step[s]["new"]["auc"] for s in steps],
             "-bce": [-by_step[s]["new"]["bce"] for s in steps],
             "-brier": [-by_step[s]["new"]["brier"] for s in steps],
         }
-        es = row["runs"][str(n)]
         panels[ch] = {
             "steps": steps,
             "success": success,
@@ -123,10 +129,13 @@ def main() -> None:
                 "success": es["challenge"]["success"],
             },
             "curve": {
-                "steps": [0] + [e["step"] for e in curve],
-                "auc": [parent["new"]["auc"]] + [e["new"]["auc"] for e in curve],
-                "bce": [parent["new"]["bce"]] + [e["new"]["bce"] for e in curve],
-                "prior_auc": [parent["prior"]["auc"]] + [e["prior"]["auc"] for e in curve],
+                "steps": [0] + [e["step"] for e in curve if e["step"] > 0],
+                "auc": [by_step[0]["new"]["auc"]]
+                + [e["new"]["auc"] for e in curve if e["step"] > 0],
+                "bce": [by_step[0]["new"]["bce"]]
+                + [e["new"]["bce"] for e in curve if e["step"] > 0],
+                "prior_auc": [by_step[0]["prior"]["auc"]]
+                + [e["prior"]["auc"] for e in curve if e["step"] > 0],
             },
         }
     if panels:
