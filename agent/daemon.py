@@ -481,15 +481,18 @@ class Daemon:
     def _judged(self, j: Judgement) -> None:
         """Act on a detector alarm or a probation verdict."""
         if j.kind == "alarm":
-            if self.state.phase in (lc.Phase.EXPLORING, lc.Phase.TRAINING):
-                # the drop is already being handled (an alarm every ~20 grasps until the swap
-                # filled the events table): re-reference on this condition, stay quiet
-                log.info("success drop while %s: already handled", self.state.phase.value)
+            if self.state.phase is lc.Phase.TRAINING:
+                # a job is in flight for this drop: re-reference quietly (an alarm every ~20
+                # grasps until the swap filled the events table)
+                log.info("success drop while training: the job in flight handles it")
                 self._reset_detector()
                 return
             details = {**j.details, "action": self.cfg.lifecycle.on_alarm}
             auto = self.cfg.lifecycle.on_alarm == "mark"
+            before = self.state.condition
             self._try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
+            if self.state.condition == before:  # alert only: one alarm per drop, not a storm
+                self._reset_detector()
             return
         pid, parent = self.state.policy, self.state.probation_parent
         self.emit("agent.policy.probation", {"policy": pid, "parent": parent, **j.details})

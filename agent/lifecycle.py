@@ -323,7 +323,10 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             return replace(s, explored=n, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
         return replace(s, explored=n), []
     if isinstance(e, Alarm):
-        if e.auto_mark and s.phase is Phase.SERVING and s.probation_parent is None:
+        serving_or_exploring = s.phase in (Phase.SERVING, Phase.EXPLORING)
+        if e.auto_mark and serving_or_exploring and s.probation_parent is None:
+            # while exploring, the detector is calibrated on this condition's own grasps: an
+            # alarm there is a second change, and exploring restarts on clean data
             s2, eff = step(s, MarkCondition(e.new_condition, "marked by the detector", "alarm"))
             return s2, [
                 RaiseAlarm("success_drop", "success rate dropped; new condition marked"),
