@@ -3,6 +3,7 @@
 ::
 
     SERVING(c, p) --alarm(mark) | mark-condition--> EXPLORING(c', p)   collect N grasps
+    EXPLORING --alarm(mark)-->          EXPLORING(c'', p)  a second change: explore afresh
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
     TRAINING --policy ready-->          SERVING(c', p')  on probation against p
     TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
