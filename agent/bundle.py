@@ -264,6 +264,27 @@ def check_meta(meta: dict[str, Any], spec: Spec, path: Path) -> tuple[str, dict[
     return bid, dict(files), bspec
 
 
+def _layout_and_meta(
+    path: Path, spec: Spec, max_bytes: int
+) -> tuple[dict[str, Any], str, dict[str, str], Spec]:
+    """Layout and size (lstat only), meta.json, the spec, both files present."""
+    sizes = scan_bundle_dir(path, max_bytes)
+    if META_FILE not in sizes:
+        raise BundleError("bad_meta", f"{path}: no meta.json")
+    meta = read_meta(path)
+    bid, files, bspec = check_meta(meta, spec, path)
+    for name in (MODEL_FILE, WEIGHTS_FILE):
+        if name not in sizes:
+            raise BundleError("missing_file", f"{path}: missing {name}")
+    return meta, bid, files, bspec
+
+
+def _check_id(path: Path, bid: str, files: dict[str, str]) -> None:
+    actual = bundle_id(files[MODEL_FILE], files[WEIGHTS_FILE])
+    if actual != bid:
+        raise BundleError("id_mismatch", f"{path}: id {bid} does not match content hash {actual}")
+
+
 def verify_bundle(
     path: Path | str, spec: Spec = DEFAULT_SPEC, *, max_bytes: int = MAX_BUNDLE_BYTES
 ) -> Bundle:
@@ -273,19 +294,11 @@ def verify_bundle(
     policy): proves it has not changed since, without the model checks.
     """
     path = Path(path)
-    sizes = scan_bundle_dir(path, max_bytes)
-    if META_FILE not in sizes:
-        raise BundleError("bad_meta", f"{path}: no meta.json")
-    meta = read_meta(path)
-    bid, files, bspec = check_meta(meta, spec, path)
+    meta, bid, files, bspec = _layout_and_meta(path, spec, max_bytes)
     for name in (MODEL_FILE, WEIGHTS_FILE):
-        if name not in sizes:
-            raise BundleError("missing_file", f"{path}: missing {name}")
         if sha256_file(path / name) != files[name]:
             raise BundleError("hash_mismatch", f"{path}: sha256 of {name} differs from meta.files")
-    actual = bundle_id(files[MODEL_FILE], files[WEIGHTS_FILE])
-    if actual != bid:
-        raise BundleError("id_mismatch", f"{path}: id {bid} does not match content hash {actual}")
+    _check_id(path, bid, files)
     parent = meta.get("parent_id")
     return Bundle(path=path, id=bid, parent_id=parent or None, meta=meta, spec=bspec)
 
@@ -525,22 +538,13 @@ def validate_bundle(
     Decision latency is checked where the policy is served (agent.loader).
     """
     path = Path(path)
-    sizes = scan_bundle_dir(path, max_bytes)
-    if META_FILE not in sizes:
-        raise BundleError("bad_meta", f"{path}: no meta.json")
-    meta = read_meta(path)
-    bid, files, bspec = check_meta(meta, spec, path)
-    for name in (MODEL_FILE, WEIGHTS_FILE):
-        if name not in sizes:
-            raise BundleError("missing_file", f"{path}: missing {name}")
+    meta, bid, files, bspec = _layout_and_meta(path, spec, max_bytes)
     model_bytes = _read_regular(path / MODEL_FILE, max_bytes)
     if hashlib.sha256(model_bytes).hexdigest() != files[MODEL_FILE]:
         raise BundleError("hash_mismatch", f"{path}: sha256 of {MODEL_FILE} differs from meta")
     if sha256_file(path / WEIGHTS_FILE) != files[WEIGHTS_FILE]:
         raise BundleError("hash_mismatch", f"{path}: sha256 of {WEIGHTS_FILE} differs from meta")
-    actual = bundle_id(files[MODEL_FILE], files[WEIGHTS_FILE])
-    if actual != bid:
-        raise BundleError("id_mismatch", f"{path}: id {bid} does not match content hash {actual}")
+    _check_id(path, bid, files)
     check_model(model_bytes, spec, path)
     if run_inference:
         counts = sorted(set(action_counts))
