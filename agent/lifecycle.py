@@ -3,7 +3,6 @@
 ::
 
     SERVING(c, p) --alarm(mark) | mark-condition--> EXPLORING(c', p)   collect N grasps
-    EXPLORING --alarm(mark)-->          EXPLORING(c'', p)  a second change: explore afresh
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
     TRAINING --policy ready-->          SERVING(c', p')  on probation against p
     TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
@@ -324,10 +323,7 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             return replace(s, explored=n, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
         return replace(s, explored=n), []
     if isinstance(e, Alarm):
-        serving_or_exploring = s.phase in (Phase.SERVING, Phase.EXPLORING)
-        if e.auto_mark and serving_or_exploring and s.probation_parent is None:
-            # while exploring, the detector is calibrated on this condition's own grasps: an
-            # alarm there is a second change, and exploring restarts on clean data
+        if e.auto_mark and s.phase is Phase.SERVING and s.probation_parent is None:
             s2, eff = step(s, MarkCondition(e.new_condition, "marked by the detector", "alarm"))
             return s2, [
                 RaiseAlarm("success_drop", "success rate dropped; new condition marked"),
