@@ -21,13 +21,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.spec import DEFAULT_SPEC, Spec
+from drivers.base import StartClose
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def is_url(source: str) -> bool:
     return "://" in source
 
 
-class Camera:
+class Camera(StartClose):
     """An OpenCV camera delivering spec-sized RGB frames with timestamps and drop counts."""
 
     def __init__(self, cfg: CameraConfig | None = None, spec: Spec = DEFAULT_SPEC) -> None:
@@ -175,18 +175,6 @@ class Camera:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals ---------------------------------------------------------------------------
     def _wait_latest(self) -> tuple[npt.NDArray[np.uint8], float, int, float, int]:

@@ -21,8 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +29,7 @@ import zmq
 
 from agent.spec import DEFAULT_SPEC, Spec
 from agent.wire import Message, WireError, decode
-from drivers.base import DriverUnavailable, Observation, StepResult
+from drivers.base import DriverUnavailable, Observation, StartClose, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeClientConfig, check_client
 from drivers.bridge.security import apply_client, client_keys
@@ -47,7 +46,7 @@ class _Silent(Exception):
         self.overran = overran
 
 
-class BridgeDriver:
+class BridgeDriver(StartClose):
     """A :class:`drivers.base.Driver` speaking the bridge protocol to a robot-side process."""
 
     def __init__(
@@ -183,18 +182,6 @@ class BridgeDriver:
             self.camera.close()
         self._ctx.term()
         self._ctx = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- link --------------------------------------------------------------------------------
     def _require_started(self) -> None:

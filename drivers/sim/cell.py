@@ -15,14 +15,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import GraspOutcome, Observation, StepResult
+from drivers.base import GraspOutcome, Observation, StartClose, StepResult
 from drivers.sim import effects
 from drivers.sim.camera import Camera, Frame, Lighting
 from drivers.sim.conditions import (
@@ -113,7 +112,7 @@ class Privileged:
     floor_y: npt.NDArray[np.float64]
 
 
-class SimCell:
+class SimCell(StartClose):
     """The pybullet cell; implements :class:`drivers.base.Driver` plus ``set_condition``."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
@@ -247,18 +246,6 @@ class SimCell:
             finally:
                 self._p = None
                 self._client = -1
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- conditions ------------------------------------------------------------------------
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.bundle import write_bundle
 from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import GraspOutcome, Observation, StepResult
+from drivers.base import GraspOutcome, Observation, StartClose, StepResult
 
 
-class FakeDriver:
+class FakeDriver(StartClose):
     """A Driver whose grasps succeed with a configurable (switchable) probability."""
 
     def __init__(
@@ -83,18 +82,6 @@ class FakeDriver:
     def close(self) -> None:
         self._started = False
         self.closed += 1
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def make_fake_driver(
