@@ -108,7 +108,8 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         rss.append(rss_bytes())
         wait_for(lambda: grasps() >= GRASPS, 60, "2,000 grasps")
         rss.append(rss_bytes())
-        assert link.stats["connects"] >= 3  # it kept trying, with backoff
+        # it kept trying, with backoff (on a quiet machine 2,000 grasps can take < 3 tries)
+        wait_for(lambda: link.stats["connects"] >= 3, 30, "three connection attempts")
         assert set(link.phases().items()) == {(1, "upload"), (2, "upload"), (3, "upload")}
         jobs = query(daemon.db_path, "SELECT id, export_path FROM jobs ORDER BY id")
         exports = {int(r["id"]): Path(r["export_path"]) for r in jobs}
