@@ -116,8 +116,9 @@ def test_policy_fault_at_run_time_restores_last_good_and_never_restarts_into_it(
     assert r.ctl("promote", id=bad)["error"]["code"] == "conflict"
     assert r.ctl("promote", id=str(bad_dir))["ok"]  # the directory again: refused on arrival
     assert wait_match(sub, "agent.policy.rejected", lambda d: d.get("purpose") == "promote")
-    alarms = [d for t, d in sub.seen if t == "agent.alarm"]
-    assert len(alarms) == 1  # published once
+    # the fault is published once (the fake's chance successes may add a success_drop: not counted)
+    faults = [d for t, d in sub.seen if t == "agent.alarm" and d["kind"] == "policy_fault"]
+    assert len(faults) == 1
     # a restart (same data dir) serves the last good policy, never the rejected one
     r.daemon.request_stop()
     r.thread.join(30)
