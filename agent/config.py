@@ -131,6 +131,8 @@ class DetectorConfig:
     """Smallest absolute drop of the success rate worth detecting."""
     reference_grasps: int = 100
     """Grasps of the active policy in its condition needed to fix the reference rate."""
+    explore_arl0: float = 20000.0
+    """Mean grasps between false alarms while exploring/training (a second change); 0: off."""
     threshold_method: ThresholdMethod = "markov"
     """How the threshold is computed for arl0: "markov" (exact chain) or "simulate"."""
     enabled: bool = True
@@ -382,6 +384,10 @@ def validate(cfg: AgentConfig) -> None:
     )
     d = cfg.detector
     _need(d.arl0 >= 10, f"detector.arl0 = {d.arl0}: must be >= 10 grasps")
+    _need(
+        d.explore_arl0 == 0 or d.explore_arl0 >= 10,
+        f"detector.explore_arl0 = {d.explore_arl0}: must be 0 (off) or >= 10 grasps",
+    )
     _need(0 < d.min_drop < 1, f"detector.min_drop = {d.min_drop}: must be in (0, 1)")
     _need(d.reference_grasps >= 10, "detector.reference_grasps: must be >= 10")
     lc = cfg.lifecycle

@@ -481,13 +481,9 @@ class Daemon:
     def _judged(self, j: Judgement) -> None:
         """Act on a detector alarm or a probation verdict."""
         if j.kind == "alarm":
-            if self.state.phase in (lc.Phase.EXPLORING, lc.Phase.TRAINING):
-                # the drop is already being handled: re-reference quietly (an alarm every ~20
-                # grasps until the swap filled the events table). Re-marking here restarted
-                # exploration on every false alarm (~1 in 3 explorations at ARL0 1,000)
-                log.info("success drop while %s: already handled", self.state.phase.value)
-                self._reset_detector()
-                return
+            # while exploring or training the chart calibrated on the new condition itself at
+            # detector.explore_arl0 (re-marking at the serving ARL0 restarted ~1 in 3
+            # explorations on false alarms): its alarm is a second change of the world
             details = {**j.details, "action": self.cfg.lifecycle.on_alarm}
             auto = self.cfg.lifecycle.on_alarm == "mark"
             before = self.state.condition
@@ -530,7 +526,8 @@ class Daemon:
         pid = self.state.policy
         n = self.cfg.detector.reference_grasps
         self.watch.reset(
-            None if pid is None else self.log.recent_outcomes(pid, self.condition_id, n)
+            None if pid is None else self.log.recent_outcomes(pid, self.condition_id, n),
+            exploring=self.state.phase is not lc.Phase.SERVING,
         )
 
     def _auto_name(self) -> str:
@@ -790,6 +787,7 @@ class Daemon:
             self._try_step(lc.JobFailed(job, str(detail.get("error", "trainer failed"))))
         elif status == "no_improvement":
             self._try_step(lc.JobNoImprovement(job, str(detail.get("reason", ""))))
+            self._reset_detector()  # serving again: the serving ARL0, on this condition's record
 
     # -- commands (the command thread's view) ----------------------------------------------
     def _command_context(self, queries: Queries) -> CommandContext:

@@ -3,6 +3,7 @@
 ::
 
     SERVING(c, p) --alarm(mark) | mark-condition--> EXPLORING(c', p)   collect N grasps
+    EXPLORING(c', p) --alarm(mark)-->   EXPLORING(c'', p)  the world changed again: explore afresh
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
     TRAINING --policy ready-->          SERVING(c', p')  on probation against p
     TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
@@ -323,11 +324,18 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             return replace(s, explored=n, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
         return replace(s, explored=n), []
     if isinstance(e, Alarm):
-        if e.auto_mark and s.phase is Phase.SERVING and s.probation_parent is None:
-            s2, eff = step(s, MarkCondition(e.new_condition, "marked by the detector", "alarm"))
-            return s2, [
-                RaiseAlarm("success_drop", "success rate dropped; new condition marked"),
-                *eff,
+        serving = s.phase is Phase.SERVING and s.probation_parent is None
+        if e.auto_mark and (serving or s.phase is Phase.EXPLORING):
+            again = s.phase is Phase.EXPLORING
+            note = "marked by the detector" + (
+                f" (a second drop while exploring {s.condition})" if again else ""
+            )
+            s2, eff = step(s, MarkCondition(e.new_condition, note, "alarm"))
+            what = "success rate dropped again while exploring" if again else "success rate dropped"
+            return s2, [RaiseAlarm("success_drop", f"{what}; new condition marked"), *eff]
+        if s.phase is Phase.TRAINING:
+            return s, [
+                RaiseAlarm("success_drop", "success rate dropped while training; the job goes on")
             ]
         return s, [RaiseAlarm("success_drop", "success rate dropped")]
     if isinstance(e, Finetune):

@@ -39,10 +39,16 @@ class OutcomeWatch:
             dcfg.arl0, dcfg.min_drop, dcfg.reference_grasps, dcfg.threshold_method
         )
         self.probation: ProbationTest | None = None
+        self.active = dcfg.enabled
+        """Whether the detector watches the stream now."""
 
-    def reset(self, history: list[bool] | None) -> None:
-        """No probation; the detector calibrates on ``history`` (None: nothing serves)."""
+    def reset(self, history: list[bool] | None, exploring: bool = False) -> None:
+        """No probation; the detector calibrates on ``history`` (None: nothing serves).
+        ``exploring``: a new condition is being explored or trained, so the chart watches
+        for a second change at ``explore_arl0`` (0: it does not watch)."""
         self.probation = None
+        self.active = self.dcfg.enabled and not (exploring and self.dcfg.explore_arl0 == 0)
+        self.detector.arl0 = self.dcfg.explore_arl0 if exploring and self.active else self.dcfg.arl0
         if history is None:
             self.detector.reset()
         else:
@@ -72,7 +78,7 @@ class OutcomeWatch:
         """Feed one outcome of the active policy."""
         if self.probation is not None:
             return self._probation_update(success)
-        if not self.dcfg.enabled:
+        if not self.active:
             return None
         alarm = self.detector.update(success)
         if alarm is None:

@@ -136,8 +136,13 @@ def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
         "recovered 75% of the drop" in text
         and "alarm after 10 grasps; new condition marked at 110" in text
     )
+    assert "changes detected (a new condition marked): 1 of 1" in text
     doc = s.to_json()
+    assert (doc["changes_detected"], doc["changes"]) == (1, 1)
     assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
+    # a change with no mark of its own (e.g. inside an exploration) is named as missed
+    s2 = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting"), (150, "x")])
+    assert "1 of 2; missed: x" in summary_text(s2) and s2.to_json()["changes_detected"] == 1
     assert doc["conditions"][1]["after"]["n"] == 100
 
 

@@ -331,16 +331,43 @@ def test_no_alarm_storm_while_a_condition_is_explored(start_daemon: Start) -> No
     r = start_daemon(
         p_success=0.95,
         lifecycle={"on_alarm": "mark", "exploration_grasps": 100_000},
-        detector={"reference_grasps": 30, "arl0": 20_000.0, "min_drop": 0.3},
+        detector={"reference_grasps": 30, "arl0": 2_000.0, "explore_arl0": 50_000.0},
     )
     sub = r.subscriber()
     r.wait_for(lambda s: not s["detector"]["calibrating"])
     r.driver.set_success(0.3)
     sub.wait("agent.alarm", timeout=30)
     first = r.wait_for(lambda s: s["phase"] == "exploring" and not s["detector"]["calibrating"], 60)
-    r.driver.set_success(0.0)  # worse still, while the first drop is being explored
+    assert first["detector"]["arl0"] > 40_000  # explore_arl0, calibrated on the new condition
     r.wait_for(lambda s: s["grasps"] >= first["grasps"] + 300, 60)
     alarms = _db(r).execute("SELECT count(*) FROM events WHERE topic = 'agent.alarm'")
     assert alarms.fetchone()[0] == 1
     st = r.ctl("status")["result"]
     assert st["phase"] == "exploring" and st["condition"] == first["condition"]
+
+
+def test_a_second_change_while_exploring_marks_a_new_condition_once(start_daemon: Start) -> None:
+    """The world changing again inside an exploration (the demo's checkerboard fell inside
+    one and was never detected on its own) restarts the exploration under a new condition:
+    one alarm per change, no storm."""
+    r = start_daemon(
+        p_success=0.95,
+        lifecycle={"on_alarm": "mark", "exploration_grasps": 100_000},
+        detector={"reference_grasps": 30, "arl0": 2_000.0, "explore_arl0": 20_000.0},
+    )
+    sub = r.subscriber()
+    r.wait_for(lambda s: not s["detector"]["calibrating"])
+    r.driver.set_success(0.6)
+    sub.wait("agent.alarm", timeout=30)
+    first = r.wait_for(lambda s: s["phase"] == "exploring" and not s["detector"]["calibrating"], 60)
+    r.driver.set_success(0.05)  # changed again, while the first drop is being explored
+    again = wait_match(sub, "agent.alarm", lambda d: "again while exploring" in d["reason"])
+    assert again["condition"] == first["condition"]
+    second = r.wait_for(lambda s: s["condition"] != first["condition"], 30)
+    assert second["phase"] == "exploring" and second["explored"] < 50
+    r.wait_for(lambda s: s["grasps"] >= second["grasps"] + 300, 60)
+    alarms = _db(r).execute("SELECT count(*) FROM events WHERE topic = 'agent.alarm'")
+    assert alarms.fetchone()[0] == 2
+    conds = _db(r).execute("SELECT name, note FROM conditions ORDER BY id").fetchall()
+    assert [c[0] for c in conds][-2:] == [first["condition"], second["condition"]]
+    assert "second drop while exploring" in conds[-1][1]

@@ -275,6 +275,14 @@ def test_lifecycle_alarm_marks_or_alerts() -> None:
     assert s2 == s and isinstance(eff[0], lc.RaiseAlarm)
     s3, eff = lc.step(s, lc.Alarm(auto_mark=True, new_condition="auto-1"))
     assert s3.phase is lc.Phase.EXPLORING and s3.condition == "auto-1"
+    # a second drop while exploring: the world changed again, explore afresh
+    s4, eff = lc.step(replace(s3, explored=150), lc.Alarm(auto_mark=True, new_condition="auto-2"))
+    assert (s4.phase, s4.condition, s4.explored) == (lc.Phase.EXPLORING, "auto-2", 0)
+    assert "again while exploring" in eff[0].reason and isinstance(eff[1], lc.NewCondition)
+    # while training the job goes on: alert only
+    s5 = replace(s3, phase=lc.Phase.TRAINING, job=7)
+    s6, eff = lc.step(s5, lc.Alarm(auto_mark=True, new_condition="auto-3"))
+    assert s6 == s5 and len(eff) == 1 and "while training" in eff[0].reason
 
 
 def test_lifecycle_rejects_illegal_events() -> None:

@@ -237,9 +237,12 @@ class Summary:
             d["rollbacks"] = list(s.rollbacks)
             d["job_results"] = list(s.job_results)
             segs.append(d)
+        changes = self.segments[1:]
         return {
             "grasps": self.grasps,
             "overall": asdict(self.overall),
+            "changes_detected": sum(s.marked is not None for s in changes),
+            "changes": len(changes),
             "conditions": segs,
             "markers": [asdict(m) for m in self.markers],
         }
@@ -322,4 +325,12 @@ def summary_text(s: Summary) -> str:
         rec = seg.recovered
         if rec is not None:
             lines.append(f"  recovered {rec:.0%} of the drop")
+    changes = s.segments[1:]
+    if changes:
+        found = [seg.condition for seg in changes if seg.marked is not None]
+        missed = [seg.condition for seg in changes if seg.marked is None]
+        lines.append(
+            f"changes detected (a new condition marked): {len(found)} of {len(changes)}"
+            + (f"; missed: {', '.join(missed)}" if missed else "")
+        )
     return "\n".join(lines)
