@@ -165,10 +165,19 @@ def main() -> None:
     ap.add_argument(
         "--paper-recipe", action="store_true", help="no action-shift search (section IV-A only)"
     )
+    ap.add_argument(
+        "--augment",
+        choices=["auto", "on", "off"],
+        default=FinetuneConfig().augment,
+        help="FinetuneConfig.augment of every fine-tune",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs it)")
     args = ap.parse_args()
     cfg = FinetuneConfig(
-        max_steps=args.max_steps, threads=args.threads, shift_search=not args.paper_recipe
+        max_steps=args.max_steps,
+        threads=args.threads,
+        shift_search=not args.paper_recipe,
+        augment=args.augment,
     )
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
