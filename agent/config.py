@@ -131,6 +131,10 @@ class DetectorConfig:
     """Smallest absolute drop of the success rate worth detecting."""
     reference_grasps: int = 100
     """Grasps of the active policy in its condition needed to fix the reference rate."""
+    block_grasps: int = 20
+    """Grasps per block for the overdispersion estimate (objects come in sets); 1: independent."""
+    max_dispersion: float = 4.0
+    """Largest overdispersion factor the threshold is raised by."""
     explore_arl0: float = 20000.0
     """Mean grasps between false alarms while exploring/training (a second change); 0: off."""
     threshold_method: ThresholdMethod = "markov"
@@ -390,6 +394,8 @@ def validate(cfg: AgentConfig) -> None:
     )
     _need(0 < d.min_drop < 1, f"detector.min_drop = {d.min_drop}: must be in (0, 1)")
     _need(d.reference_grasps >= 10, "detector.reference_grasps: must be >= 10")
+    _need(d.block_grasps >= 1, "detector.block_grasps: must be >= 1")
+    _need(d.max_dispersion >= 1, "detector.max_dispersion: must be >= 1")
     lc = cfg.lifecycle
     _need(lc.exploration_grasps >= 1, "lifecycle.exploration_grasps: must be >= 1")
     pb = cfg.probation

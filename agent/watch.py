@@ -36,7 +36,12 @@ class OutcomeWatch:
         self.dcfg = dcfg
         self.pcfg = pcfg
         self.detector = SuccessDropDetector(
-            dcfg.arl0, dcfg.min_drop, dcfg.reference_grasps, dcfg.threshold_method
+            dcfg.arl0,
+            dcfg.min_drop,
+            dcfg.reference_grasps,
+            dcfg.threshold_method,
+            block=dcfg.block_grasps,
+            max_dispersion=dcfg.max_dispersion,
         )
         self.probation: ProbationTest | None = None
         self.active = dcfg.enabled
@@ -87,7 +92,8 @@ class OutcomeWatch:
             "reference": alarm.reference,
             "recent_rate": alarm.recent_rate,
             "grasps": alarm.grasps,
-            "threshold": alarm.design.threshold,
+            "threshold": alarm.threshold,
+            "dispersion": round(alarm.dispersion, 3),
             "arl0": alarm.design.arl0,
         }
         return Judgement("alarm", details)
