@@ -5,7 +5,7 @@ Usage: python bench/finetune_replay.py DIR [DIR ...]
 Reads the ``result.json`` of every fine-tune job that ``bench/finetune.py``
 left under the bench directories (``<challenge>/ft-<N>``, ``sweep-<N>``) and
 re-decides each job from its stored validation curve (held-out AUC, BCE and
-the prior-slice figures of every candidate) under three rules:
+the prior-slice figures of every candidate) under four rules:
 
 - ``auc``: the shipped rule (best held-out AUC among candidates that pass the
   forgetting rule; wins by ``max(min_gain, se_margin x SE)`` and AUC >= min_auc).
@@ -14,6 +14,8 @@ the prior-slice figures of every candidate) under three rules:
   lowest held-out BCE; "no improvement" when none qualifies.
 - ``bce``: lowest held-out BCE among eligible candidates, gated on BCE (for
   reference: it ships on any data, every candidate recalibrates).
+- ``both``: like ``hybrid`` but the step is the highest mean of the held-out
+  AUC on new and on prior data (ranks well on both conditions).
 
 Each rule also gets its own patience (``patience`` validations without a new
 best end the run), so a rule cannot pick a step the job would not have reached.
@@ -37,7 +39,7 @@ from trainer import early_stop  # noqa: E402
 from trainer.early_stop import Candidate  # noqa: E402
 from trainer.finetune import FinetuneConfig  # noqa: E402
 
-RULES = ("auc", "hybrid", "bce")
+RULES = ("auc", "hybrid", "bce", "both")
 _D = FinetuneConfig()
 RULE_DEFAULTS: dict[str, Any] = {
     k: getattr(_D, k)
@@ -88,6 +90,9 @@ def replay(
         elif rule == "hybrid":
             qualifies = c.new - parent.new > gate and c.new_auc >= float(cfg["min_auc"])
             better = ok and qualifies and (best is None or bce[c.step] < bce[best.step])
+        elif rule == "both":
+            qualifies = c.new - parent.new > gate and c.new_auc >= float(cfg["min_auc"])
+            better = ok and qualifies and (best is None or c.new + c.prior > best.new + best.prior)
         else:
             better = ok and bce[c.step] < bce[best.step if best else -1]
         if better:
@@ -110,7 +115,7 @@ def replay(
                 float(cfg["min_auc"]),
             )
             chosen = hit.step if hit else None
-        elif rule == "hybrid":
+        elif rule in ("hybrid", "both"):
             chosen = best.step
         else:
             gain = bce[-1] - bce[best.step]
