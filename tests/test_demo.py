@@ -140,9 +140,15 @@ def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
     doc = s.to_json()
     assert (doc["changes_detected"], doc["changes"]) == (1, 1)
     assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
-    # a change with no mark of its own (e.g. inside an exploration) is named as missed
+    # a change that cost nothing (52% -> 48%, not significant) left nothing to detect
     s2 = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting"), (150, "x")])
-    assert "1 of 2; missed: x" in summary_text(s2) and s2.to_json()["changes_detected"] == 1
+    assert "1 of 2; no drop to detect: x (48.0% after" in summary_text(s2)
+    assert s2.to_json()["changes_without_drop"] == ["x"] and not s2.segments[2].dropped
+    # a drop with no mark of its own (e.g. inside an exploration) is named as missed
+    unmarked = [e for e in events if e.topic != "agent.condition"]
+    s3 = summarise(grasps, unmarked, [(0, "baseline"), (100, "harsh_lighting")])
+    assert "0 of 1; missed: harsh_lighting" in summary_text(s3)
+    assert s3.segments[1].dropped and s3.to_json()["changes_missed"] == ["harsh_lighting"]
     assert doc["conditions"][1]["after"]["n"] == 100
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Z95 = 1.959963984540054
+Z_ONE_SIDED_95 = 1.6448536269514722
 """Two-sided 95% normal quantile."""
 
 
@@ -204,6 +205,17 @@ class Segment:
         return None if self.alarm is None else self.alarm - self.start
 
     @property
+    def dropped(self) -> bool:
+        """Whether success fell at the change: "between" below "before", one-sided
+        two-proportion z-test at 5% (a change that costs nothing leaves nothing to detect)."""
+        b, m = self.before, self.between
+        if b is None or b.n == 0 or m.n == 0:
+            return False
+        pooled = (b.successes + m.successes) / (b.n + m.n)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / b.n + 1 / m.n))
+        return se > 0 and (b.successes / b.n - m.successes / m.n) / se > Z_ONE_SIDED_95
+
+    @property
     def recovered(self) -> float | None:
         """Share of the drop (before - between) won back after the swap (after - between)."""
         if self.before is None or self.after is None:
@@ -234,6 +246,7 @@ class Summary:
             d = asdict(s)
             d["detection_delay"] = s.detection_delay
             d["recovered"] = s.recovered
+            d["dropped"] = s.dropped
             d["rollbacks"] = list(s.rollbacks)
             d["job_results"] = list(s.job_results)
             segs.append(d)
@@ -242,6 +255,10 @@ class Summary:
             "grasps": self.grasps,
             "overall": asdict(self.overall),
             "changes_detected": sum(s.marked is not None for s in changes),
+            "changes_missed": [s.condition for s in changes if s.marked is None and s.dropped],
+            "changes_without_drop": [
+                s.condition for s in changes if s.marked is None and not s.dropped
+            ],
             "changes": len(changes),
             "conditions": segs,
             "markers": [asdict(m) for m in self.markers],
@@ -328,9 +345,16 @@ def summary_text(s: Summary) -> str:
     changes = s.segments[1:]
     if changes:
         found = [seg.condition for seg in changes if seg.marked is not None]
-        missed = [seg.condition for seg in changes if seg.marked is None]
+        missed = [seg.condition for seg in changes if seg.marked is None and seg.dropped]
+        quiet = [seg for seg in changes if seg.marked is None and not seg.dropped]
         lines.append(
             f"changes detected (a new condition marked): {len(found)} of {len(changes)}"
             + (f"; missed: {', '.join(missed)}" if missed else "")
+            + "".join(
+                f"; no drop to detect: {q.condition} ({q.between.text().split('[')[0].strip()}"
+                f" after the change vs {q.before.text().split('[')[0].strip()} before)"
+                for q in quiet
+                if q.before is not None
+            )
         )
     return "\n".join(lines)
