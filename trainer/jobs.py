@@ -12,12 +12,14 @@
     TRAINING  --clean shutdown-->          QUEUED (the interrupted run is not counted)
     DONE | NO_IMPROVEMENT | FAILED --agent fetched the result--> DELIVERED
     DONE | NO_IMPROVEMENT | FAILED | DELIVERED --agent acknowledged--> ACKNOWLEDGED (final)
+    RECEIVING | QUEUED | TRAINING --agent cancelled--> CANCELLED (final: its upload, run
+                                           directory and lineage entry are removed)
 
 :func:`step` returns the next job and the effects the service carries out
 (persist before replying, tell the agent, start the worker, clean up).
 Repeats that change nothing (a second fetch, a second acknowledgement) are
-allowed and return no state change; anything else out of order raises
-:class:`JobError`.
+allowed and return no state change, and so is a late verdict of a run that was
+cancelled while it ended; anything else out of order raises :class:`JobError`.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ class JobState(StrEnum):
     FAILED = "failed"
     DELIVERED = "delivered"
     ACKNOWLEDGED = "acknowledged"
+    CANCELLED = "cancelled"
 
 
 FINISHED = frozenset({JobState.DONE, JobState.NO_IMPROVEMENT, JobState.FAILED})
 """States holding a result the agent has not fetched yet."""
+CANCELLABLE = frozenset({JobState.RECEIVING, JobState.QUEUED, JobState.TRAINING})
+"""States a ``cancel`` request ends (later states have a verdict already)."""
 
 
 class JobError(ValueError):
@@ -66,7 +71,7 @@ class Job:
     attempts: int = 0
     """Training runs started (a restart mid-training starts another)."""
     outcome: str = ""
-    """"improved", "no_improvement" or "failed" once training ended."""
+    """"improved", "no_improvement", "failed" once training ended, or "cancelled"."""
     bundle_id: str = ""
     """Result bundle id (outcome "improved")."""
     detail: str = ""
@@ -124,8 +129,23 @@ class Acknowledged:
     """The agent confirmed it holds the result."""
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """The agent abandoned the job: nothing more is trained or kept for it."""
+
+    detail: str = "cancelled by the agent"
+
+
 Event = (
-    DataComplete | Started | Finished | Failed | Restarted | Interrupted | Fetched | Acknowledged
+    DataComplete
+    | Started
+    | Finished
+    | Failed
+    | Restarted
+    | Interrupted
+    | Fetched
+    | Acknowledged
+    | Cancelled
 )
 
 
@@ -157,6 +177,8 @@ def step(job: Job, event: Event) -> tuple[Job, list[Effect]]:
     """Apply ``event`` to ``job``; returns the next job and the effects to carry out."""
     s = job.state
     changed: list[Effect] = [Persist(), NotifyAgent()]
+    if s is JobState.CANCELLED and isinstance(event, Finished | Failed | Acknowledged | Cancelled):
+        return job, []  # the run's late verdict, or a repeated cancel or acknowledgement
     match event:
         case DataComplete(seq=seq):
             if s is JobState.RECEIVING:
@@ -200,4 +222,9 @@ def step(job: Job, event: Event) -> tuple[Job, list[Effect]]:
                 return replace(job, state=JobState.ACKNOWLEDGED), [Persist()]
             if s is JobState.ACKNOWLEDGED:
                 return job, []
+        case Cancelled(detail=detail):
+            if s in CANCELLABLE:
+                nxt = replace(job, state=JobState.CANCELLED, outcome="cancelled", detail=detail)
+                return nxt, [*changed, DropIncoming(), Schedule()]
+            return job, []  # it has a verdict already: left as it is
     raise JobError(f"job {job.key}: {type(event).__name__} is not allowed in state {s.value}")

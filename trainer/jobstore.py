@@ -147,7 +147,10 @@ class JobStore:
         now = time.time()
         started = now if job.state is JobState.TRAINING else None
         finished = (
-            now if job.state in (JobState.DONE, JobState.NO_IMPROVEMENT, JobState.FAILED) else None
+            now
+            if job.state
+            in (JobState.DONE, JobState.NO_IMPROVEMENT, JobState.FAILED, JobState.CANCELLED)
+            else None
         )
         self.conn.execute(
             "UPDATE jobs SET state=?, seq=?, attempts=?, outcome=?, bundle_id=?, detail=?, "

@@ -8,7 +8,9 @@ data of this condition as new data, and the base dataset plus the lineage's
 other conditions as prior data, in the job's run directory (the runner resumes
 from its checkpoints there); (4) copies an improved bundle into the store.
 The outcome goes back to the service loop as a :mod:`trainer.jobs` event on
-a queue; progress is kept as "latest only", so memory stays bounded.
+a queue; progress is kept as "latest only", so memory stays bounded. Each run
+has its own stop event: :meth:`Worker.cancel` stops one job's run at the
+runner's next step (no event then), :meth:`Worker.join` stops any run.
 """
 
 from __future__ import annotations
@@ -98,7 +100,10 @@ class Worker:
         self.runner_cfg = runner_cfg
         self.events: queue.Queue[tuple[str, Event]] = queue.Queue()
         self.stop = threading.Event()
+        """Set on shutdown: no run goes on (each run also has its own stop event)."""
         self._thread: threading.Thread | None = None
+        self._run_stop = threading.Event()
+        self._run_key = ""
         self._lock = threading.Lock()
         self._progress: dict[str, dict[str, Any]] = {}
 
@@ -110,10 +115,22 @@ class Worker:
         """Start the job on a fresh thread; the worker must be idle."""
         if self.busy:
             raise RuntimeError("the worker is busy")
+        run_stop = threading.Event()
+        if self.stop.is_set():
+            run_stop.set()
+        self._run_stop, self._run_key = run_stop, spec.key
         self._thread = threading.Thread(
-            target=self._run, args=(spec,), name=f"train-{spec.key}", daemon=True
+            target=self._run, args=(spec, run_stop), name=f"train-{spec.key}", daemon=True
         )
         self._thread.start()
+
+    def cancel(self, key: str) -> bool:
+        """Stop job ``key``'s run at the runner's next step, if it is the one running; the
+        run then reports nothing. Returns whether it was running (``busy`` says when it ended)."""
+        if self.busy and self._run_key == key:
+            self._run_stop.set()
+            return True
+        return False
 
     def take_progress(self) -> dict[str, dict[str, Any]]:
         """The latest progress of each job since the last call."""
@@ -123,15 +140,20 @@ class Worker:
 
     def join(self, timeout: float) -> None:
         self.stop.set()
+        self._run_stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run(self, spec: WorkSpec) -> None:
+    def _run(self, spec: WorkSpec, run_stop: threading.Event) -> None:
         try:
-            event = self._train(spec)
+            event = self._train(spec, run_stop)
         except Exception as exc:
-            if self.stop.is_set():
-                log.info("job %s interrupted by shutdown; it resumes at the next start", spec.key)
+            if run_stop.is_set():  # shutdown (resumes at the next start) or cancelled
+                log.info(
+                    "job %s stopped (%s)",
+                    spec.key,
+                    "shutdown" if self.stop.is_set() else "cancelled",
+                )
                 return
             log.exception("job %s failed", spec.key)
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
@@ -144,10 +166,12 @@ class Worker:
         with self._lock:
             self._progress[key] = dict(info)
 
-    def _train(self, spec: WorkSpec) -> Event | None:
+    def _train(self, spec: WorkSpec, run_stop: threading.Event) -> Event | None:
         parent = ensure_parent(spec)
         data = ingest_once(spec)
         new, prior = lineage_data(spec, data)
+        if run_stop.is_set():
+            return None
         spec.out.mkdir(parents=True, exist_ok=True)
         self._report(spec.key, {"stage": "training"})
         result = self.runner(
@@ -157,12 +181,14 @@ class Worker:
             prior,
             spec.out,
             progress=lambda info: self._report(spec.key, info),
-            stop=self.stop,
+            stop=run_stop,
             job_id=spec.key,
             condition=spec.condition,
         )
-        if self.stop.is_set():
-            return None  # stopped early: the job stays "training" and resumes on restart
+        if run_stop.is_set():
+            # shutdown: the job stays "training" and resumes at the next start; cancelled:
+            # the service has ended the job already (a verdict reached meanwhile is dropped)
+            return None
         if result.status == "improved":
             if result.bundle_path is None:
                 raise ValueError("runner reported 'improved' without a bundle")

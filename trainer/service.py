@@ -7,6 +7,9 @@ job row is committed before the reply that acknowledges it; a chunk is
 recorded only after its bytes are fsynced; a result stays until the agent
 acknowledges it. On start, a job that was training when the trainer went down
 is queued again first in line and resumes from its run directory's checkpoint.
+A ``cancel`` ends a job durably at once (its row says "cancelled" before the
+reply); a running one stops at its runner's next step, and the worker takes the
+next queued job once that run has let go.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from agent.notify import Notifier
 from agent.transport import Security
 from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode
 from trainer import jobs as jl
-from trainer.jobs import FINISHED, Job, JobState
+from trainer.jobs import CANCELLABLE, FINISHED, Job, JobState
 from trainer.jobstore import JobStore
 from trainer.jobworker import Runner, Worker, WorkSpec, load_object, store_bundle
 from trainer.service_config import TrainerServiceConfig, check_service_exposure
@@ -196,7 +199,9 @@ class JobService:
     # -- recovery and scheduling ----------------------------------------------------------
     def _recover(self) -> None:
         for job in self.store.jobs():
-            if job.state is JobState.TRAINING:
+            if job.state is JobState.CANCELLED:
+                self._clean_cancelled(job)  # the trainer went down before it was removed
+            elif job.state is JobState.TRAINING:
                 log.warning("job %s was training when the trainer went down: resuming", job.key)
                 self._apply(job, jl.Restarted(self.s.max_attempts))
             elif job.state is JobState.RECEIVING:
@@ -233,7 +238,7 @@ class JobService:
         if self.stop.is_set():
             return  # shutting down: start nothing new
         if self._running is not None and not self.worker.busy and self.worker.events.empty():
-            self._running = None  # a run ended without an event (stopped)
+            self._release(self._running)  # a run ended without an event (stopped, cancelled)
         self._schedule()
 
     def _drain_worker_events(self) -> None:
@@ -247,7 +252,23 @@ class JobService:
             if job is not None:
                 self._apply(job, event)
             if key == self._running:
-                self._running = None
+                self._release(key)
+
+    def _release(self, key: str) -> None:
+        """The worker let go of ``key``: a cancelled job's files can go now."""
+        self._running = None
+        job = self.store.get(key)
+        if job is not None and job.state is JobState.CANCELLED:
+            self._clean_cancelled(job)
+
+    def _clean_cancelled(self, job: Job) -> None:
+        """Remove what a cancelled job left (upload, run directory, lineage entry): its data
+        is no prior of later jobs. Only while no run uses it."""
+        lineage = self.store.lineage_root(job.agent)
+        for d in (self.store.job_dir(job.key), lineage / job.key, lineage / f".tmp-{job.key}"):
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+                log.info("job %s (cancelled): removed %s", job.key, d)
 
     def _expire_uploads(self) -> None:
         now = time.monotonic()
@@ -268,7 +289,7 @@ class JobService:
                 continue
             self._last_progress[key] = now
             job = self.store.get(key)
-            if job is not None:
+            if job is not None and job.state is JobState.TRAINING:  # not once cancelled
                 self._push(job.agent, "progress", {"key": key, "job": job.agent_job, **info})
 
     def _apply(self, job: Job, event: jl.Event) -> Job:
@@ -356,6 +377,7 @@ class JobService:
             "fetch": self._fetch,
             "get": self._get,
             "ack": self._ack,
+            "cancel": self._cancel,
             "jobs": self._jobs,
         }
 
@@ -384,7 +406,7 @@ class JobService:
         states = {
             j.key: j.state.value
             for j in self.store.jobs(agent)
-            if j.state is not JobState.ACKNOWLEDGED
+            if j.state not in (JobState.ACKNOWLEDGED, JobState.CANCELLED)
         }
         self._reply(ident, "pong", {"rid": h.get("rid"), "jobs": states})
 
@@ -491,6 +513,36 @@ class JobService:
         except jl.JobError as exc:
             raise WireError("not_ready", str(exc)) from exc
         self._reply(ident, "acked", {"rid": h.get("rid"), **self._job_header(job)})
+
+    def _cancel(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
+        job = self._cancel_target(h)
+        previous = job.state
+        if previous in CANCELLABLE:
+            job = self._apply(job, jl.Cancelled())
+            assert self.worker is not None
+            if self.worker.cancel(job.key):
+                log.info("job %s cancelled while training: stopping its run", job.key)
+            elif job.key != self._running:
+                self._clean_cancelled(job)
+        head = {
+            "rid": h.get("rid"),
+            **self._job_header(job),
+            "previous": previous.value,
+            "cancelled": job.state is JobState.CANCELLED,
+        }
+        self._reply(ident, "cancelled", head)
+
+    def _cancel_target(self, h: dict[str, Any]) -> Job:
+        """The job a ``cancel`` names: by ``key``, or (an agent that never learnt the key)
+        its latest job with agent job number ``job``."""
+        if h.get("key") is not None:
+            return self._owned(h)
+        agent = check_name("agent", h.get("agent"))
+        number = check_int("job", h.get("job"))
+        mine = [j for j in self.store.jobs(agent) if j.agent_job == number]
+        if not mine:
+            raise WireError("unknown_job", f"no job {number} of agent {agent!r}")
+        return mine[-1]
 
     def _jobs(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
         rows = [{**r, "detail": str(r["detail"])[:160]} for r in self.store.rows()[-JOBS_LISTED:]]
