@@ -171,6 +171,8 @@ def main() -> None:
         default=FinetuneConfig().augment,
         help="FinetuneConfig.augment of every fine-tune",
     )
+    ap.add_argument("--eval-every", type=int, default=FinetuneConfig().eval_every)
+    ap.add_argument("--patience", type=int, default=FinetuneConfig().patience)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs it)")
     args = ap.parse_args()
     cfg = FinetuneConfig(
@@ -178,6 +180,8 @@ def main() -> None:
         threads=args.threads,
         shift_search=not args.paper_recipe,
         augment=args.augment,
+        eval_every=args.eval_every,
+        patience=args.patience,
     )
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
