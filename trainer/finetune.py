@@ -727,7 +727,9 @@ def _shift(cfg: FinetuneConfig, jb: _Job, data: _Data, out: Path) -> dict[str, A
             k = min(len(rows), max(1, round(cfg.shift_samples * len(rows) / total)))
             parts.append(v.gather(np.sort(rng.choice(rows, size=k, replace=False))))
         batch = parts[0] if len(parts) == 1 else concat_batches(parts)
-        _, rec = search_shift(jb.parent_net, batch, cfg.measure, ShiftSearch(), jb.parent.prior)
+        _, rec = search_shift(
+            jb.parent_net, batch, cfg.measure, ShiftSearch(), jb.parent.prior, held=data.held_new
+        )
     _write_json(f, rec)
     return rec
 

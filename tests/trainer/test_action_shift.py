@@ -10,6 +10,8 @@ import torch
 
 from agent.config import CemConfig, PolicyConfig
 from agent.policy import load_policy
+from trainer.action_shift import ShiftSearch, search_shift
+from trainer.dataset import Batch
 from trainer.export import load_qnet, make_bundle
 from trainer.qnet import QNet, QNetConfig
 
@@ -47,3 +49,43 @@ def test_shifted_bundle_round_trips_and_serves_like_torch(tmp_path: Path) -> Non
     with torch.no_grad():
         q = net(torch.from_numpy(image)[None], torch.from_numpy(d.action)[None, None]).item()
     assert abs(q - d.q) < 1e-4
+
+
+def _labelled(net: QNet, n: int, seed: int, shift_m: tuple[float, float] | None) -> Batch:
+    """Random images and actions, labelled by where ``net`` would score the fingers landing at
+    command + ``shift_m`` (above its median: success); None: labels are coin flips."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
+    actions = rng.uniform(-0.6, 0.6, (n, 3)).astype(np.float32)
+    if shift_m is None:
+        y = rng.random(n) < 0.5
+    else:
+        spec = net.spec
+        moved = actions + np.array(
+            [shift_m[0] / spec.workspace_x_m, shift_m[1] / spec.workspace_y_m, 0], np.float32
+        )
+        with torch.no_grad():
+            q = net(torch.from_numpy(images), torch.from_numpy(moved)[:, None, :])[:, 0].numpy()
+        y = q > np.median(q)
+    return Batch(images, actions, y.astype(np.float32), np.ones(n, bool), np.zeros_like(images))
+
+
+def test_shift_search_finds_the_landing_point_and_held_out_grasps_must_confirm_it() -> None:
+    torch.manual_seed(1)
+    net = QNet(TINY).eval()
+    true = (0.09, 0.0)
+    train = _labelled(net, 160, 0, true)
+    cfg = ShiftSearch()
+    shift, rec = search_shift(
+        net, train, "auc", cfg, reference=1.0, held=_labelled(net, 80, 1, true)
+    )
+    assert rec["adopted"] and rec["confirmed"] and shift == true, rec
+    assert rec["score_best"] == 1.0 and rec["gain"] > 0.1
+    # the same search grasps, but held-out outcomes that no shift explains: not adopted
+    shift, rec = search_shift(
+        net, train, "auc", cfg, reference=1.0, held=_labelled(net, 80, 2, None)
+    )
+    assert not rec["adopted"] and rec["confirmed"] is False and shift == (0.0, 0.0), rec
+    # a shift that does not bring the score back to the prior reference: not adopted
+    shift, rec = search_shift(net, train, "auc", cfg, reference=2.0)
+    assert not rec["adopted"] and not rec["restores"] and shift == (0.0, 0.0)
