@@ -287,13 +287,17 @@ def load_config(path: Path | str) -> AgentConfig:
 
 def config_from_dict(raw: dict[str, Any]) -> AgentConfig:
     """Build and validate an AgentConfig from nested dicts (the parsed TOML)."""
-    cfg = _build(AgentConfig, raw, "")
+    cfg = build_dataclass(AgentConfig, raw)
     assert isinstance(cfg, AgentConfig)
     validate(cfg)
     return cfg
 
 
-def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+def build_dataclass(cls: type[Any], raw: Any, prefix: str = "") -> Any:
+    """A (frozen) dataclass ``cls`` from a parsed TOML table: nested tables become nested
+    dataclasses, values are checked against the field types (Literal, dict, tuple, ...);
+    raises ConfigError naming the key (``prefix`` + name) on an unknown key or bad value.
+    Shared by the agent's and the trainer service's configs."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
@@ -317,7 +321,7 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _build(tp, value, key + ".")
+        return build_dataclass(tp, value, key + ".")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -369,7 +373,7 @@ def _need(cond: bool, msg: str) -> None:
 
 def validate(cfg: AgentConfig) -> None:
     """Check cross-field constraints; raises ConfigError naming the key."""
-    # [cem] is agent.cem.CemParams, which checks itself when built (ConfigError via _build).
+    # [cem] is agent.cem.CemParams, which checks itself when built (ConfigError, build_dataclass).
     p = cfg.policy
     _need(1 <= p.intra_op_threads <= 64, "policy.intra_op_threads: must be in [1, 64]")
     _need(p.warmup_runs >= 1, "policy.warmup_runs: must be >= 1 (a session is warmed before use)")

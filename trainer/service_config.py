@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, is_loopback_endpoint
-from agent.config import _build as build_dataclass  # the generic TOML -> dataclass builder
+from agent.config import ConfigError, build_dataclass, is_loopback_endpoint
 
 
 @dataclass(frozen=True)
