@@ -74,6 +74,7 @@ def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None
         link.submit(job, path, str(row["parent_policy_id"]) if row else "")
 
     daemon.set_export_hook(on_export)
+    daemon.set_cancel_hook(link.cancel)  # the trainer stops an abandoned job
     link.start()
     return link
 

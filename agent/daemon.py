@@ -114,6 +114,8 @@ class Daemon:
         self.endpoints: dict[str, str] = {}
         self.export_hook: Callable[[int, Path], None] | None = None
         """Called on the control thread when a job's export is written: must return at once."""
+        self.cancel_hook: Callable[[int], None] | None = None
+        """Called on the control thread when a job is abandoned: must return at once."""
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._tickets = itertools.count(1)
         self._pending_changes = 0
@@ -156,6 +158,12 @@ class Daemon:
         once a job's export is written (and again at start-up for jobs still queued), so it
         must only hand the work to its own thread."""
         self.export_hook = hook
+
+    def set_cancel_hook(self, hook: Callable[[int], None] | None) -> None:
+        """Register the trainer link's cancel: ``hook(job)`` is called on the control thread
+        once a job's cancellation is committed (and again if the trainer still reports on
+        it), so it must only hand the work to its own thread."""
+        self.cancel_hook = hook
 
     def _post(self, fn: Callable[[], None]) -> None:
         self._inbox.put(fn)
@@ -561,6 +569,9 @@ class Daemon:
             self.warm_policies.drop(pid)
         if rec.export is not None:
             self.exporter.submit(*rec.export)
+        for eff in effects:
+            if isinstance(eff, lc.CancelJob):
+                self._call_cancel_hook(eff.job)
         if rec.swapped:  # may step again: its events follow these, as in the table
             self._after_swap()
         self._ensure_warm()
@@ -771,11 +782,21 @@ class Daemon:
         except Exception as exc:
             self._error("export_hook", exc)
 
+    def _call_cancel_hook(self, job: int) -> None:
+        if self.cancel_hook is None:
+            return
+        try:
+            self.cancel_hook(job)
+        except Exception as exc:
+            self._error("cancel_hook", exc)
+
     def _on_job_update(self, job: int, status: str, detail: dict[str, Any]) -> None:
         row = self.log.job(job)
         if row is not None and row["status"] == "cancelled":
-            # the trainer goes on with the cancelled job's data (the lineage keeps it); the
-            # row stays cancelled and the event says so
+            # the link tells the trainer to stop it; the row stays cancelled and the event
+            # says so. Still reported on (a cancel lost in a crash): cancel it again
+            if status != "cancelled":
+                self._call_cancel_hook(job)
             self.log.update_job(job, "cancelled", detail={"trainer": status, **detail})
             self.emit(
                 "agent.job", {"job": job, "status": status, "detail": detail, "cancelled": True}

@@ -16,6 +16,12 @@ never waits on the trainer. For each job the link:
    the link's thread (the daemon validates the bundle off-thread);
 4. acknowledges the result, after which the trainer may forget the job.
 
+:meth:`TrainerLink.cancel` abandons a job (the daemon moved on): the link stops
+uploading or following it, tells the trainer (``cancel``, retried like any
+request while the trainer is away; the trainer stops training it and keeps
+nothing), acknowledges a result the trainer had finished anyway, and never
+hands that job's results or progress on.
+
 While the trainer is away (no reply for ``timeout_s``) the link closes its
 socket and reconnects with exponential backoff; the exports wait on disk, so
 memory stays bounded however long it is away. Job records survive an agent
@@ -24,7 +30,8 @@ restart: :meth:`start` picks every unfinished job up where it was.
 Statuses given to ``on_status(job_id, status, detail)``: ``waiting`` (the
 trainer is unreachable), ``uploading``, ``receiving``/``queued``/``training``
 (the trainer's states; ``training`` repeats with progress in ``detail``),
-``downloading``, then one of ``improved``, ``no_improvement``, ``failed``.
+``downloading``, then one of ``improved``, ``no_improvement``, ``failed``; a cancelled
+job reports only ``cancelled`` (detail ``trainer_state``: the state the cancel found).
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ MAX_OFFERS = 3
 BUNDLE_FILES = (META_FILE, MODEL_FILE, WEIGHTS_FILE)
 """What of a bundle directory is uploaded as a parent."""
 _FINISHED = ("done", "no_improvement", "failed", "delivered", "acknowledged")
+_FINAL = ("done", "failed", "cancelled")
+"""Link phases with nothing left to do."""
 
 
 @dataclass
@@ -85,7 +94,7 @@ class JobRecord:
     condition: str
     """Condition of the export."""
     phase: str = "upload"
-    """upload, wait, fetch, deliver, ack, done or failed."""
+    """upload, wait, fetch, deliver, ack, done or failed; cancel, then cancelled."""
     key: str = ""
     """The trainer's id of the job (once accepted)."""
     manifest: dict[str, Any] | None = None
@@ -98,6 +107,8 @@ class JobRecord:
     """The trainer's summary or reason."""
     offers: int = 0
     """Times the result bundle was handed to on_result."""
+    cancelled: bool = False
+    """The daemon abandoned the job: the trainer is told, nothing more is handed on."""
 
 
 @dataclass
@@ -144,7 +155,7 @@ class TrainerLink:
         self.agent_id = self.cfg.agent_id or _host_id()
         self._max_result_bytes = cfg.policy.max_bundle_bytes
         self._clock = clock
-        self._inbox: queue.Queue[tuple[int, str, str]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, int, str, str]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -162,6 +173,8 @@ class TrainerLink:
         self._backoff = self.cfg.backoff_min_s
         self._away_reported = False
         self._rid = 0
+        self._rid_job: dict[int, int] = {}
+        """Job of each unanswered cancel/ack (an error reply names only the request's rid)."""
         self.stats: dict[str, int] = {
             "connects": 0,
             "chunks_sent": 0,
@@ -187,7 +200,7 @@ class TrainerLink:
                 continue
             self._records[rec.job] = rec
             again = self._offer_again(rec)
-            if rec.phase in ("done", "failed") and not again:
+            if rec.phase in _FINAL and not again:
                 shutil.rmtree(self._staging(rec.job), ignore_errors=True)
         self._ctx = zmq.Context()
         self._thread = threading.Thread(target=self._run, name="trainer-link", daemon=True)
@@ -196,7 +209,7 @@ class TrainerLink:
     def _offer_again(self, rec: JobRecord) -> bool:
         """At start: a delivered bundle that never reached the store (the agent went down
         before importing it) is handed to on_result again, at most MAX_OFFERS times."""
-        if rec.outcome != "improved" or rec.phase not in ("ack", "done"):
+        if rec.outcome != "improved" or rec.phase not in ("ack", "done") or rec.cancelled:
             return False
         staged = self._staging(rec.job) / rec.bundle_id
         if (self.store_dir / rec.bundle_id).is_dir() or not staged.is_dir():
@@ -213,7 +226,17 @@ class TrainerLink:
         already recorded is left as it is, so the daemon may offer its queued jobs again
         at every start-up.
         """
-        self._inbox.put((int(job_id), str(export_path), str(parent_id)))
+        self._inbox.put(("submit", int(job_id), str(export_path), str(parent_id)))
+
+    def cancel(self, job_id: int) -> None:
+        """Abandon a job; returns at once (no I/O: safe on the control thread), idempotent.
+
+        The link's thread records it (so an agent restart goes on with it), stops uploading
+        or following the job and tells the trainer, retrying while it is away; the job's
+        results and progress are no longer handed on. A job the link does not know, or one
+        already ended, is left as it is.
+        """
+        self._inbox.put(("cancel", int(job_id), "", ""))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and close the socket (unfinished jobs resume at the next start)."""
@@ -272,12 +295,15 @@ class TrainerLink:
     def _take_inbox(self) -> None:
         while True:
             try:
-                job, export, parent_id = self._inbox.get_nowait()
+                kind, job, export, parent_id = self._inbox.get_nowait()
             except queue.Empty:
                 return
             with self._lock:
-                known = job in self._records
-            if known:
+                known = self._records.get(job)
+            if kind == "cancel":
+                self._take_cancel(job, known)
+                continue
+            if known is not None:
                 continue
             rec = JobRecord(job, export, parent_id, "")
             try:
@@ -291,9 +317,20 @@ class TrainerLink:
             if rec.phase == "failed":
                 self._status(rec, "failed", {"error": rec.detail})
 
+    def _take_cancel(self, job: int, rec: JobRecord | None) -> None:
+        if rec is None or rec.cancelled or rec.phase in _FINAL:
+            log.info("trainer link: cancel of job %s: nothing to cancel", job)
+            return
+        rec.cancelled = True
+        if rec.phase != "ack":  # "ack": the result was handed on already; release it
+            rec.phase = "cancel"
+        self._save(rec)
+        self._live.pop(job, None)  # drop its upload window or download
+        log.info("trainer link: job %s cancelled (trainer job %s)", job, rec.key or "not known")
+
     def _active(self) -> list[JobRecord]:
         with self._lock:
-            return [r for r in self._records.values() if r.phase not in ("done", "failed")]
+            return [r for r in self._records.values() if r.phase not in _FINAL]
 
     def _tick(self) -> None:
         now = self._clock()
@@ -379,6 +416,8 @@ class TrainerLink:
         if not self._away_reported:
             self._away_reported = True
             for rec in self._active():
+                if rec.cancelled:
+                    continue
                 self._status(rec, "waiting", {"reason": why, "retry_in_s": round(delay, 2)})
 
     def _send(self, type_: str, header: dict[str, Any], data: bytes | None = None) -> bool:
@@ -420,6 +459,16 @@ class TrainerLink:
         elif rec.phase == "ack" and not live.awaiting:
             live.awaiting, live.sent_at = "ack", now
             self._send("ack", {"key": rec.key})
+            self._remember_rid(rec)
+        elif rec.phase == "cancel" and not live.awaiting and now >= live.resubmit_at:
+            live.awaiting, live.sent_at = "cancel", now
+            self._send("cancel", {"key": rec.key} if rec.key else {"job": rec.job})
+            self._remember_rid(rec)
+
+    def _remember_rid(self, rec: JobRecord) -> None:
+        if len(self._rid_job) > 1000:  # replies lost over a long outage: forget the oldest
+            self._rid_job.clear()
+        self._rid_job[self._rid] = rec.job
 
     def _drive_upload(self, rec: JobRecord, live: _Live, now: float) -> None:
         up = live.upload
@@ -531,14 +580,21 @@ class TrainerLink:
         if t == "pong":
             for key, state in dict(h.get("jobs", {})).items():
                 rec = self._record({"key": key})
-                if rec is not None:
+                if rec is not None and not rec.cancelled:
                     self._trainer_state(rec, str(state), {})
             return
         rec = self._record(h)
-        if rec is None or rec.phase in ("done", "failed"):
+        rid = h.get("rid")
+        job_of_rid = self._rid_job.pop(rid, None) if isinstance(rid, int) else None
+        if rec is None and t == "error" and job_of_rid is not None:
+            with self._lock:
+                rec = self._records.get(job_of_rid)
+        if rec is None or rec.phase in _FINAL:
             return
         live = self._live_of(rec)
-        if t == "accepted":
+        if rec.cancelled:
+            self._on_cancelled_message(rec, live, t, h, now)
+        elif t == "accepted":
             self._on_accepted(rec, live, h, now)
         elif t == "chunk_ok":
             live.upload.acked(int(h.get("credit", 1)), now)
@@ -563,6 +619,42 @@ class TrainerLink:
             rec.phase = "done"
             self._save(rec)
             live.awaiting = ""
+
+    def _on_cancelled_message(
+        self, rec: JobRecord, live: _Live, t: str, h: dict[str, Any], now: float
+    ) -> None:
+        """A cancelled job: only the replies to ``cancel`` and ``ack`` matter; its results,
+        progress and state pushes are dropped."""
+        if t == "cancelled" and rec.phase == "cancel":
+            live.awaiting = ""
+            state = str(h.get("state"))
+            if h.get("cancelled") is True or state in ("acknowledged", "cancelled"):
+                self._end_cancel(rec, state)
+            elif state in _FINISHED:  # it ended before the cancel: release its result
+                rec.phase = "ack"
+                self._save(rec)
+            else:
+                live.resubmit_at = now + self.cfg.heartbeat_s
+        elif t == "acked" and rec.phase == "ack":
+            live.awaiting = ""
+            self._end_cancel(rec, str(h.get("state")))
+        elif t == "error" and h.get("re") in ("cancel", "ack"):
+            live.awaiting = ""
+            if h.get("code") == "unknown_job":  # the trainer never had it (or forgot it)
+                self._end_cancel(rec, "unknown")
+            elif h.get("re") == "ack":  # a result it cannot take back: nothing to release
+                self._end_cancel(rec, str(h.get("code")))
+            else:
+                log.warning("trainer link: cancel of job %s: %s", rec.job, h.get("message"))
+                live.resubmit_at = now + self.cfg.heartbeat_s
+
+    def _end_cancel(self, rec: JobRecord, trainer_state: str) -> None:
+        rec.phase = "cancelled"
+        self._save(rec)
+        self._live.pop(rec.job, None)
+        if rec.offers == 0:  # never handed on: a partial download is of no use
+            shutil.rmtree(self._staging(rec.job), ignore_errors=True)
+        self._status(rec, "cancelled", {"trainer_state": trainer_state})
 
     def _on_accepted(self, rec: JobRecord, live: _Live, h: dict[str, Any], now: float) -> None:
         live.awaiting = ""
@@ -632,6 +724,11 @@ class TrainerLink:
                 rec.phase = "wait"
                 self._save(rec)
                 live.upload.clear()
+        elif state == "cancelled":  # not by this link (its records were lost): it ended
+            rec.phase, rec.outcome = "failed", "failed"
+            rec.detail = "the trainer says the job was cancelled"
+            self._save(rec)
+            self._status(rec, "failed", {"error": rec.detail})
         elif state in _FINISHED and rec.phase in ("upload", "wait"):
             rec.phase = "fetch"
             self._save(rec)

@@ -3,11 +3,12 @@
 The daemon runs in-process on the fast fake driver with the trainer link attached as
 ``robot-agent run`` attaches it; no trainer runs. ``--jobs`` conditions are marked one
 after another, each explored (``--explore`` grasps) and exported into a job the link cannot
-deliver (a new condition cancels the previous job in the daemon; its data still goes to the
-trainer, for the lineage). The robot goes on to ``--grasps`` grasps; this process's RSS is
+deliver (a new condition cancels the previous job in the daemon, and the link drops it:
+only the last job is still wanted). The robot goes on to ``--grasps`` grasps; this process's RSS is
 sampled every 500 grasps. Then ``robot-trainer serve`` starts (a real process on loopback,
-the real fine-tune on a tiny network and budget) and every job is delivered; the trainer's
-job table, its lineage files and its chunk counters say whether each arrived exactly once.
+the real fine-tune on a tiny network and budget): the cancelled jobs never reach it and the
+last one is delivered; the trainer's job table, its lineage files and its chunk counters say
+whether it arrived exactly once and nothing else did.
 Last stdout line: one JSON object. The short version is a test:
 tests/agent/test_trainer_unreachable.py.
 
@@ -128,11 +129,14 @@ def main() -> None:
             )
             t1 = time.monotonic()
             tr = TrainerProcess(tcfg, tmp / "trainer.log", port).start()
-            jobs = list(range(1, args.jobs + 1))
+            jobs = [args.jobs]  # the earlier ones were cancelled by the next condition
             wait_for(
-                lambda: all(link.phases().get(j) == "done" for j in jobs),
+                lambda: (
+                    link.phases().get(args.jobs) == "done"
+                    and all(link.phases().get(j) == "cancelled" for j in range(1, args.jobs))
+                ),
                 120 + 30 * args.jobs,
-                "every job done",
+                "the last job done, the others cancelled",
             )
             info = tr.jobs()
             rows = info["jobs"]

@@ -380,6 +380,7 @@ def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
     daemon.set_export_hook(
         lambda job, path: link.submit(job, path, str(daemon.log.job(job)["parent_policy_id"]))
     )
+    daemon.set_cancel_hook(link.cancel)
     link.start()
     return link
 

@@ -1,0 +1,184 @@
+"""Cancelling jobs through the agent's trainer link: the trainer stops what the agent abandoned.
+
+Real sockets, a real ``robot-trainer serve`` process running the real fine-tune recipe on the
+tiny network with a budget it would not finish during the test (only a cancel ends a job), and
+for the daemon path the daemon on the fake driver with the link attached as ``robot-agent run``
+attaches it (``agent.cli._attach_trainer_link``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.test_trainer_link import make_link
+from tests.trainer.jobsupport import (
+    TrainerProcess,
+    free_port,
+    make_export,
+    make_parent,
+    wait_for,
+    write_service_config,
+)
+from tests.trainer.test_service_cancel import FOREVER
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def forever_trainer(tmp_path: Path, port: int | None = None) -> TrainerProcess:
+    port = port or free_port()
+    cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", port, finetune=FOREVER)
+    return TrainerProcess(cfg, tmp_path / "trainer.log", port)
+
+
+def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
+    return {int(r["agent_job"]): r for r in tr.jobs()["jobs"]}
+
+
+def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one_at_once(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    tr = forever_trainer(tmp_path, port)
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-c", store)
+    try:
+        # the trainer is away: job 1 is cancelled before the link could send anything
+        for job in (1, 2):
+            export = make_export(tmp_path / "x" / f"job-{job}", 200, "checkerboard", seed=job)
+            link.submit(job, export, parent)
+        wait_for(lambda: link.phases() == {1: "upload", 2: "upload"}, 10, "both jobs recorded")
+        link.cancel(1)
+        wait_for(lambda: link.phases().get(1) == "cancel", 10, "job 1 cancelled in the link")
+        wait_for(lambda: link.stats["connects"] >= 2, 20, "a retry with backoff")
+        tr.start()
+        wait_for(lambda: link.phases().get(1) == "cancelled", 20, "the cancel answered")
+        wait_for(lambda: rows_by_job(tr).get(2, {}).get("state") == "training", 30, "job 2")
+        assert 1 not in rows_by_job(tr)  # never uploaded, never trained
+        # job 2 trains "forever": a cancel stops it on the trainer within a few seconds
+        wait_for(lambda: "training" in rec.of(2), 20, "job 2's progress reaching the agent")
+        link.cancel(2)
+        link.cancel(2)  # idempotent
+        wait_for(lambda: rows_by_job(tr)[2]["state"] == "cancelled", 5, "job 2 cancelled")
+        wait_for(lambda: tr.jobs()["running"] is None, 5, "the trainer's worker free")
+        wait_for(lambda: link.phases().get(2) == "cancelled", 5, "the link done with job 2")
+        # the cancelled jobs report "cancelled" last, and nothing after it
+        assert rec.of(1)[-1] == "cancelled", rec.of(1)
+        assert rec.of(2)[-1] == "cancelled" and rec.of(2).count("cancelled") == 1
+        assert not rec.results
+        assert not (
+            tmp_path / "trainer" / "lineages" / "robot-c" / rows_by_job(tr)[2]["key"]
+        ).exists()
+    finally:
+        link.close()
+        assert tr.stop() == 0
+
+
+def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: Path) -> None:
+    from agent.cli import _attach_trainer_link
+    from agent.ctl import request
+    from agent.daemon import Daemon
+    from tests.agent.conftest import agent_config
+    from tests.agent.fakes import FakeDriver
+
+    tr = forever_trainer(tmp_path).start()
+    incoming = tmp_path / "incoming"
+    base = make_parent(incoming)
+    cfg = agent_config(
+        tmp_path,
+        incoming / base,
+        lifecycle={"exploration_grasps": 60},
+        detector={"enabled": False},
+        trainer={
+            "endpoint": tr.endpoint,
+            "agent_id": "robot-m",
+            "heartbeat_s": 0.2,
+            "timeout_s": 1.0,
+            "chunk_bytes": 65536,
+        },
+    )
+    daemon = Daemon(cfg, FakeDriver(p_success=0.5))
+    link = _attach_trainer_link(daemon, cfg)
+    assert link is not None
+    wired = daemon.cancel_hook  # what the CLI wired, counted
+    assert wired is not None
+    calls: list[int] = []
+
+    def cancel_hook(job: int) -> None:
+        calls.append(job)
+        wired(job)
+
+    daemon.set_cancel_hook(cancel_hook)
+    th = threading.Thread(target=daemon.run, daemon=True)
+    th.start()
+    try:
+        assert daemon.ready.wait(30)
+        ep = daemon.endpoints["commands"]
+        assert request(ep, "mark-condition", {"name": "checkerboard"})["ok"]
+        wait_for(lambda: rows_by_job(tr).get(1, {}).get("state") == "training", 60, "job 1")
+        key = rows_by_job(tr)[1]["key"]
+        assert tr.jobs()["running"] == key
+        # the world changed again while job 1 trains: the daemon abandons it
+        assert request(ep, "mark-condition", {"name": "harsh_lighting"})["ok"]
+        wait_for(lambda: rows_by_job(tr)[1]["state"] == "cancelled", 5, "job 1 cancelled")
+        wait_for(lambda: tr.jobs()["running"] != key, 5, "the trainer's worker let go of it")
+        wait_for(lambda: link.phases().get(1) == "cancelled", 5, "the link done with job 1")
+
+        con = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            (status,) = con.execute("SELECT status FROM jobs WHERE id = 1").fetchone()
+            events = [
+                json.loads(d)
+                for (d,) in con.execute("SELECT data FROM events WHERE topic = 'agent.job'")
+            ]
+            errors = con.execute("SELECT data FROM events WHERE topic = 'agent.error'").fetchall()
+        finally:
+            con.close()
+        assert status == "cancelled"
+        assert any(
+            e["job"] == 1 and e["status"] == "cancelled" and e.get("cancelled") for e in events
+        )
+        assert errors == []
+        assert daemon.snapshot()["condition"] == "harsh_lighting"
+        # a report on a job the daemon cancelled (a link that lost the cancel in a crash):
+        # the daemon cancels it again; the link, done with it, leaves it as it is
+        assert calls == [1]
+        daemon.job_update(1, "training", {"step": 5})
+        wait_for(lambda: calls == [1, 1], 5, "the cancel repeated")
+        assert link.phases()[1] == "cancelled"
+    finally:
+        daemon.request_stop()
+        th.join(30)
+        link.close()
+        tr.stop()
+
+
+def test_a_cancel_recorded_by_the_link_survives_an_agent_restart(tmp_path: Path) -> None:
+    """The link records the cancel before anything else: a new link on the same records
+    (the agent restarted before the trainer was reachable) sends it, and nothing uploads."""
+    port = free_port()
+    tr = forever_trainer(tmp_path, port)
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, _ = make_link(tmp_path / "agent", tr.endpoint, "robot-r", store)
+    try:
+        link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard"), parent)
+        link.cancel(1)
+        wait_for(lambda: link.phases() == {1: "cancel"}, 10, "the cancel recorded")
+    finally:
+        link.close()
+    tr.start()
+    again, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-r", store)
+    try:
+        wait_for(lambda: again.phases() == {1: "cancelled"}, 20, "the cancel sent after restart")
+        assert rec.of(1) == ["cancelled"]
+        assert tr.jobs()["jobs"] == [] and tr.jobs()["counters"].get("chunks.written", 0) == 0
+    finally:
+        again.close()
+        assert tr.stop() == 0
