@@ -206,9 +206,9 @@ def _design_counts(s: int, n: int, min_drop: float, arl0: float, resolution: int
 
 
 def dispersion(outcomes: list[bool], block: int, max_dispersion: float = 4.0) -> float:
-    """Variance of the means of consecutive ``block``-grasp blocks over the binomial variance
-    p(1-p)/block, clipped to [1, max_dispersion]; 1.0 with fewer than 4 whole blocks, with
-    ``block`` <= 1, or when every outcome is the same."""
+    """Variance of the means of the ``k`` consecutive ``block``-grasp blocks over the binomial
+    variance p(1-p)/block, shrunk by (k-1)/(k+1) and clipped to [1, max_dispersion]; 1.0 with
+    fewer than 4 whole blocks, with ``block`` <= 1, or when every outcome is the same."""
     k = len(outcomes) // block if block > 1 else 0
     if k < 4:
         return 1.0
@@ -217,6 +217,7 @@ def dispersion(outcomes: list[bool], block: int, max_dispersion: float = 4.0) ->
     if not 0 < p < 1:
         return 1.0
     phi = float(x.mean(axis=1).var(ddof=1)) / (p * (1 - p) / block)
+    phi *= (k - 1) / (k + 1)  # shrunk: clipped at 1, a few blocks' estimate errs upwards
     return min(max(phi, 1.0), max_dispersion)
 
 
