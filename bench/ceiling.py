@@ -17,7 +17,9 @@ and ``--condition``:
   bound on what a single-shot policy can reach (it can only do better by
   finding a grasp outside the candidate set).
 - **scripted**: the share of the scripted grasps (first candidate per object)
-  that lift: how forgiving the physics is per object.
+  that lift: how forgiving the physics is per object; and the share of bins
+  where the scripted grasp lifts at least one object (a policy that grasps
+  like the scripted one but always picks the right object).
 - **policies** (``--bundle``, default the shipped base policy): one grasp per
   scene, served as the daemon serves it (ONNX Runtime + CEM 64/6/3).
 
@@ -142,6 +144,7 @@ def measure(
         "oracle": figure(sum(any(r["liftable"]) for r in rows), n),
         "liftable_objects": figure(sum(liftable), len(liftable)),
         "scripted_per_object": figure(sum(scripted), len(scripted)),
+        "scripted_best_object": figure(sum(any(r["scripted"]) for r in rows), n),
         "mean_tries": round(sum(r["tries"] for r in rows) / max(n, 1), 2),
         "policies": {
             b: figure(sum(r["policies"][i] for r in rows), n) for i, b in enumerate(bundles)
