@@ -25,13 +25,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+# torch (seconds to import) is imported by the parser and the subcommands, not here: for
+# ``serve`` the stop handler comes first, so a SIGTERM during start-up stops it cleanly
+# instead of killing it.
 
-from trainer.export import make_bundle
-from trainer.qnet import QNet
+
+def _limit_threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def _export_random(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.export import make_bundle
+    from trainer.qnet import QNet
+
     torch.manual_seed(args.seed)
     net = QNet().eval()
     meta = {"condition": args.condition, "training": {"kind": "random-init", "seed": args.seed}}
@@ -118,6 +128,11 @@ def _base_data(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from agent.signals import StopSignals
+
+    # installed by main() before anything slow (torch, the runner): a SIGTERM during
+    # start-up makes the service stop before READY=1 and exit 0, as a SIGTERM later does
+    signals: StopSignals = getattr(args, "stop_signals", None) or StopSignals().install()
     import logging
 
     from agent.config import ConfigError
@@ -134,7 +149,8 @@ def _serve(args: argparse.Namespace) -> int:
         if overrides:
             raw = {"service": {**dataclasses.asdict(cfg.service), **overrides}}
             cfg = service_config_from_dict({**raw, "finetune": cfg.finetune})
-        return serve(cfg)
+        _limit_threads()
+        return serve(cfg, stop=signals.event)
     except ConfigError as exc:
         print(f"robot-trainer serve: {exc}", file=sys.stderr)
         return 2
@@ -203,8 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    words = list(sys.argv[1:] if argv is None else argv)
+    signals = None
+    if words[:1] == ["serve"]:  # before the parser: it imports the recipes, hence torch
+        from agent.signals import StopSignals
+
+        signals = StopSignals().install()
+    args = build_parser().parse_args(words)
+    if args.func is _serve:
+        args.stop_signals = signals  # serve limits torch's threads after its handler is in
+    else:
+        _limit_threads()
     status: int = args.func(args)
     return status
 

@@ -7,6 +7,7 @@ ending in a ModuleNotFoundError traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -22,15 +23,21 @@ MISSING_EXTRA_MESSAGE = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``trainer.cli.main``, or explain the missing [trainer] extra (exit 2)."""
+    # trainer.cli imports torch lazily (``serve`` installs its stop handler first), so the
+    # extra is looked for here without importing it
+    if importlib.util.find_spec("torch") is None:
+        print(MISSING_EXTRA_MESSAGE.format(name="torch"), file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     try:
         from trainer.cli import main as cli_main
+
+        return cli_main(argv)
     except ModuleNotFoundError as exc:
         name = (exc.name or "").partition(".")[0]
         if name not in TRAINER_EXTRA_MODULES:
             raise
         print(MISSING_EXTRA_MESSAGE.format(name=name), file=sys.stderr)
         return EXIT_MISSING_EXTRA
-    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -558,16 +558,25 @@ class JobService:
         )
 
 
-def serve(cfg: TrainerServiceConfig, notifier: Notifier | None = None) -> int:
+def serve(
+    cfg: TrainerServiceConfig,
+    notifier: Notifier | None = None,
+    stop: threading.Event | None = None,
+) -> int:
     """Run the service until SIGTERM/SIGINT (the ``serve`` subcommand); returns the exit code.
 
     The first signal stops cleanly (the job in training checkpoints and resumes at the next
-    start); a second one exits at once with ``agent.signals.EXIT_SECOND_SIGNAL``.
+    start); a second one exits at once with ``agent.signals.EXIT_SECOND_SIGNAL``. ``stop``:
+    the event of stop handlers the caller installed already (before its slow imports);
+    without it they are installed here.
     """
     from agent.signals import StopSignals
 
     svc = JobService(cfg, notifier=notifier or Notifier())
-    StopSignals(svc.stop).install()
+    if stop is None:
+        StopSignals(svc.stop).install()
+    else:
+        svc.stop = stop
     try:
         svc.start()
         svc.run()

@@ -359,3 +359,63 @@ def test_progress_with_non_finite_values_is_made_json_ready() -> None:
     clean = json_ready(info)
     assert clean == {"step": 3, "val": {"score_new": None, "loss": None}, "ok": [1.5]}
     encode("progress", clean)  # would raise WireError with the raw dict
+
+
+def test_serve_stops_cleanly_on_a_sigterm_during_its_torch_import(tmp_path: Path) -> None:
+    """Regression: ``robot-trainer serve`` installed its stop handler after importing torch
+    (seconds), so a SIGTERM then killed it (status -15). An import hook holds the torch import
+    for 3 s and says when it began; the SIGTERM lands inside it."""
+    import os
+    import signal
+    import socket as pysocket
+    import subprocess
+    import sys
+    import time
+
+    from tests.trainer.jobsupport import REPO, write_service_config
+
+    cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", free_port())
+    mark = tmp_path / "importing-torch"
+    prog = "\n".join(
+        [
+            "import pathlib, sys, time",
+            "class SlowTorch:",
+            "    def find_spec(self, name, path=None, target=None):",
+            "        if name == 'torch':",
+            f"            pathlib.Path({str(mark)!r}).write_text('now')",
+            "            time.sleep(3)",
+            "sys.meta_path.insert(0, SlowTorch())",
+            "from trainer.cli import main",
+            f"sys.exit(main(['serve', '--config', {str(cfg)!r}]))",
+        ]
+    )
+    addr = str(tmp_path / "notify.sock")
+    sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(0.2)
+    env = {**os.environ, "NOTIFY_SOCKET": addr, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", prog],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    seen: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            seen.append(sock.recv(4096).decode())
+    sock.close()
+    assert not any("READY=1" in m.split("\n") for m in seen), seen
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "Traceback" not in err, err
