@@ -182,3 +182,47 @@ def test_a_cancel_recorded_by_the_link_survives_an_agent_restart(tmp_path: Path)
     finally:
         again.close()
         assert tr.stop() == 0
+
+
+def test_a_job_finished_before_its_cancel_is_acknowledged_unfetched(tmp_path: Path) -> None:
+    """The trainer finished the job while the agent was down; the agent cancels it at start:
+    the link releases the result (``ack``) without downloading it or handing it on."""
+    from agent.config import config_from_dict
+    from agent.trainer_link import TrainerLink
+    from tests.agent.test_trainer_link import Recorder, trainer
+
+    tr = trainer(tmp_path).start()  # the tiny budget: the job finishes in seconds
+    store = tmp_path / "agent" / "policies"
+    parent = make_parent(store)
+    link, _ = make_link(tmp_path / "agent", tr.endpoint, "robot-f", store)
+    try:
+        link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1), parent)
+        wait_for(lambda: link.phases().get(1) == "wait", 30, "job 1 uploaded")
+    finally:
+        link.close()
+    wait_for(lambda: rows_by_job(tr)[1]["state"] == "done", 60, "job 1 done on the trainer")
+    cfg = config_from_dict(
+        {
+            "agent": {"data_dir": str(tmp_path / "agent")},
+            "trainer": {
+                "endpoint": tr.endpoint,
+                "agent_id": "robot-f",
+                "chunk_bytes": 65536,
+                "heartbeat_s": 0.2,
+                "timeout_s": 1.0,
+            },
+        }
+    )
+    rec = Recorder()
+    again = TrainerLink(cfg, store, rec.on_result, rec.on_status)
+    again.cancel(1)  # queued before the thread runs: taken before anything is fetched
+    again.start()
+    try:
+        wait_for(lambda: again.phases().get(1) == "cancelled", 20, "the cancel settled")
+        assert rows_by_job(tr)[1]["state"] == "acknowledged"  # released, not corrupted
+        assert rec.of(1) == ["cancelled"] and rec.statuses[-1][2]["trainer_state"] == "acknowledged"
+        assert not rec.results and again.stats["gets_sent"] == 0
+        assert not (tmp_path / "trainer" / "jobs" / rows_by_job(tr)[1]["key"]).exists()
+    finally:
+        again.close()
+        assert tr.stop() == 0
