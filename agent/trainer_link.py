@@ -466,6 +466,8 @@ class TrainerLink:
             self._remember_rid(rec)
 
     def _remember_rid(self, rec: JobRecord) -> None:
+        if not rec.cancelled:  # only a cancelled job's errors are matched by rid
+            return
         if len(self._rid_job) > 1000:  # replies lost over a long outage: forget the oldest
             self._rid_job.clear()
         self._rid_job[self._rid] = rec.job

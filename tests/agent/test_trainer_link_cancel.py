@@ -130,27 +130,30 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
         wait_for(lambda: tr.jobs()["running"] != key, 5, "the trainer's worker let go of it")
         wait_for(lambda: link.phases().get(1) == "cancelled", 5, "the link done with job 1")
 
-        con = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            (status,) = con.execute("SELECT status FROM jobs WHERE id = 1").fetchone()
-            events = [
-                json.loads(d)
-                for (d,) in con.execute("SELECT data FROM events WHERE topic = 'agent.job'")
-            ]
-            errors = con.execute("SELECT data FROM events WHERE topic = 'agent.error'").fetchall()
-        finally:
-            con.close()
-        assert status == "cancelled"
-        assert any(
-            e["job"] == 1 and e["status"] == "cancelled" and e.get("cancelled") for e in events
-        )
-        assert errors == []
+        def db(sql: str) -> list[tuple[Any, ...]]:
+            con = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=10)
+            try:
+                return con.execute(sql).fetchall()
+            finally:
+                con.close()
+
+        def told() -> bool:  # the link's last word on job 1 reached the daemon (async)
+            rows = db("SELECT data FROM events WHERE topic = 'agent.job'")
+            events = [json.loads(d) for (d,) in rows]
+            return any(
+                e["job"] == 1 and e["status"] == "cancelled" and e.get("cancelled") for e in events
+            )
+
+        wait_for(told, 10, "the daemon told job 1 is cancelled on the trainer")
+        assert db("SELECT status FROM jobs WHERE id = 1") == [("cancelled",)]
+        assert db("SELECT data FROM events WHERE topic = 'agent.error'") == []
         assert daemon.snapshot()["condition"] == "harsh_lighting"
         # a report on a job the daemon cancelled (a link that lost the cancel in a crash):
         # the daemon cancels it again; the link, done with it, leaves it as it is
-        assert calls == [1]
+        assert calls and set(calls) == {1}  # (a report already queued may have repeated it)
+        n = len(calls)
         daemon.job_update(1, "training", {"step": 5})
-        wait_for(lambda: calls == [1, 1], 5, "the cancel repeated")
+        wait_for(lambda: len(calls) == n + 1, 5, "the cancel repeated")
         assert link.phases()[1] == "cancelled"
     finally:
         daemon.request_stop()
