@@ -13,6 +13,7 @@ from agent.policy import load_policy
 from trainer.action_shift import ShiftSearch, search_shift
 from trainer.dataset import Batch
 from trainer.export import load_qnet, make_bundle
+from trainer.finetune import keep_shift
 from trainer.qnet import QNet, QNetConfig
 
 TINY = QNetConfig(
@@ -89,3 +90,19 @@ def test_shift_search_finds_the_landing_point_and_held_out_grasps_must_confirm_i
     # a shift that does not bring the score back to the prior reference: not adopted
     shift, rec = search_shift(net, train, "auc", cfg, reference=2.0)
     assert not rec["adopted"] and not rec["restores"] and shift == (0.0, 0.0)
+
+
+def test_a_shift_stays_only_when_its_arm_beats_plain_fine_tuning() -> None:
+    """Regression: in the demo a checkerboard job adopted a (-6, -6) cm shift that restored
+    the confused parent's held-out AUC (0.40 -> 0.75) but moved no finger; 50 plain steps
+    reached 0.89. The offset gripper's shift beats plain steps by far."""
+
+    def curve(*scores: tuple[int, float]) -> list[dict[str, object]]:
+        return [{"step": s, "score_new": v} for s, v in scores]
+
+    checkerboard = keep_shift(curve((0, 0.75), (50, 0.80)), curve((50, 0.89)), 50)
+    assert checkerboard == (False, 0.80, 0.89)
+    offset = keep_shift(curve((0, 0.86), (50, 0.84)), curve((50, 0.35)), 50)
+    assert offset == (True, 0.86, 0.35)
+    assert keep_shift(curve((0, 0.7), (100, 0.99)), curve((50, 0.8)), 50)[0] is False
+    assert keep_shift(curve(), curve(), 50)[0] is True  # nothing scored: the search's verdict
