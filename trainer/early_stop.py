@@ -111,18 +111,41 @@ class Candidate:
     """AUC on the held-out new data."""
 
 
+@dataclass(frozen=True)
+class Trade:
+    """How much prior-data score a candidate may give for new-data score."""
+
+    share: float = 0.0
+    """Allowed prior-score fall as a share of the candidate's new-score gain over the parent."""
+    cap: float = 0.0
+    """Largest prior-score fall the trade allows."""
+
+    def allowance(self, c: Candidate, parent: Candidate) -> float:
+        """The prior-score fall this trade allows ``c``."""
+        return min(self.cap, self.share * max(c.new - parent.new, 0.0))
+
+
+NO_TRADE = Trade()
+
+
 def eligible(
-    c: Candidate, parent: Candidate, prior_tolerance: float, bce_ratio: float = float("inf")
+    c: Candidate,
+    parent: Candidate,
+    prior_tolerance: float,
+    bce_ratio: float = float("inf"),
+    trade: Trade = NO_TRADE,
 ) -> bool:
-    """The forgetting rule: the prior-data score may fall at most ``prior_tolerance`` + noise,
-    and the prior-data BCE may rise at most to ``bce_ratio`` x the parent's.
+    """The forgetting rule: the prior-data score may fall at most the largest of
+    ``prior_tolerance``, noise, and ``trade``'s share of the new-data gain; and the
+    prior-data BCE may rise at most to ``bce_ratio`` x the parent's.
 
     The noise allowance is the candidate's ``prior_slack`` (``se_margin`` x the
     bootstrap SE of its prior-score difference to the parent), set when scored.
     The BCE bound catches forgetting that ranking hides: a network can keep
     ranking prior grasps while growing confidently wrong about them.
     """
-    if c.prior < parent.prior - max(prior_tolerance, c.prior_slack):
+    tol = max(prior_tolerance, c.prior_slack, trade.allowance(c, parent))
+    if c.prior < parent.prior - tol:
         return False
     return not (parent.prior_bce > 0 and c.prior_bce > bce_ratio * parent.prior_bce)
 
@@ -132,11 +155,12 @@ def best_candidate(
     parent: Candidate,
     prior_tolerance: float,
     bce_ratio: float = float("inf"),
+    trade: Trade = NO_TRADE,
 ) -> Candidate:
     """The eligible candidate with the best new-data score (earliest on ties); parent if none."""
     best = parent
     for c in cands:
-        ok = eligible(c, parent, prior_tolerance, bce_ratio)
+        ok = eligible(c, parent, prior_tolerance, bce_ratio, trade)
         if c.step != parent.step and ok and c.new > best.new:
             best = c
     return best
@@ -156,6 +180,7 @@ def choose(
     se_margin: float,
     bce_ratio: float = float("inf"),
     min_auc: float = 0.0,
+    trade: Trade = NO_TRADE,
 ) -> Candidate | None:
     """The winning candidate, or None when none beats the parent (no improvement).
 
@@ -163,7 +188,7 @@ def choose(
     (``new_auc >= min_auc``): beating a parent that ranks them *worse* than
     chance is not enough.
     """
-    best = best_candidate(cands, parent, prior_tolerance, bce_ratio)
+    best = best_candidate(cands, parent, prior_tolerance, bce_ratio, trade)
     if best.step == parent.step or best.new_auc < min_auc:
         return None
     return best if beats(best.new - parent.new, se, min_gain, se_margin) else None

@@ -102,6 +102,10 @@ class FinetuneConfig:
     """Gain must also exceed this many bootstrap standard errors."""
     prior_tolerance: float = 0.02
     """Largest allowed drop of the prior-slice score below the parent's (forgetting rule)."""
+    prior_trade: float = 0.1
+    """A candidate may also lose this share of its new-data gain on prior data (forgetting)."""
+    prior_trade_cap: float = 0.05
+    """Largest prior-score fall ``prior_trade`` allows."""
     prior_bce_ratio: float = 1.15
     """Largest allowed prior-slice BCE as a multiple of the parent's (forgetting rule)."""
     min_auc: float = 0.6
@@ -462,7 +466,9 @@ class _Job:
             entry["loss"] = round(loss, 6) if np.isfinite(loss) else None
             st["curve"].append(entry)
             if (
-                early_stop.eligible(cand, self.parent, cfg.prior_tolerance, cfg.prior_bce_ratio)
+                early_stop.eligible(
+                    cand, self.parent, cfg.prior_tolerance, cfg.prior_bce_ratio, _trade(cfg)
+                )
                 and cand.new > st["best_new"]
             ):
                 tmp = d / ".best.tmp"
@@ -662,7 +668,9 @@ def _decide(
         )
         for e in curve
     ]
-    best = early_stop.best_candidate(cands, jb.parent, cfg.prior_tolerance, cfg.prior_bce_ratio)
+    best = early_stop.best_candidate(
+        cands, jb.parent, cfg.prior_tolerance, cfg.prior_bce_ratio, _trade(cfg)
+    )
     se = 0.0
     chosen: Candidate | None = None
     net: QNet | None = None
@@ -681,6 +689,7 @@ def _decide(
             cfg.se_margin,
             cfg.prior_bce_ratio,
             cfg.min_auc,
+            _trade(cfg),
         )
     steps_run = max((e["step"] for e in curve), default=0)
     meta: dict[str, Any] = {
@@ -710,7 +719,8 @@ def _decide(
             "curve": curve,
             "rule": (
                 "best held-out new-data score among candidates whose prior-slice score fell "
-                f"at most max({cfg.prior_tolerance}, {cfg.se_margin} x its bootstrap SE) and "
+                f"at most max({cfg.prior_tolerance}, {cfg.se_margin} x its bootstrap SE, "
+                f"min({cfg.prior_trade_cap}, {cfg.prior_trade} x its new-score gain)) and "
                 f"whose prior-slice BCE is at most {cfg.prior_bce_ratio} x the parent's; wins "
                 f"if gain > max({cfg.min_gain}, {cfg.se_margin} x SE) and its AUC >= "
                 f"{cfg.min_auc}"
@@ -727,6 +737,10 @@ def _decide(
 
 SHIFT_TAG = "-shift"
 """Directory suffix of the shifted arm (the unshifted probe keeps the plain name)."""
+
+
+def _trade(cfg: FinetuneConfig) -> early_stop.Trade:
+    return early_stop.Trade(cfg.prior_trade, cfg.prior_trade_cap)
 
 
 def keep_shift(

@@ -16,7 +16,7 @@ from agent.bundle import validate_bundle
 from agent.spec import DEFAULT_SPEC
 from trainer.cli import main
 from trainer.dataset import Episode, EpisodeWriter, Step
-from trainer.early_stop import Candidate, auc, choose
+from trainer.early_stop import Candidate, Trade, auc, choose, eligible
 from trainer.export import make_bundle
 from trainer.finetune import FinetuneConfig, _open_data, finetune
 from trainer.pretrain import PretrainConfig
@@ -225,3 +225,18 @@ def test_forgetting_rule_bounds_prior_bce_and_winner_must_beat_chance() -> None:
     assert choose([chance], parent, 0.02, 0.005, 0.01, 2.0, 1.15, min_auc=0.6) is None
     good = Candidate(100, 0.85, 0.77, 0.05, prior_bce=0.47, new_auc=0.85)
     assert choose([chance, good], parent, 0.02, 0.005, 0.01, 2.0, 1.15, 0.6) == good
+
+
+def test_a_large_new_gain_may_buy_a_small_prior_loss_but_never_a_large_one() -> None:
+    """Regression: a lineage's checkerboard job gained +0.49 held-out AUC (0.40 -> 0.89) for
+    -0.028 on the prior slice and returned "no improvement" under the flat 0.02 rule."""
+    trade = Trade(share=0.1, cap=0.05)
+    parent = Candidate(-1, 0.40, 0.821, 0.0, prior_bce=0.45, new_auc=0.40)
+    big = Candidate(50, 0.89, 0.793, 0.018, prior_bce=0.47, new_auc=0.89)
+    assert choose([big], parent, 0.02, 0.005, 0.1, 2.0, 1.15, 0.6) is None  # flat rule
+    assert choose([big], parent, 0.02, 0.005, 0.1, 2.0, 1.15, 0.6, trade) == big
+    small = Candidate(50, 0.50, 0.793, 0.018, prior_bce=0.47, new_auc=0.62)  # gain 0.10
+    assert not eligible(small, parent, 0.02, 1.15, trade)  # allows 0.01 < 0.028
+    huge_loss = Candidate(50, 0.99, 0.76, 0.018, prior_bce=0.47, new_auc=0.99)
+    assert not eligible(huge_loss, parent, 0.02, 1.15, trade)  # the cap: 0.05 < 0.061
+    assert trade.allowance(big, parent) == pytest.approx(0.049)
