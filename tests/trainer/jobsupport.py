@@ -6,6 +6,7 @@ so the tests are fast; the exports are real ``robot-agent-dataset`` v1 directori
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,32 @@ def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def running_service(
+    tmp_path: Path, finetune: dict[str, Any], max_chunk_bytes: int, **service: Any
+) -> Iterator[Any]:
+    """An in-process ``JobService`` on a free loopback port (data under ``tmp_path/trainer``,
+    credit 4, heartbeats every 0.2 s, ``service`` overrides), served on a thread until the
+    block ends."""
+    from trainer.service import JobService
+    from trainer.service_config import service_config_from_dict
+
+    base = {
+        "endpoint": "tcp://127.0.0.1:*",
+        "data_dir": str(tmp_path / "trainer"),
+        "max_chunk_bytes": max_chunk_bytes,
+        "credit": 4,
+        "heartbeat_s": 0.2,
+    }
+    svc = JobService(service_config_from_dict({"service": base | service, "finetune": finetune}))
+    svc.start()
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        yield svc
+    finally:
+        svc.stop.set()
+        t.join(30)
+        svc.close()

@@ -14,7 +14,14 @@ import pytest
 from agent.config import ConfigError
 from agent.jobwire import Manifest, PartFile, chunk_sha, from_ranges, manifest_of_dir, to_ranges
 from agent.wire import WireError
-from tests.trainer.jobsupport import TINY_FINETUNE, Client, free_port, make_export, make_parent
+from tests.trainer.jobsupport import (
+    TINY_FINETUNE,
+    Client,
+    free_port,
+    make_export,
+    make_parent,
+    running_service,
+)
 from trainer import jobs as jl
 from trainer.jobs import Job, JobState
 from trainer.service import JobService
@@ -114,26 +121,8 @@ def test_manifest_rejects_unsafe_names_and_oversize() -> None:
 # -- the protocol over a real socket ------------------------------------------------------------
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[JobService]:
-    cfg = service_config_from_dict(
-        {
-            "service": {
-                "endpoint": "tcp://127.0.0.1:*",
-                "data_dir": str(tmp_path / "trainer"),
-                "max_chunk_bytes": CHUNK,
-                "credit": 4,
-                "heartbeat_s": 0.2,
-            },
-            "finetune": TINY_FINETUNE,
-        }
-    )
-    svc = JobService(cfg)
-    svc.start()
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
-    yield svc
-    svc.stop.set()
-    t.join(30)
-    svc.close()
+    with running_service(tmp_path, TINY_FINETUNE, CHUNK) as svc:
+        yield svc
 
 
 def _submit(c: Client, tmp_path: Path) -> tuple[dict[str, object], Path, Manifest]:

@@ -9,7 +9,6 @@ and for the restart a real ``robot-trainer serve`` process killed with SIGKILL.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,13 @@ from tests.trainer.jobsupport import (
     free_port,
     make_export,
     make_parent,
+    running_service,
     wait_for,
     write_service_config,
 )
 from trainer import jobs as jl
 from trainer.jobs import Job, JobState
 from trainer.service import JobService
-from trainer.service_config import service_config_from_dict
 
 pytestmark = pytest.mark.timeout(90)
 CHUNK = 65536
@@ -119,33 +118,10 @@ def data(tmp_path: Path) -> tuple[Path, str, list[Path]]:
     return store, pid, exports
 
 
-def in_process_service(tmp_path: Path, finetune: dict[str, Any]) -> JobService:
-    cfg = service_config_from_dict(
-        {
-            "service": {
-                "endpoint": "tcp://127.0.0.1:*",
-                "data_dir": str(tmp_path / "trainer"),
-                "max_chunk_bytes": CHUNK,
-                "credit": 4,
-                "heartbeat_s": 0.2,
-                "progress_interval_s": 0.0,
-            },
-            "finetune": finetune,
-        }
-    )
-    return JobService(cfg)
-
-
 @pytest.fixture
 def forever(tmp_path: Path) -> Iterator[JobService]:
-    svc = in_process_service(tmp_path, FOREVER)
-    svc.start()
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
-    yield svc
-    svc.stop.set()
-    t.join(30)
-    svc.close()
+    with running_service(tmp_path, FOREVER, CHUNK, progress_interval_s=0.0) as svc:
+        yield svc
 
 
 # -- over the socket ----------------------------------------------------------------------------
@@ -197,11 +173,8 @@ def test_cancel_errors_and_a_finished_job_is_left_intact(
     tmp_path: Path, data: tuple[Path, str, list[Path]]
 ) -> None:
     store, pid, exports = data
-    svc = in_process_service(tmp_path, {**TINY_FINETUNE, "min_gain": -1.0})
-    svc.start()
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
-    try:
+    finetune = {**TINY_FINETUNE, "min_gain": -1.0}
+    with running_service(tmp_path, finetune, CHUNK, progress_interval_s=0.0) as svc:
         c = Client(svc.endpoint, agent="robot-d")
         assert cancel(c, key="robot-d-9-abc")["code"] == "unknown_job"
         assert cancel(c, job=9)["code"] == "unknown_job"
@@ -222,10 +195,6 @@ def test_cancel_errors_and_a_finished_job_is_left_intact(
         assert c.request("ack", {"key": key}).header["state"] == "acknowledged"
         assert cancel(c, key=key)["cancelled"] is False
         c.close()
-    finally:
-        svc.stop.set()
-        t.join(30)
-        svc.close()
 
 
 def test_trainer_killed_after_a_cancel_does_not_resume_the_job(
