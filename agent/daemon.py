@@ -569,9 +569,8 @@ class Daemon:
             self.warm_policies.drop(pid)
         if rec.export is not None:
             self.exporter.submit(*rec.export)
-        for eff in effects:
-            if isinstance(eff, lc.CancelJob):
-                self._call_cancel_hook(eff.job)
+        for job in rec.cancelled:
+            self._call_cancel_hook(job)
         if rec.swapped:  # may step again: its events follow these, as in the table
             self._after_swap()
         self._ensure_warm()

@@ -40,6 +40,8 @@ class Recorded:
     """(job, condition) whose dataset must be exported."""
     rejected: list[str] = field(default_factory=list)
     """Policies taken out of service (drop their sessions)."""
+    cancelled: list[int] = field(default_factory=list)
+    """Jobs abandoned by this step (the trainer is told to stop them)."""
     swapped: bool = False
     """The active policy changed."""
 
@@ -91,6 +93,7 @@ def _record(
         rec.export = (job, eff.condition)
     elif isinstance(eff, lc.CancelJob):
         log.update_job(eff.job, "cancelled")
+        rec.cancelled.append(eff.job)
         rec.events.append(("agent.job", {"job": eff.job, "status": "cancelled"}, now))
     elif isinstance(eff, lc.RaiseAlarm):
         data = {"kind": eff.kind, "reason": eff.reason}
