@@ -99,6 +99,10 @@ class PolicyConfig:
     """Consecutive decisions over budget that take a policy out of service."""
     budget_hard_cap_s: float = 2.0
     """One decision this long (and busy on the CPU beyond budget) takes a policy out at once."""
+    decision_deadline_s: float = 4.0
+    """A decision still running this long is aborted and its policy taken out of service."""
+    decision_grace_s: float = 2.0
+    """An aborted decision not back this much later ends the agent (exit 3; never served again)."""
 
 
 CemConfig = CemParams
@@ -119,6 +123,8 @@ class GraspLogConfig:
     """Store each transition's image (turn off only to save disk in benchmarks)."""
     buffer_grasps: int = 500
     """Grasps held in memory while the disk is full; at the cap the daemon stops actuating."""
+    stop_flush_s: float = 10.0
+    """At a stop, how long held grasps are retried (keep under the unit's TimeoutStopSec)."""
 
 
 @dataclass(frozen=True)
@@ -390,6 +396,11 @@ def validate(cfg: AgentConfig) -> None:
         p.budget_hard_cap_s >= p.budget_floor_s,
         "policy.budget_hard_cap_s: must be >= policy.budget_floor_s",
     )
+    _need(
+        p.decision_deadline_s > p.budget_hard_cap_s,
+        "policy.decision_deadline_s: must be > policy.budget_hard_cap_s",
+    )
+    _need(p.decision_grace_s > 0, "policy.decision_grace_s: must be > 0")
     d = cfg.detector
     _need(d.arl0 >= 10, f"detector.arl0 = {d.arl0}: must be >= 10 grasps")
     _need(
@@ -408,6 +419,7 @@ def validate(cfg: AgentConfig) -> None:
     _need(pb.max_grasps >= 1, "probation.max_grasps: must be >= 1")
     _need(pb.reference_grasps >= 1, "probation.reference_grasps: must be >= 1")
     _need(cfg.grasp_log.buffer_grasps >= 1, "grasp_log.buffer_grasps: must be >= 1")
+    _need(cfg.grasp_log.stop_flush_s >= 0, "grasp_log.stop_flush_s: must be >= 0")
     _need(bool(lc.initial_condition), "lifecycle.initial_condition: must not be empty")
     g = cfg.grasp_log
     _need(g.busy_timeout_ms >= 0, "grasp_log.busy_timeout_ms: must be >= 0")

@@ -44,6 +44,7 @@ from agent.active import WarmPolicies
 from agent.command_thread import CommandContext, CommandThread
 from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
+from agent.decision_guard import MARKER_FILE, DecisionGuard, clear_marker, read_marker
 from agent.effects import record_step
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
@@ -63,6 +64,20 @@ MAX_CONSECUTIVE_ERRORS = 5
 """Driver/grasp failures in a row after which the daemon exits 2 (systemd restarts it)."""
 FLUSH_RETRY_S = 0.5
 """How often grasps held in memory (disk full) are retried."""
+EXIT_UNWRITTEN = 5
+"""Exit status of a stop that could not write every held grasp (disk still full)."""
+
+
+def _grasp_summary(g: GraspRecord) -> dict[str, Any]:
+    return {
+        "t_start": g.t_start,
+        "condition_id": g.condition_id,
+        "policy": g.policy_id,
+        "mode": g.mode,
+        "success": g.success,
+        "q": g.q,
+        "actions": [t.action for t in g.transitions],
+    }
 
 
 class Daemon:
@@ -126,6 +141,17 @@ class Daemon:
         self.held = HeldWrites(cfg.grasp_log.buffer_grasps, FLUSH_RETRY_S)
         """Grasps and events waiting for disk space (in order, bounded)."""
         self._storage_full = False
+        self.unwritten = 0
+        self.driver_down = ""
+        """Why the driver is unavailable (robot unreachable); empty while it answers."""
+        """Grasps a stop could not write (disk still full); non-zero makes run() return 5."""
+        self.guard = DecisionGuard(
+            cfg.data_path(MARKER_FILE),
+            cfg.policy.decision_deadline_s,
+            cfg.policy.decision_grace_s,
+            self.notifier.watchdog,
+        )
+        """The deadline on each decision (its own thread; feeds the watchdog meanwhile)."""
         self._probe_condition = 0
         self._faulted: dict[str, str] = {}
         self._last_retry = 0.0
@@ -185,6 +211,7 @@ class Daemon:
         self.endpoints["commands"] = self._commands.start()
         self.exporter.start()
         self.loader.start()
+        self.guard.start()
         self.driver.start()
         self._start_policies()
         self._refresh()
@@ -194,14 +221,12 @@ class Daemon:
         self.notifier.stopping("stopping")
         if self._commands is not None:
             self._commands.close()
-        for fn in (self.loader.close, self.exporter.close, self.driver.close):
+        for fn in (self.guard.close, self.loader.close, self.exporter.close, self.driver.close):
             try:
                 fn()
             except Exception:
                 log.exception("error while closing")
-        self._flush_held(force=True)
-        if self.held:
-            log.error("%d grasps/events could not be written (disk full)", len(self.held))
+        self.unwritten = self._final_flush()
         self.log.close()
         if self._events:
             self._events.close()
@@ -228,7 +253,9 @@ class Daemon:
             status, why = 1, f"fatal error: {exc}"
         log.info("shutting down (%s) after %d grasps", why, self.grasps)
         self.close()
-        log.info("stopped")
+        if self.unwritten and status == 0:
+            status = EXIT_UNWRITTEN
+        log.info("stopped (exit status %d)", status)
         return status
 
     def _restore(self) -> None:
@@ -245,6 +272,7 @@ class Daemon:
 
     def _start_policies(self) -> None:
         """Resume on the persisted pointers, or load the configured first policy."""
+        self._fault_died_deciding()
         s = self.state
         for pid in [p for p in (s.policy, *s.good) if p]:
             row = self.log.policy(pid)
@@ -271,6 +299,23 @@ class Daemon:
             elif row is not None and row["status"] == "improved":
                 self._resume_trained(job, row)
 
+    def _fault_died_deciding(self) -> None:
+        """The previous process died in a decision that had outlasted half its deadline
+        (the guard's marker names the policy): that policy is never served again."""
+        marker = read_marker(self.guard.marker)
+        if marker is None:
+            return
+        pid = marker.get("policy")
+        if isinstance(pid, str) and (pid == self.state.policy or pid in self.state.good):
+            active = marker.get("active_s")
+            secs = f" after {active:.1f} s" if isinstance(active, float | int) else ""
+            self._policy_fault(
+                pid, "hung", f"the previous run died in a decision of this policy{secs}"
+            )
+        elif pid is None:
+            log.warning("unreadable decision marker %s ignored", self.guard.marker)
+        clear_marker(self.guard.marker)
+
     def _resume_trained(self, job: int, row: dict[str, Any]) -> None:
         """The job's result came back and was imported into the store, but the daemon stopped
         before swapping it in: the link does not offer a bundle already in the store again,
@@ -291,7 +336,7 @@ class Daemon:
     # -- the loop ----------------------------------------------------------------------------
     def loop(self) -> int:
         """The control loop; returns 0 after a clean stop, non-zero on persistent failure."""
-        driver_down, retry_s = False, 0.0  # robot unreachable: not an error, never logged
+        retry_s = 0.0  # robot unreachable: not an error, never logged
         while not self.stop_event.is_set():
             self.notifier.watchdog()
             self._drain()
@@ -306,15 +351,16 @@ class Daemon:
             try:
                 self._grasp(policy)
                 self.errors_in_a_row = 0
-                if driver_down:
-                    driver_down, retry_s = False, 0.0
+                if self.driver_down:
+                    self.driver_down, retry_s = "", 0.0
                     log.warning("driver reachable again")
                     self.emit("agent.driver", {"state": "up", "message": "driver reachable again"})
             except DriverUnavailable as exc:
                 # No action was executed or its outcome is unknown: nothing is logged. Report
                 # once per outage; wait (commands still served) while the driver reconnects.
-                if not driver_down:
-                    driver_down = True
+                if not self.driver_down:
+                    self.driver_down = str(exc) or type(exc).__name__
+                    self._refresh()
                     log.warning("driver unavailable, not actuating: %s", exc)
                     self.emit("agent.driver", {"state": "down", "message": str(exc)})
                 retry_s = min(2.0, max(self.cfg.agent.idle_sleep_s, 2 * retry_s))
@@ -374,7 +420,8 @@ class Daemon:
         for step in range(self.spec.horizon):
             obs = self.driver.observe()
             try:
-                d = policy.act(obs.image)
+                with self.guard.deciding(policy):
+                    d = policy.act(obs.image)
                 if not (math.isfinite(d.q) and 0.0 <= d.q <= 1.0) or not np.all(
                     np.isfinite(d.action)
                 ):
@@ -466,6 +513,32 @@ class Daemon:
                 "policy": self.state.policy,
             },
         )
+
+    def _final_flush(self) -> int:
+        """At a stop: retry held writes for up to grasp_log.stop_flush_s; returns how many
+        grasps could still not be written. Each of those is logged as one JSON line (its
+        outcome, action and policy, without images) so the journal keeps what the disk could
+        not, and the exit status says so (:data:`EXIT_UNWRITTEN`)."""
+        deadline = time.monotonic() + self.cfg.grasp_log.stop_flush_s
+        self._flush_held(force=True)
+        while self.held and time.monotonic() < deadline:
+            self.notifier.watchdog()
+            time.sleep(FLUSH_RETRY_S)
+            self._flush_held(force=True)
+        if not self.held:
+            return 0
+        grasps = [g for g in self.held.items() if isinstance(g, GraspRecord)]
+        for g in grasps:
+            log.error("unwritten grasp %s", json.dumps(_grasp_summary(g)))
+        log.error(
+            "%d grasps and %d events could not be written (disk still full after %.0f s):"
+            " the grasps are in the log above without images; exiting %d",
+            len(grasps),
+            len(self.held) - len(grasps),
+            self.cfg.grasp_log.stop_flush_s,
+            EXIT_UNWRITTEN,
+        )
+        return len(grasps)
 
     def _flush_held(self, force: bool = False) -> None:
         written = self.held.flush(
@@ -854,7 +927,7 @@ class Daemon:
 
     def _refresh(self) -> None:
         s = self.state
-        actuating = self._serving() is not None and not self.paused
+        actuating = self._serving() is not None and not self.paused and not self.driver_down
         storage = "full" if self._storage_full else "ok"
         detector, probation = self.watch.snapshot()
         self._snapshot = {
@@ -868,6 +941,7 @@ class Daemon:
             "detector": detector,
             "probation": probation,
             "storage": {"status": storage, "held": len(self.held)},
+            "driver": {"state": "down" if self.driver_down else "up", "message": self.driver_down},
             "last_grasp": self.last_grasp,
             "last_command": self.last_command,
             "loading": sorted(set(self._loading.values())),
@@ -878,6 +952,8 @@ class Daemon:
     def _not_actuating_reason(self) -> str:
         if self.paused:
             return f"paused: {self.pause_reason}"
+        if self.driver_down:
+            return f"driver unavailable: {self.driver_down}"
         if self.state.policy is None:
             return self.no_policy_reason or "no policy"
         if self._serving() is None:

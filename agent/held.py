@@ -33,6 +33,10 @@ class HeldWrites:
     def __len__(self) -> int:
         return len(self._items)
 
+    def items(self) -> list[Held]:
+        """What is held, oldest first (a copy)."""
+        return list(self._items)
+
     @property
     def at_cap(self) -> bool:
         return len(self._items) >= self.cap

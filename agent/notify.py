@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -33,6 +34,7 @@ class Notifier:
         self._clock = clock
         self._last_ping = -1e18
         self._sock: socket.socket | None = None
+        self._lock = threading.Lock()  # the decision guard feeds the watchdog from its thread
         self.ready_sent = False
 
     @property
@@ -45,9 +47,10 @@ class Notifier:
             return False
         payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.sendto(payload, addr)
+        with self._lock:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(payload, addr)
         return True
 
     def ready(self, status: str = "") -> None:
@@ -68,12 +71,16 @@ class Notifier:
 
     def watchdog(self) -> None:
         """WATCHDOG=1, at most every half watchdog interval (every 1 s if none is set)."""
-        now = self._clock()
-        if now - self._last_ping >= (self.watchdog_interval_s or 1.0):
-            self._last_ping = now
+        with self._lock:
+            now = self._clock()
+            due = now - self._last_ping >= (self.watchdog_interval_s or 1.0)
+            if due:
+                self._last_ping = now
+        if due:
             self.send(WATCHDOG="1")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None

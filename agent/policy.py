@@ -172,6 +172,8 @@ class Policy:
         self.budget_hard_cap_s = float("inf")
         """One decision this long (and CPU-busy beyond the budget) raises PolicyFault."""
         self._strikes = 0
+        self._run_options = _run_options()
+        self._aborted = False
 
     @property
     def id(self) -> str:
@@ -189,7 +191,9 @@ class Policy:
     def q_values(self, image: npt.NDArray[np.uint8], actions: F32) -> F32:
         """Q of each action for one image, through the full graph (one forward pass)."""
         (q,) = self._full.run(
-            [ONNX_Q_OUTPUT], {ONNX_IMAGE_INPUT: image, ONNX_ACTIONS_INPUT: actions}
+            [ONNX_Q_OUTPUT],
+            {ONNX_IMAGE_INPUT: image, ONNX_ACTIONS_INPUT: actions},
+            self._run_options,
         )
         return np.asarray(q, dtype=np.float32)
 
@@ -197,16 +201,23 @@ class Policy:
         """A score function for CEM on this image; runs the trunk now if the graph is split."""
         if self._trunk is None or self._head is None:
             return lambda a: self.q_values(image, a)
-        feats = self._trunk.run(self._features, {ONNX_IMAGE_INPUT: image})
+        feats = self._trunk.run(self._features, {ONNX_IMAGE_INPUT: image}, self._run_options)
         feed: dict[str, Any] = dict(zip(self._features, feats, strict=True))
         head = self._head
 
         def score(actions: F32) -> F32:
             feed[ONNX_ACTIONS_INPUT] = actions
-            (q,) = head.run([ONNX_Q_OUTPUT], feed)
+            (q,) = head.run([ONNX_Q_OUTPUT], feed, self._run_options)
             return np.asarray(q)
 
         return score
+
+    def abort(self) -> None:
+        """Stop the decision in progress (any thread): ONNX Runtime's terminate flag ends
+        the running graph at its next node, and this and every later ``act`` raises
+        ``PolicyFault("hung")``: an aborted policy is never trusted again."""
+        self._aborted = True
+        self._run_options.terminate = True
 
     def arm(self, budget_s: float, strikes: int, hard_cap_s: float) -> None:
         """Guard decision latency from now on (see :meth:`act`)."""
@@ -226,17 +237,30 @@ class Policy:
         decisions over ``latency_budget_s``, or one decision over
         ``budget_hard_cap_s`` whose thread CPU time also exceeds the budget
         (a stalled process burns no CPU, so an OS hiccup never counts), raise
-        ``over_budget``.
+        ``over_budget``; after :meth:`abort` (a deadline kept by another
+        thread), ``hung``.
         """
         self.spec.check_image(image)
         t0 = time.perf_counter()
         c0 = time.thread_time()
         try:
+            if self._aborted:
+                raise PolicyFault("hung", f"policy {self.id}: aborted earlier")
             res: CemResult = self._cem.optimise(_guarded(self.scorer(image)))
-        except PolicyFault:
-            raise
         except Exception as exc:
+            if self._aborted:
+                raise PolicyFault(
+                    "hung",
+                    f"policy {self.id}: decision aborted after"
+                    f" {time.perf_counter() - t0:.1f} s (deadline)",
+                ) from exc
+            if isinstance(exc, PolicyFault):
+                raise
             raise PolicyFault("inference_failed", f"policy {self.id}: {exc}") from exc
+        if self._aborted:  # the graph ignored the flag but came back: still out of service
+            raise PolicyFault(
+                "hung", f"policy {self.id}: decision took {time.perf_counter() - t0:.1f} s"
+            )
         dt = time.perf_counter() - t0
         if self.latency_budget_s is not None:
             self._check_budget(dt, time.thread_time() - c0)
@@ -281,6 +305,13 @@ class Policy:
         only on some inputs slow.
         """
         return max(min(self.act(img).latency_s for _ in range(runs)) for img in images)
+
+
+def _run_options() -> Any:
+    """Per-policy ORT run options (its terminate flag is how :meth:`Policy.abort` works)."""
+    import onnxruntime as ort
+
+    return ort.RunOptions()
 
 
 def _guarded(score: Callable[[F32], F32]) -> Callable[[F32], F32]:

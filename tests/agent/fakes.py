@@ -159,3 +159,85 @@ def broken_bundle(root: Path) -> Path:
         if n.op_type == "Sigmoid":
             n.op_type = "Identity"
     return write_bundle(root, m.SerializeToString(), b"broken", {"parent_id": None})
+
+
+class WorldFileDriver(FakeDriver):
+    """A FakeDriver whose camera sees a white bin once the file ``world`` exists: a world
+    change a test makes from outside the agent's process."""
+
+    def __init__(self, world: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.world = Path(world)
+
+    def observe(self) -> Observation:
+        obs = super().observe()
+        if self.world.exists():
+            return Observation(np.full(self._spec.image_shape, 255, np.uint8), 0, obs.timestamp)
+        return obs
+
+
+def make_world_driver(world: str, grasp_time_s: float = 0.0, seed: int = 0) -> WorldFileDriver:
+    """Factory for ``driver.type = "import"`` configs (subprocess tests)."""
+    return WorldFileDriver(world, grasp_time_s=grasp_time_s, seed=seed)
+
+
+def hang_on_white_bundle(root: Path, seed: int = 5) -> Path:
+    """A valid bundle whose every decision on a white image runs a Loop of 10^12 iterations
+    (fast on noise, grey and recorded ordinary images, so it passes validation)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load_from_string(tiny_model(target=(0.1 * seed, 0.0, 0.0)))
+    g = m.graph
+    for n in g.node:
+        if n.op_type == "Sigmoid":
+            n.input[0] = "logit_ok"
+        if n.op_type == "Add" and n.output[0] == "logit":
+            n.output[0] = "logit_pre"
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+        [numpy_helper.from_array(np.asarray(1.0, np.float32), "one")],
+    )
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray(250.0, np.float32), "c250"),
+            numpy_helper.from_array(np.asarray(10**12, np.int64), "big"),
+            numpy_helper.from_array(np.asarray(True), "yes"),
+            numpy_helper.from_array(np.asarray(0.0, np.float32), "c0"),
+        ]
+    )
+    sigmoid = [n for n in g.node if n.op_type == "Sigmoid"]
+    rest = [n for n in g.node if n.op_type != "Sigmoid"]
+    del g.node[:]
+    g.node.extend(rest)
+    g.node.extend(
+        [
+            helper.make_node("Greater", ["img_mean", "c250"], ["white"]),
+            helper.make_node("Cast", ["white"], ["white_i"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["white_i", "big"], ["trips"]),
+            helper.make_node("Loop", ["trips", "yes", "c0"], ["spun"], body=body),
+            helper.make_node("Mul", ["spun", "c0"], ["nothing"]),
+            helper.make_node("Add", ["logit_pre", "nothing"], ["logit_ok"]),
+            *sigmoid,
+        ]
+    )
+    onnx.checker.check_model(m)
+    return write_bundle(
+        root,
+        m.SerializeToString(),
+        b"hang-weights-" + str(seed).encode(),
+        {"parent_id": None, "condition": "base", "training": {"kind": "test"}},
+    )

@@ -331,3 +331,63 @@ def test_stats_flood_on_a_big_log_keeps_watchdog_and_grasp_rate(tmp_path: Path) 
         daemon.request_stop()
         th.join(30)
         nsock.close()
+
+
+def test_stop_while_disk_full_exits_5_and_logs_every_unwritten_grasp(
+    start_daemon: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.daemon import EXIT_UNWRITTEN
+
+    r = start_daemon(grasp_time_s=0.005, grasp_log={"stop_flush_s": 0.6})
+    r.wait_for(lambda s: s["grasps"] >= 5)
+    r.daemon.log.cap_pages(0)  # SQLITE_FULL from the next write on
+    r.wait_for(lambda s: s["storage"]["held"] >= 10)
+    with caplog.at_level("ERROR", logger="agent.daemon"):
+        t0 = time.monotonic()
+        r.daemon.request_stop()
+        r.thread.join(30)
+    assert r.result == [EXIT_UNWRITTEN] and time.monotonic() - t0 >= 0.5  # retried first
+    in_db = _db(r).execute("SELECT count(*) FROM grasps").fetchone()[0]
+    logged = [m for m in caplog.messages if m.startswith("unwritten grasp ")]
+    assert r.daemon.unwritten == len(logged) >= 10
+    assert in_db + len(logged) == len(r.driver.actions)  # every executed grasp is somewhere
+    assert any("could not be written" in m and "exiting 5" in m for m in caplog.messages)
+
+
+def test_stop_while_disk_full_writes_everything_if_space_returns_in_time(
+    start_daemon: Start,
+) -> None:
+    r = start_daemon(grasp_time_s=0.005, grasp_log={"stop_flush_s": 10.0})
+    r.wait_for(lambda s: s["grasps"] >= 5)
+    r.daemon.log.cap_pages(0)
+    r.wait_for(lambda s: s["storage"]["held"] >= 10)
+    r.daemon.request_stop()
+    time.sleep(1.0)
+    assert r.thread.is_alive()  # still retrying within the stop window
+    r.daemon.log.cap_pages(None)  # space returns
+    r.thread.join(30)
+    assert r.result == [0] and r.daemon.unwritten == 0
+    assert _db(r).execute("SELECT count(*) FROM grasps").fetchone()[0] == len(r.driver.actions)
+
+
+def test_status_reports_the_driver_down_and_not_actuating_while_unreachable(
+    start_daemon: Start,
+) -> None:
+    from drivers.base import DriverUnavailable
+
+    r = start_daemon(grasp_time_s=0.005)
+    st = r.wait_for(lambda s: s["grasps"] >= 3)
+    assert st["driver"] == {"state": "up", "message": ""} and st["actuating"]
+    real = r.driver.observe
+
+    def unreachable() -> Observation:
+        raise DriverUnavailable("bridge heartbeat lost")
+
+    r.driver.observe = unreachable  # type: ignore[method-assign]
+    down = r.wait_for(lambda s: s["driver"]["state"] == "down")
+    assert down["driver"]["message"] == "bridge heartbeat lost"
+    assert not down["actuating"] and "driver unavailable" in down["no_policy_reason"]
+    r.driver.observe = real  # type: ignore[method-assign]
+    n = down["grasps"]
+    up = r.wait_for(lambda s: s["driver"]["state"] == "up" and s["grasps"] > n)
+    assert up["actuating"]
