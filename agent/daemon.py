@@ -835,9 +835,9 @@ class Daemon:
                 "agent.job", {"job": job, "status": status, "detail": detail, "cancelled": True}
             )
             return
-        if status == "improved" and row is not None and row["status"] in ("done", "failed"):
-            # the link reports "improved" after handing the result on: the loader may have
-            # swapped it in or refused it first, and its verdict (and reason) stands
+        if row is not None and row["status"] in ("done", "failed", "no_improvement"):
+            # a verdict stands: the link reports "improved" after handing the result on, when
+            # the loader may have swapped it in or refused it already; later reports are news
             self.emit("agent.job", {"job": job, "status": str(row["status"]), "detail": detail})
             return
         self.log.update_job(job, status, detail=detail)

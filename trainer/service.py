@@ -508,10 +508,15 @@ class JobService:
 
     def _ack(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
         job = self._owned(h)
+        first = job.state is not JobState.ACKNOWLEDGED
         try:
             job = self._apply(job, jl.Acknowledged())
         except jl.JobError as exc:
             raise WireError("not_ready", str(exc)) from exc
+        refused = h.get("refused")
+        if first and isinstance(refused, str) and refused:  # the agent could not verify it
+            self.store.count("results.refused")
+            log.warning("job %s: the agent refused its result: %s", job.key, refused[:500])
         self._reply(ident, "acked", {"rid": h.get("rid"), **self._job_header(job)})
 
     def _cancel(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
