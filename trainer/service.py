@@ -41,7 +41,7 @@ from agent.jobwire import (
 )
 from agent.notify import Notifier
 from agent.transport import Security
-from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode
+from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode, peek_field
 from trainer import jobs as jl
 from trainer.jobs import CANCELLABLE, FINISHED, Job, JobState
 from trainer.jobstore import JobStore
@@ -355,6 +355,8 @@ class JobService:
             data = msg.arrays.get("data")
             handler(ident, msg.header, None if data is None else data.tobytes())
         except WireError as exc:
+            if not req and exc.code != "too_large":  # refused before parsing: echo it still
+                rid, req = peek_field(rest, "rid"), str(peek_field(rest, "type") or "")[:64]
             self._error(ident, exc.code, exc.message, req, rid)
         except Exception as exc:  # a bug or a full disk: say so, keep serving the others
             log.exception("request %r failed", req)

@@ -142,8 +142,10 @@ def test_trained_result_rejected_earlier_ends_its_job_also_across_a_restart(
         shutil.copytree(child, d.store / child.name, dirs_exist_ok=True)
         d.job_update(job2, "improved", {"bundle_id": child.name, "path": str(child)})
         wait_for(
-            lambda: query(d.db_path, "SELECT status FROM jobs WHERE id = ?", job2)[0]["status"]
-            == "improved",
+            lambda: (
+                query(d.db_path, "SELECT status FROM jobs WHERE id = ?", job2)[0]["status"]
+                == "improved"
+            ),
             20,
             "the second job's status recorded",
         )
