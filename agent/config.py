@@ -240,8 +240,7 @@ class TrainerConfig:
     backoff_max_s: float = 30.0
     """Longest retry delay."""
     fetch_retries: int = 6
-    """Times a result download may go wrong (a chunk or whole file failing its sha256, a
-    stall: e.g. a frame over the size cap) before the job fails and the trainer is told."""
+    """Retries of a result download that does not verify (sha256, stall) before the job fails."""
     fetch_backoff_s: float = 0.5
     """Pause after the first failed download round; doubles each time, up to backoff_max_s."""
 
