@@ -91,6 +91,9 @@ class BundleError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason if reason in REASONS else "internal"
+        self.content_id = ""
+        """The id the refused bytes were proven to hash to ('' when refused before or at the
+        hash check): only a refusal under this id may be recorded against the id."""
 
 
 @dataclass(frozen=True)
@@ -535,7 +538,8 @@ def validate_bundle(
     inputs/outputs against the spec, ``onnx.checker`` full check; and
     (``run_inference``) a CPU probe on a grey, a noise and each of ``images``
     with every count in ``action_counts``: q float32 [N], finite, in [0, 1].
-    Decision latency is checked where the policy is served (agent.loader).
+    Decision latency is checked where the policy is served (agent.loader). A refusal
+    after the hash check carries the proven id in ``BundleError.content_id``.
     """
     path = Path(path)
     meta, bid, files, bspec = _layout_and_meta(path, spec, max_bytes)
@@ -545,10 +549,14 @@ def validate_bundle(
     if sha256_file(path / WEIGHTS_FILE) != files[WEIGHTS_FILE]:
         raise BundleError("hash_mismatch", f"{path}: sha256 of {WEIGHTS_FILE} differs from meta")
     _check_id(path, bid, files)
-    check_model(model_bytes, spec, path)
-    if run_inference:
-        counts = sorted(set(action_counts))
-        probe_model(model_bytes, spec, probe_images(spec, images), counts, path)
+    try:
+        check_model(model_bytes, spec, path)
+        if run_inference:
+            counts = sorted(set(action_counts))
+            probe_model(model_bytes, spec, probe_images(spec, images), counts, path)
+    except BundleError as exc:  # these bytes are the bundle ``bid``: the refusal is its own
+        exc.content_id = bid
+        raise
     parent = meta.get("parent_id")
     return Bundle(path=path, id=bid, parent_id=parent or None, meta=meta, spec=bspec)
 

@@ -75,6 +75,7 @@ def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None
 
     daemon.set_export_hook(on_export)
     daemon.set_cancel_hook(link.cancel)  # the trainer stops an abandoned job
+    daemon.set_result_hook(link.release)  # a result imported or refused: drop its staged copy
     link.start()
     return link
 

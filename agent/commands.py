@@ -22,7 +22,7 @@ import numpy as np
 
 from agent import lifecycle as lc
 from agent.lifecycle import LifecycleError
-from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode
+from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode, peek_field
 
 if TYPE_CHECKING:
     from agent.queries import Queries
@@ -456,8 +456,9 @@ def dispatch(agent: AgentControl, frames: Sequence[bytes], max_bytes: int) -> li
 def _reply_header(agent: AgentControl, frames: Sequence[bytes], max_bytes: int) -> dict[str, Any]:
     try:
         msg = decode(frames, max_bytes=max_bytes)
-    except WireError as exc:
-        return error_reply(None, exc.code, exc.message)
+    except WireError as exc:  # echo the request's id when it can be read (bad_version)
+        req_id = peek_field(frames, "id") if exc.code != "too_large" else None
+        return error_reply(req_id if _valid_id(req_id) else None, exc.code, exc.message)
     req_id = msg.header.get("id")
     if not _valid_id(req_id):
         req_id = None

@@ -245,6 +245,10 @@ class TrainerConfig:
     """First retry delay after the trainer went away."""
     backoff_max_s: float = 30.0
     """Longest retry delay."""
+    fetch_retries: int = 6
+    """Retries of a result download that does not verify (sha256, stall) before the job fails."""
+    fetch_backoff_s: float = 0.5
+    """Pause after the first failed download round; doubles each time, up to backoff_max_s."""
 
 
 @dataclass(frozen=True)
@@ -508,6 +512,11 @@ def validate_trainer(t: TrainerConfig) -> None:
     _need(
         0 < t.backoff_min_s <= t.backoff_max_s,
         "trainer.backoff_min_s: must be > 0 and <= trainer.backoff_max_s",
+    )
+    _need(0 <= t.fetch_retries <= 1000, "trainer.fetch_retries: must be in [0, 1000]")
+    _need(
+        0 < t.fetch_backoff_s <= t.backoff_max_s,
+        "trainer.fetch_backoff_s: must be > 0 and <= trainer.backoff_max_s",
     )
 
 

@@ -131,6 +131,8 @@ class Daemon:
         """Called on the control thread when a job's export is written: must return at once."""
         self.cancel_hook: Callable[[int], None] | None = None
         """Called on the control thread when a job is abandoned: must return at once."""
+        self.result_hook: Callable[[int], None] | None = None
+        """Called on the control thread once a job's result was imported or refused."""
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._tickets = itertools.count(1)
         self._pending_changes = 0
@@ -190,6 +192,12 @@ class Daemon:
         once a job's cancellation is committed (and again if the trainer still reports on
         it), so it must only hand the work to its own thread."""
         self.cancel_hook = hook
+
+    def set_result_hook(self, hook: Callable[[int], None] | None) -> None:
+        """Register the trainer link's release: ``hook(job)`` is called on the control thread
+        once the job's result bundle was imported into the store or refused (the link's
+        staged copy is of no further use), so it must only hand the work to its own thread."""
+        self.result_hook = hook
 
     def _post(self, fn: Callable[[], None]) -> None:
         self._inbox.put(fn)
@@ -298,6 +306,8 @@ class Daemon:
                 self._call_hook(job, Path(row["export_path"]))
             elif row is not None and row["status"] == "improved":
                 self._resume_trained(job, row)
+            elif row is not None and row["status"] == "failed":  # stopped before the step
+                self._try_step(lc.JobFailed(job, str(row["detail"] or "failed")[:500]))
 
     def _fault_died_deciding(self) -> None:
         """The previous process died in a decision that had outlasted half its deadline
@@ -749,12 +759,7 @@ class Daemon:
                 pol.bundle.meta,
             )
         elif self.log.policy(pol.id)["status"] == "rejected":  # type: ignore[index]
-            self.emit(
-                "agent.policy.rejected",
-                {"policy": pol.id, "reason": "rejected earlier; never served again"},
-            )
-            if self.state.policy is None:
-                self._refuse(f"policy {pol.id} was rejected earlier")
+            self._on_rejected_earlier(pol.id, purpose, job)
             return
         if purpose == "trained" and not self._awaits(job):
             # a result the daemon no longer waits for: a job cancelled by a later condition,
@@ -765,6 +770,7 @@ class Daemon:
                 row = self.log.job(job)
                 if row is not None:
                     self.log.update_job(job, str(row["status"]), result_policy_id=pol.id)
+                self._call_result_hook(job)
             return
         self.warm_policies.put(pol)
         if purpose == "warm":
@@ -776,6 +782,7 @@ class Daemon:
             self.step(lc.PolicyReady(pol.id, job))
             if job is not None:  # lineage: the job's result is this policy
                 self.log.update_job(job, "done", result_policy_id=pol.id)
+                self._call_result_hook(job)
         elif purpose == "rollback":
             self.step(lc.Rollback(pol.id))
         elif pol.id != self.state.policy:  # "promote", "initial"
@@ -789,7 +796,9 @@ class Daemon:
         if pid and purpose == "warm":
             self.step(lc.PolicyFault(pid, f"reload failed: {reason}"))
         else:
-            if pid and self.log.policy(pid) is None:
+            # only bytes proven to be the bundle ``pid`` are a verdict on it: a corrupted copy
+            # must not bar the genuine bundle with that id for ever
+            if pid and res.content_id == pid and self.log.policy(pid) is None:
                 self.log.upsert_policy(
                     pid, res.source, "rejected", res.parent_id, self.condition_id, reason=reason
                 )
@@ -804,13 +813,30 @@ class Daemon:
                 },
             )
             if purpose == "trained" and job is not None:
-                row = self.log.job(job)
-                if row is not None and row["status"] != "cancelled":  # not left "improved"
-                    why = {"error": f"bundle rejected ({res.reason})"}
-                    self.log.update_job(job, "failed", detail=why)
-                self._try_step(lc.JobFailed(job, f"bundle rejected ({res.reason})"))
+                self._end_refused_job(job, f"bundle rejected ({res.reason})")
         if self.state.policy is None:
             self._refuse(f"no usable policy: {reason}")
+
+    def _on_rejected_earlier(self, pid: str, purpose: str, job: int | None) -> None:
+        """A bundle whose id was rejected before (its own bytes): never served again; a job
+        whose result it is ends failed, so the condition can train again."""
+        self.emit(
+            "agent.policy.rejected",
+            {"policy": pid, "reason": "rejected earlier; never served again"},
+        )
+        if purpose == "trained" and job is not None:
+            self._end_refused_job(job, f"result {pid} was rejected earlier")
+        if self.state.policy is None:
+            self._refuse(f"policy {pid} was rejected earlier")
+
+    def _end_refused_job(self, job: int, why: str) -> None:
+        """A job's result was refused: the job failed (its row is not left "improved"), the
+        parent serves on and the lifecycle leaves TRAINING; the link may drop its copy."""
+        row = self.log.job(job)
+        if row is not None and row["status"] != "cancelled":
+            self.log.update_job(job, "failed", detail={"error": why})
+        self._try_step(lc.JobFailed(job, why))
+        self._call_result_hook(job)
 
     def _probe_images(self) -> list[Any]:
         """Recorded images of the current condition, for validation (loader thread)."""
@@ -854,6 +880,14 @@ class Daemon:
         except Exception as exc:
             self._error("export_hook", exc)
 
+    def _call_result_hook(self, job: int) -> None:
+        if self.result_hook is None:
+            return
+        try:
+            self.result_hook(job)
+        except Exception as exc:
+            self._error("result_hook", exc)
+
     def _call_cancel_hook(self, job: int) -> None:
         if self.cancel_hook is None:
             return
@@ -873,6 +907,11 @@ class Daemon:
             self.emit(
                 "agent.job", {"job": job, "status": status, "detail": detail, "cancelled": True}
             )
+            return
+        if row is not None and row["status"] in ("done", "failed", "no_improvement"):
+            # a verdict stands: the link reports "improved" after handing the result on, when
+            # the loader may have swapped it in or refused it already; later reports are news
+            self.emit("agent.job", {"job": job, "status": str(row["status"]), "detail": detail})
             return
         self.log.update_job(job, status, detail=detail)
         self.emit("agent.job", {"job": job, "status": status, "detail": detail})

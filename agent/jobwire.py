@@ -39,7 +39,18 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
-AGENT_TO_TRAINER = ("hello", "ping", "submit", "chunk", "status", "fetch", "get", "ack", "jobs")
+AGENT_TO_TRAINER = (
+    "hello",
+    "ping",
+    "submit",
+    "chunk",
+    "status",
+    "fetch",
+    "get",
+    "ack",
+    "cancel",
+    "jobs",
+)
 """Request types a trainer accepts."""
 TRAINER_TO_AGENT = (
     "welcome",
@@ -51,6 +62,7 @@ TRAINER_TO_AGENT = (
     "result",
     "data",
     "acked",
+    "cancelled",
     "jobs",
     "error",
 )

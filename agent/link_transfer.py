@@ -124,16 +124,17 @@ class BundleDownload:
         self.pending.appendleft(item)
         self.inflight -= 1
 
-    def recover_stall(self, now: float, timeout_s: float) -> None:
-        """Requests (or their replies) lost: ask again for everything not held."""
+    def recover_stall(self, now: float, timeout_s: float) -> bool:
+        """Requests (or their replies) lost: ask again for everything not held; True if so."""
         if not self.inflight or now - self.last_ok <= timeout_s:
-            return
+            return False
         queued = set(self.pending)
         for f in self.manifest.files:
             for i in range(self.manifest.chunks(f.name)):
                 if i not in self.got.get(f.name, set()) and (f.name, i) not in queued:
                     self.pending.append((f.name, i))
         self.inflight = 0
+        return True
 
     def on_data(self, file: str, index: int, data: bytes, sha: Any, now: float) -> bool:
         """Take one ``data`` reply; True once the whole bundle is in place at ``final``.

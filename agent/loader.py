@@ -9,6 +9,8 @@ noise and recorded images of the current condition), opens and warms it
 the active policy's, and only then renames it to ``store/<id>``: a refused
 bundle leaves nothing in the store. A source claiming an id already in the
 store must match that copy byte for byte, or it is refused as ``tampered``.
+A refusal says whether the bytes were proven to be the bundle they claim
+(:attr:`LoadResult.content_id`): a copy that fails its hash is no verdict on that id.
 :meth:`PolicyLoader.submit_stored` reloads a bundle already in the store
 after the hash-level checks only. The control thread collects
 :class:`LoadResult` with :meth:`PolicyLoader.poll` between grasps and swaps
@@ -25,7 +27,8 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,10 @@ class LoadResult:
     """The parent id meta.json claims (None when absent or unreadable)."""
     latency_s: float | None = None
     """Warm decision latency of the loaded policy (Policy.validated_latency_s; None on failure)."""
+    content_id: str = ""
+    """The id the bundle's bytes were proven to hash to: ``policy_id`` once the hash check
+    passed, '' when the bundle was refused before or at it (a corrupted copy). Only a refusal
+    with a content_id may be recorded against the id; the genuine bundle stays welcome."""
 
 
 def load_bundle(
@@ -113,7 +120,8 @@ def load_bundle(
     final = store / claimed
     if _same_dir(source, final):  # already in the store: check in place
         bundle = _validate(source, spec, pcfg, cem, images)
-        return _open(bundle, pcfg, cem, images, active_latency_s, _reference(store, active_id))
+        with _proven(bundle.id):
+            return _open(bundle, pcfg, cem, images, active_latency_s, _reference(store, active_id))
     store.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=store))
     try:
@@ -130,7 +138,9 @@ def load_bundle(
             raise
         if final.exists():
             _check_same(tmp, final, claimed, source)
-        policy = _open(bundle, pcfg, cem, images, active_latency_s, _reference(store, active_id))
+        with _proven(bundle.id):
+            ref = _reference(store, active_id)
+            policy = _open(bundle, pcfg, cem, images, active_latency_s, ref)
         if final.exists():
             shutil.rmtree(tmp)
         else:
@@ -160,7 +170,22 @@ def load_stored(
     if not is_bundle_id(policy_id):
         raise BundleError("bad_meta", f"{policy_id!r} is not a bundle id")
     bundle = verify_bundle(store / policy_id, spec, max_bytes=pcfg.max_bundle_bytes)
-    return load_policy(bundle, pcfg, cem, list(images)[: pcfg.probe_images])
+    with _proven(bundle.id):
+        return load_policy(bundle, pcfg, cem, list(images)[: pcfg.probe_images])
+
+
+@contextmanager
+def _proven(bid: str) -> Iterator[None]:
+    """Refusals inside happen to bytes that hash to ``bid``: they carry it as content_id."""
+    try:
+        yield
+    except BundleError as exc:
+        exc.content_id = bid
+        raise
+    except PolicyLoadError as exc:
+        err = BundleError(exc.reason, str(exc))
+        err.content_id = bid
+        raise err from exc
 
 
 def import_bundle(
@@ -398,7 +423,10 @@ class PolicyLoader:
                 )
         except (BundleError, PolicyLoadError) as exc:
             log.warning("policy at %s refused (%s): %s", source, exc.reason, exc)
-            return LoadResult(source, job.tag, None, str(exc), exc.reason, bid, parent)
+            proven = exc.content_id if isinstance(exc, BundleError) else ""
+            return LoadResult(
+                source, job.tag, None, str(exc), exc.reason, bid, parent, content_id=proven
+            )
         except OSError as exc:
             log.warning("policy at %s refused: %s", source, exc)
             return LoadResult(source, job.tag, None, str(exc), "io_error", bid, parent)
@@ -407,5 +435,13 @@ class PolicyLoader:
             msg = f"{type(exc).__name__}: {exc}"
             return LoadResult(source, job.tag, None, msg, "internal", bid, parent)
         return LoadResult(
-            source, job.tag, pol, "", "", pol.id, pol.bundle.parent_id, pol.validated_latency_s
+            source,
+            job.tag,
+            pol,
+            "",
+            "",
+            pol.id,
+            pol.bundle.parent_id,
+            pol.validated_latency_s,
+            pol.id,
         )

@@ -109,6 +109,13 @@ class JobRecord:
     """Times the result bundle was handed to on_result."""
     cancelled: bool = False
     """The daemon abandoned the job: the trainer is told, nothing more is handed on."""
+    fetch_failures: int = 0
+    """Download rounds of the result that went wrong (a bad sha256, a stall, a lost line)."""
+    refused: str = ""
+    """Why the link gave the result up (sent with the ``ack``, so the trainer knows)."""
+    released: bool = False
+    """The daemon is done with the result (imported or refused): its staged copy is gone
+    and it is never offered again."""
 
 
 @dataclass
@@ -161,6 +168,10 @@ class TrainerLink:
         self._lock = threading.Lock()
         self._records: dict[int, JobRecord] = {}
         self._redeliver: list[int] = []
+        self._unimported: list[int] = []
+        """Jobs whose result was never imported and cannot be offered again (reported failed)."""
+        self._hold: dict[int, float] = {}
+        """Per job: no download request before this time (backoff after a failed round)."""
         self._live: dict[int, _Live] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
@@ -181,6 +192,7 @@ class TrainerLink:
             "chunks_rejected": 0,
             "gets_sent": 0,
             "data_rejected": 0,
+            "fetch_failures": 0,
             "results": 0,
         }
         """Counters (written by the link's thread only)."""
@@ -209,15 +221,16 @@ class TrainerLink:
     def _offer_again(self, rec: JobRecord) -> bool:
         """At start: a delivered bundle that never reached the store (the agent went down
         before importing it) is handed to on_result again, at most MAX_OFFERS times."""
-        if rec.outcome != "improved" or rec.phase not in ("ack", "done") or rec.cancelled:
+        if rec.outcome != "improved" or rec.phase not in ("ack", "done"):
+            return False
+        if rec.cancelled or rec.released or (self.store_dir / rec.bundle_id).is_dir():
             return False
         staged = self._staging(rec.job) / rec.bundle_id
-        if (self.store_dir / rec.bundle_id).is_dir() or not staged.is_dir():
-            return False
-        if rec.offers >= MAX_OFFERS:
-            return False
-        self._redeliver.append(rec.job)
-        return True
+        if staged.is_dir() and rec.offers < MAX_OFFERS:
+            self._redeliver.append(rec.job)
+            return True
+        self._unimported.append(rec.job)  # the daemon would wait for it for ever
+        return False
 
     def submit(self, job_id: int, export_path: Path, parent_id: str) -> None:
         """Hand a job to the link's thread; returns at once (no I/O: safe on the control thread).
@@ -227,6 +240,12 @@ class TrainerLink:
         at every start-up.
         """
         self._inbox.put(("submit", int(job_id), str(export_path), str(parent_id)))
+
+    def release(self, job_id: int) -> None:
+        """The daemon imported or refused the job's result; returns at once (no I/O: safe on
+        the control thread). The link's thread removes the staged copy; it is never offered
+        again."""
+        self._inbox.put(("release", int(job_id), "", ""))
 
     def cancel(self, job_id: int) -> None:
         """Abandon a job; returns at once (no I/O: safe on the control thread), idempotent.
@@ -283,6 +302,14 @@ class TrainerLink:
                 "job %s: bundle %s was never imported; offering it again", job, rec.bundle_id
             )
             self._deliver(rec)
+        for job in self._unimported:
+            rec = self._records[job]
+            why = f"result {rec.bundle_id} was never imported (offered {rec.offers} times)"
+            log.error("job %s: %s; the job failed", job, why)
+            rec.released = True
+            self._save(rec)
+            shutil.rmtree(self._staging(job), ignore_errors=True)
+            self._status(rec, "failed", {"error": why})
         while not self._stop.is_set():
             try:
                 self._take_inbox()
@@ -302,6 +329,12 @@ class TrainerLink:
                 known = self._records.get(job)
             if kind == "cancel":
                 self._take_cancel(job, known)
+                continue
+            if kind == "release":
+                if known is not None and not known.released:
+                    known.released = True
+                    self._save(known)
+                    shutil.rmtree(self._staging(job), ignore_errors=True)
                 continue
             if known is not None:
                 continue
@@ -409,14 +442,20 @@ class TrainerLink:
         if self._sock is not None:
             log.warning("trainer link: %s; retrying in %.1f s", why, self._backoff)
         self._close_socket()
+        downloading = [j for j, live in self._live.items() if live.download is not None]
         self._live.clear()
+        for job in downloading:  # the download starts over after the reconnect
+            with self._lock:
+                rec = self._records.get(job)
+            if rec is not None and rec.phase == "fetch":
+                self._fetch_failed(rec, f"line lost while downloading ({why})", now)
         delay = self._backoff * (0.8 + 0.4 * random.random())
         self._next_connect = now + delay
         self._backoff = min(self._backoff * 2, self.cfg.backoff_max_s)
         if not self._away_reported:
             self._away_reported = True
             for rec in self._active():
-                if rec.cancelled:
+                if rec.cancelled or rec.phase == "ack":  # its verdict was told already
                     continue
                 self._status(rec, "waiting", {"reason": why, "retry_in_s": round(delay, 2)})
 
@@ -458,7 +497,7 @@ class TrainerLink:
             self._deliver(rec)
         elif rec.phase == "ack" and not live.awaiting:
             live.awaiting, live.sent_at = "ack", now
-            self._send("ack", {"key": rec.key})
+            self._send("ack", {"key": rec.key, **({"refused": rec.refused} if rec.refused else {})})
             self._remember_rid(rec)
         elif rec.phase == "cancel" and not live.awaiting and now >= live.resubmit_at:
             live.awaiting, live.sent_at = "cancel", now
@@ -527,18 +566,60 @@ class TrainerLink:
         return ok
 
     def _drive_fetch(self, rec: JobRecord, live: _Live, now: float) -> None:
+        if now < self._hold.get(rec.job, 0.0):
+            return
         dl = live.download
         if dl is None:
             if not live.awaiting:
                 live.awaiting, live.sent_at = "fetch", now
                 self._send("fetch", {"key": rec.key})
             return
-        dl.recover_stall(now, self.cfg.timeout_s)
+        if dl.recover_stall(now, self.cfg.timeout_s):
+            # requests or replies lost; a data frame over the socket's size cap ends the same
+            self._fetch_failed(rec, f"no data for {self.cfg.timeout_s:.1f} s", now)
+            return
         while (item := dl.take(self._credit, now)) is not None:
             if not self._send("get", {"key": rec.key, "file": item[0], "index": item[1]}):
                 dl.unsent(item)
                 break
             self.stats["gets_sent"] += 1
+
+    def _fetch_failed(self, rec: JobRecord, why: str, now: float) -> None:
+        """One download round went wrong: back off, or give the result up once the budget
+        (``trainer.fetch_retries``) is spent. Failures within a pause are the same round."""
+        if now < self._hold.get(rec.job, 0.0):
+            return
+        rec.fetch_failures += 1
+        self.stats["fetch_failures"] += 1
+        if rec.fetch_failures > self.cfg.fetch_retries:
+            self._refuse_result(
+                rec, f"result {rec.bundle_id} refused after {rec.fetch_failures} tries: {why}"
+            )
+            return
+        delay = self.cfg.fetch_backoff_s * 2 ** min(rec.fetch_failures - 1, 30)
+        delay = min(delay, self.cfg.backoff_max_s)
+        self._hold[rec.job] = now + delay
+        self._save(rec)
+        log.warning(
+            "trainer link: job %s: download of %s went wrong (%s); again in %.1f s (%d of %d)",
+            rec.job,
+            rec.bundle_id,
+            why,
+            delay,
+            rec.fetch_failures,
+            self.cfg.fetch_retries,
+        )
+
+    def _refuse_result(self, rec: JobRecord, why: str) -> None:
+        """The result cannot be verified: the job failed (the daemon's parent serves on), the
+        partial download is removed and the ``ack`` tells the trainer why."""
+        log.error("trainer link: job %s: %s", rec.job, why)
+        rec.outcome, rec.phase, rec.detail, rec.refused = "failed", "ack", why, why
+        self._save(rec)
+        self._live.pop(rec.job, None)
+        self._hold.pop(rec.job, None)
+        shutil.rmtree(self._staging(rec.job), ignore_errors=True)
+        self._status(rec, "failed", {"error": why})
 
     def _deliver(self, rec: JobRecord) -> None:
         final = self._staging(rec.job) / rec.bundle_id
@@ -785,10 +866,14 @@ class TrainerLink:
         if dl is None or "data" not in msg.arrays or not isinstance(idx, int):
             return
         before = dl.rejected
+        now = self._clock()
         done = dl.on_data(
-            str(h.get("file")), idx, msg.arrays["data"].tobytes(), h.get("sha256"), self._clock()
+            str(h.get("file")), idx, msg.arrays["data"].tobytes(), h.get("sha256"), now
         )
-        self.stats["data_rejected"] += dl.rejected - before
+        if dl.rejected > before:
+            self.stats["data_rejected"] += dl.rejected - before
+            self._fetch_failed(rec, "a chunk or a whole file failed its sha256", now)
+            return
         if done:
             live.download = None
             rec.phase = "deliver"

@@ -175,6 +175,26 @@ def decode(
     return Message(type=type_, header=head, arrays=arrays)
 
 
+def peek_field(
+    frames: Sequence[bytes], key: str, *, max_header_bytes: int = MAX_HEADER_BYTES
+) -> int | str | None:
+    """Field ``key`` of a refused message's header, when the header is a JSON object within
+    the caps and the field an int or a string (else None), so that an error reply (e.g.
+    ``bad_version``) can still echo the request's id."""
+    if not frames or len(frames[0]) > max_header_bytes:
+        return None
+    try:
+        head = json.loads(bytes(frames[0]).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(head, dict) or _depth(head) > MAX_JSON_DEPTH:
+        return None
+    value = head.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    return value
+
+
 def _depth(obj: Any) -> int:
     """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
     deepest = 0

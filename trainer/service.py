@@ -41,7 +41,7 @@ from agent.jobwire import (
 )
 from agent.notify import Notifier
 from agent.transport import Security
-from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode
+from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode, peek_field
 from trainer import jobs as jl
 from trainer.jobs import CANCELLABLE, FINISHED, Job, JobState
 from trainer.jobstore import JobStore
@@ -355,6 +355,8 @@ class JobService:
             data = msg.arrays.get("data")
             handler(ident, msg.header, None if data is None else data.tobytes())
         except WireError as exc:
+            if not req and exc.code != "too_large":  # refused before parsing: echo it still
+                rid, req = peek_field(rest, "rid"), str(peek_field(rest, "type") or "")[:64]
             self._error(ident, exc.code, exc.message, req, rid)
         except Exception as exc:  # a bug or a full disk: say so, keep serving the others
             log.exception("request %r failed", req)
@@ -508,10 +510,15 @@ class JobService:
 
     def _ack(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:
         job = self._owned(h)
+        first = job.state is not JobState.ACKNOWLEDGED
         try:
             job = self._apply(job, jl.Acknowledged())
         except jl.JobError as exc:
             raise WireError("not_ready", str(exc)) from exc
+        refused = h.get("refused")
+        if first and isinstance(refused, str) and refused:  # the agent could not verify it
+            self.store.count("results.refused")
+            log.warning("job %s: the agent refused its result: %s", job.key, refused[:500])
         self._reply(ident, "acked", {"rid": h.get("rid"), **self._job_header(job)})
 
     def _cancel(self, ident: bytes, h: dict[str, Any], _: bytes | None) -> None:

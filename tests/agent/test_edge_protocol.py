@@ -227,3 +227,10 @@ def test_every_command_declares_its_arguments() -> None:
             assert p.rule and p.max_chars > 0
             assert re.compile(p.pattern)
     assert json.dumps(sorted(COMMANDS))  # names are plain strings
+
+
+def test_bad_version_reply_echoes_the_request_id() -> None:
+    reply = _local_reply([b'{"v":2,"type":"command","id":"req-7","command":"status"}'])
+    assert reply["error"]["code"] == "bad_version" and reply["id"] == "req-7"
+    unreadable = _local_reply([b'{"v":2,"type":"command","id":[1],"command":"status"}'])
+    assert unreadable["error"]["code"] == "bad_version" and unreadable["id"] is None

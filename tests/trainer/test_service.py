@@ -4,6 +4,8 @@ over a real ROUTER socket on loopback (checksums, size caps, on-disk before ackn
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -12,9 +14,19 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError
-from agent.jobwire import Manifest, PartFile, chunk_sha, from_ranges, manifest_of_dir, to_ranges
+from agent.jobwire import (
+    AGENT_TO_TRAINER,
+    TRAINER_TO_AGENT,
+    Manifest,
+    PartFile,
+    chunk_sha,
+    from_ranges,
+    manifest_of_dir,
+    to_ranges,
+)
 from agent.wire import WireError
 from tests.trainer.jobsupport import (
+    REPO,
     TINY_FINETUNE,
     Client,
     free_port,
@@ -408,3 +420,26 @@ def test_serve_stops_cleanly_on_a_sigterm_during_its_torch_import(tmp_path: Path
     assert not any("READY=1" in m.split("\n") for m in seen), seen
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert "Traceback" not in err, err
+
+
+def test_bad_version_reply_echoes_the_request_rid(service: JobService) -> None:
+    c = Client(service.endpoint, agent="robot-x")
+    head = {"v": 2, "type": "ping", "agent": "robot-x", "rid": 41}
+    c.sock.send_multipart([json.dumps(head).encode()])
+    reply = c.recv(5.0)
+    assert reply is not None and reply.type == "error"
+    assert reply.header["code"] == "bad_version"
+    assert reply.header["rid"] == 41 and reply.header["re"] == "ping"
+    c.close()
+
+
+def test_protocol_lists_match_the_service_and_the_manual(service: JobService) -> None:
+    """jobwire's request list is what the service handles, and the manual's request table
+    lists each request and only reply types from jobwire's list."""
+    assert set(AGENT_TO_TRAINER) == set(service._handlers())
+    manual = (REPO / "docs" / "trainer-service.md").read_text()
+    table = manual[manual.index("| request (agent -> trainer)") :].split("\n\n")[0]
+    rows = [re.split(r"(?<!\\)\|", r) for r in table.splitlines()[2:]]  # "\|" is a cell's
+    assert [r[1].strip().strip("`") for r in rows] == list(AGENT_TO_TRAINER)
+    replies = {r[-2].strip().split()[0].strip("`") for r in rows}
+    assert replies <= set(TRAINER_TO_AGENT), replies
