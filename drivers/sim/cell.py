@@ -171,8 +171,8 @@ class SimCell(StartClose):
         """Empty the world and build tray, gripper and ``objects`` (indices into the split).
 
         Why the whole world and not just the objects: pybullet never gives back the
-        memory of a removed body (removeBody leaked ~80 KB per object loaded, ~16 MB
-        per 1,000 grasps at a refresh every 20), while resetSimulation frees all of it.
+        memory of a removed body (~80 KB per object loaded and removed: the cell grew
+        ~25 MB per 1,000 grasps at a refresh every 20), while resetSimulation frees it.
         So the cell never removes a body: every change of bodies (a fresh set of
         objects, a new gripper geometry) rebuilds the world. The tray and gripper cost
         about 18 ms a rebuild on a loaded 2-core machine, under 1 ms a grasp at a
