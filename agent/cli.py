@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from agent.commands import COMMANDS
 from agent.config import AgentConfig, ConfigError, example_toml, load_config
+from agent.extras import run_entry
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -209,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        status: int = args.func(args)
+        # no extra is needed by the agent itself; a driver may need one (sim: [sim])
+        status: int = run_entry("robot-agent", lambda: int(args.func(args)))
     except BrokenPipeError:
         # Output piped into `head` and friends: stop quietly, like other CLI tools.
         sys.stderr.close()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 from typing import Any
 
 from agent.config import DriverConfig
+from agent.extras import missing_extras, missing_message
 from drivers.base import Driver
 
 
@@ -19,11 +19,9 @@ def make_driver(cfg: DriverConfig) -> Driver:
     "import" -> factory(seed=, **options).
     """
     if cfg.type == "sim":
-        if importlib.util.find_spec("pybullet") is None:  # imported only at start(): say it now
-            raise ValueError(
-                'driver.type = "sim" needs the [sim] extra (pybullet), not installed here: '
-                "pip install '.[sim]'"
-            )
+        missing = missing_extras(["sim"])
+        if missing:  # pybullet is imported only at start(): say it now
+            raise ValueError(missing_message('driver.type = "sim"', missing))
         from drivers.sim.cell import SimCell, SimConfig
 
         allowed = {f.name for f in dataclasses.fields(SimConfig)} - {

@@ -1,7 +1,7 @@
 """Fuzz the real daemon's command socket on the sim cell; grasp rate loaded vs unloaded.
 
 Usage: python bench/fuzz_commands.py [--seconds 15] [--rounds 3] [--messages 10000]
-                                     [--limits default|off]
+                                     [--limits default|off] [--clients 1]
 
 Starts ``robot-agent run`` (a subprocess: the sim cell serving the shipped base policy)
 pinned to one core, and a fuzz client in this process pinned to another. Windows of
@@ -12,7 +12,9 @@ window is read from the grasp log (t_end of committed grasps), so no command is 
 measure it. Every reply must carry a documented error code (or ok for a read-only command);
 the fuzz never sends a well-formed state-changing command, and the daemon must end unpaused,
 in its condition, on its policy. ``--limits off`` turns the rate limits off so that every
-message reaches the parser (the worst case for the daemon's CPU).
+message reaches the parser (the worst case for the daemon's CPU). ``--clients N`` floods
+from N processes at once (each its own connection, so each its own rate bucket; all
+pinned to the client core), the mixed flood of several operators' scripts gone wrong.
 
 The daemon's CPU time per grasp (all threads, from /proc) is reported too. On a virtual
 machine shared with other jobs the wall-clock rate swings by 2x between windows (and was
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -177,6 +180,11 @@ def fuzz(endpoint: str, n: int, until: float, rng: np.random.Generator) -> dict[
     return {"sent": sent, "answered": answered, "unanswered": sent - answered, "codes": tally}
 
 
+def fuzz_client(endpoint: str, n: int, until: float, seed: int) -> dict[str, Any]:
+    """One flooding client (a worker process): :func:`fuzz` with its own generator."""
+    return fuzz(endpoint, n, until, np.random.default_rng(seed))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -200,10 +208,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="loaded windows (between unloaded)")
     ap.add_argument("--messages", type=int, default=10_000, help="least fuzz messages sent")
     ap.add_argument("--limits", choices=["default", "off"], default="default")
+    ap.add_argument("--clients", type=int, default=1, help="flooding processes at once")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the daemon's data directory")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
+    load0 = [round(x, 2) for x in os.getloadavg()]  # other jobs on the machine, before ours
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))
     cmd_port, ev_port = free_port(), free_port()
     cfg = write_config(tmp, cmd_port, ev_port, args.limits)
@@ -216,6 +226,7 @@ def main() -> None:
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    pool: Any = None
     try:
         if len(cores) >= 2:
             with contextlib.suppress(OSError):
@@ -232,6 +243,8 @@ def main() -> None:
         time.sleep(3.0)  # past warm-up
         db = tmp / "grasps.db"
         rng = np.random.default_rng(args.seed)
+        if args.clients > 1:  # started before the windows: their start-up is not the flood
+            pool = multiprocessing.get_context("spawn").Pool(args.clients)
         windows: list[tuple[str, float, float]] = []
         cpu = {"unloaded": 0.0, "loaded": 0.0}
         fz: dict[str, Any] = {"sent": 0, "answered": 0, "unanswered": 0, "codes": {}}
@@ -239,11 +252,18 @@ def main() -> None:
         for i in range(2 * args.rounds + 1):  # U L U L ... U: drift hits both sides alike
             t0, c0 = time.time(), cpu_seconds(proc.pid)
             if i % 2:
-                part = fuzz(endpoint, per_window, time.monotonic() + args.seconds, rng)
-                for k in ("sent", "answered", "unanswered"):
-                    fz[k] += part[k]
-                for code, n in part["codes"].items():
-                    fz["codes"][code] = fz["codes"].get(code, 0) + n
+                until = time.monotonic() + args.seconds
+                if pool is None:
+                    parts = [fuzz(endpoint, per_window, until, rng)]
+                else:
+                    seeds = [int(x) for x in rng.integers(0, 2**31, size=args.clients)]
+                    each = -(-per_window // args.clients)
+                    parts = pool.starmap(fuzz_client, [(endpoint, each, until, sd) for sd in seeds])
+                for part in parts:
+                    for k in ("sent", "answered", "unanswered"):
+                        fz[k] += part[k]
+                    for code, n in part["codes"].items():
+                        fz["codes"][code] = fz["codes"].get(code, 0) + n
             else:
                 time.sleep(args.seconds)
             windows.append(("loaded" if i % 2 else "unloaded", t0, time.time()))
@@ -267,6 +287,8 @@ def main() -> None:
         )
         alive = proc.poll() is None
     finally:
+        if pool is not None:
+            pool.terminate()
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(60)
@@ -281,6 +303,9 @@ def main() -> None:
     result = {
         "bench": "fuzz_commands",
         "limits": args.limits,
+        "clients": args.clients,
+        "load_average_at_start": load0,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "rounds": args.rounds,
         "seconds_per_window": args.seconds,
         "grasps_per_s_unloaded": [round(r, 2) for r in rates["unloaded"]],

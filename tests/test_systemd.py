@@ -232,7 +232,10 @@ def _run_with_missing(module: str, code: str) -> subprocess.CompletedProcess[str
 def test_robot_trainer_without_torch_names_the_trainer_extra() -> None:
     res = _run_with_missing("torch", "from trainer.entry import main; sys.exit(main(['--help']))")
     assert res.returncode == 2, res.stderr
-    assert "needs the [trainer] extra (torch): pip install '.[trainer]'" in res.stderr
+    assert (
+        "needs the [trainer] extra (torch), not installed here: pip install '.[trainer]'"
+        in res.stderr
+    )
     assert "Traceback" not in res.stderr
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.extras import run_entry
 from drivers.sim.cell import SimCell, SimConfig
 from drivers.sim.conditions import CONDITION_NAMES, parse_param_args
 from drivers.sim.scripted import RandomPolicy, ScriptedPolicy
@@ -227,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``robot-sim``; every subcommand needs the [sim] extra (exit 2 without)."""
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    return run_entry("robot-sim", lambda: int(args.fn(args)), needs=("sim",))
 
 
 if __name__ == "__main__":

@@ -128,14 +128,6 @@ class Gripper:
             self.body, -1, -1, -1, p.JOINT_FIXED, [0, 0, 0], [0, 0, 0], pos, physicsClientId=c
         )
 
-    def remove(self) -> None:
-        """Delete the body and constraint (before a geometry change)."""
-        if self.constraint >= 0:
-            self.p.removeConstraint(self.constraint, physicsClientId=self.client)
-        if self.body >= 0:
-            self.p.removeBody(self.body, physicsClientId=self.client)
-        self.body = self.constraint = -1
-
     def _body_pos(self, cmd: tuple[float, float, float]) -> tuple[float, float, float]:
         # The bracket sits above the wrist rotation, so the offset stays in the cell frame.
         return (cmd[0] + self.geometry.offset_x_m, cmd[1], cmd[2])

@@ -39,6 +39,7 @@ from typing import IO, Any
 import zmq
 
 from agent.ctl import CtlError, request
+from agent.extras import run_entry
 from agent.wire import WireError, decode
 from trainer.demo.analysis import summarise, summary_text
 from trainer.demo.live import LiveView
@@ -576,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     demo.install_signals()
     try:
-        return demo.run()
+        # the agent's sim cell and the trainer run here as subprocesses: say what is
+        # missing now, not as a stage's exit status (a report needs neither)
+        needs = () if a.report_only else ("sim", "trainer")
+        return run_entry("robot-demo", demo.run, needs=needs)
     except (RuntimeError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"robot-demo: {exc}", file=sys.stderr)
         return 1
