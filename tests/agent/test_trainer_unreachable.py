@@ -146,7 +146,8 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         assert [(s["agent_job"], s["condition"]) for s in sources] == [(3, CONDITIONS[2])]
         for s in sources:  # every job's data: the export, whole
             index = json.loads((exports[s["agent_job"]] / "index.json").read_text())
-            assert s["grasps"] == index["grasps"] == EXPLORE
+            # the exploration, plus any grasp served in the condition before the export ran
+            assert s["grasps"] == index["grasps"] >= EXPLORE
 
         # the daemon: job 3's outcome taken (a child swapped in, or the parent kept); the
         # cancelled jobs' results never swapped in, and nothing went wrong on the way
