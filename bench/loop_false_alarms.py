@@ -8,10 +8,11 @@ real sim cell (test objects, 5 per set, refreshed every 20 grasps) with the real
 policies and CEM: the shipped base policy serves ``--base`` grasps on baseline, then a
 child bundle is promoted through the command socket (``promote`` with its directory:
 validated, swapped in on probation against the base policy, then the detector references
-the child's own record, the same path as a trained result after a fine-tune job). The child serves ``--baseline`` grasps under the
-unchanged world, then the sim switches to transparent objects by itself (the schedule; the
-agent is told nothing) for ``--transparent`` grasps: a change that costs this child nothing
-(the JSON reports both success rates and the z of their difference, to verify).
+the child's own record, the same path as a trained result after a fine-tune job). The child
+serves ``--baseline`` grasps under the unchanged world, then the sim switches to transparent
+objects by itself (the schedule; the agent is told nothing) for ``--transparent`` grasps:
+a change meant to cost this child nothing (the JSON reports both success rates and the z of
+their difference, to verify).
 ``on_alarm = "alert"``: an alarm is published and the detector re-references, so every
 alarm under the child is a false one and the chart keeps watching. Runs use different sim
 seeds and go ``--workers`` at a time.
@@ -64,9 +65,9 @@ def make_child(out: Path) -> Path:
         return next(bundles.iterdir())
     data = out / "data"
     if not (data / "index.json").exists():
+        collect = ["base-data", "--out", str(data), "--grasps", "300", "--bundle", str(BASE)]
         subprocess.run(
-            [*TRAINER, "base-data", "--out", str(data), "--grasps", "300"]
-            + ["--bundle", str(BASE), "--seed", "7", "--workers", "1"],
+            [*TRAINER, *collect, "--seed", "7", "--workers", "1"],
             check=True,
             cwd=ROOT,
         )
