@@ -58,8 +58,8 @@ __all__ = [
     "arl_markov",
     "arl_simulate",
     "design_cusum",
-    "design_dispersed",
     "design_from_counts",
+    "design_dispersed",
     "dispersion",
     "dispersion_counts",
     "dispersion_grid",
@@ -304,7 +304,7 @@ def _design_dispersed(
         if t0 + SEARCH_BLOCK > arl.shape[1]:  # grow the table geometrically
             arl = np.concatenate([arl, np.ones_like(arl)], axis=1)
         arl[:, t0 : t0 + SEARCH_BLOCK] = curve.extend(SEARCH_BLOCK)
-        top = math.floor(curve.thresholds * phis.min())  # every row's L/phi computed
+        top = int(math.floor(curve.thresholds * phis.min()))  # every row's L/phi computed
         levels = np.arange(lo, top + 1)
         if levels.size:
             t = np.floor(levels[None, :] / scale[:, None]).astype(np.int64)

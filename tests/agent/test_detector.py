@@ -238,7 +238,7 @@ def test_dispersion_grid_is_the_chi_square_posterior_and_narrows_with_blocks() -
     wide, narrow = dispersion_grid(2.0, 10, 8.0), dispersion_grid(2.0, 160, 8.0)
     assert wide.size == narrow.size and np.all(np.diff(wide) <= 0)
     assert wide.min() < 1.5 and wide.max() > 3.5  # 9 degrees of freedom: phi in ~[1.1, 4+]
-    assert narrow.min() > 1.7 and narrow.max() < 2.4
+    assert 1.7 < narrow.min() and narrow.max() < 2.4
     assert np.median(narrow) == pytest.approx(2.0, rel=0.03)
     assert np.all(dispersion_grid(0.5, 10, 4.0) >= 1.0) and dispersion_grid(9.0, 10, 4.0).max() == 4
     assert dispersion_grid(2.0, 3, 4.0).tolist() == [1.0]  # no estimate from 3 blocks
