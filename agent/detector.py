@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -59,10 +58,7 @@ __all__ = [
     "arl_simulate",
     "design_cusum",
     "design_from_counts",
-    "design_dispersed",
     "dispersion",
-    "dispersion_counts",
-    "dispersion_grid",
     "integer_steps",
     "llr_increments",
     "posterior_grid",
@@ -161,7 +157,7 @@ def _design(p0: float, p1: float, arl0: float, method: str, resolution: int) -> 
 
 
 def posterior_grid(
-    successes: float, grasps: float, points: int = QUADRATURE_POINTS
+    successes: int, grasps: int, points: int = QUADRATURE_POINTS
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(rates, weights): quadrature of the true rate's posterior given s of n, Beta(s+a, n-s+a).
 
@@ -207,115 +203,6 @@ def _design_counts(s: int, n: int, min_drop: float, arl0: float, resolution: int
             i = int(ok[0]) if ok.size else SEARCH_BLOCK - 1  # best effort past the cap
             h = curve.thresholds - SEARCH_BLOCK + 1 + i
             return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[i]), n, float(block[-1, i]))
-
-
-DISPERSION_POINTS = 7
-"""Quantile points over the posterior of the dispersion (equal weights)."""
-DISPERSED_RATE_POINTS = 15
-"""Grid points over the posterior of the rate at each dispersion point."""
-
-
-def dispersion_counts(outcomes: list[bool], block: int) -> tuple[float, int]:
-    """(raw phi, k): the variance of the means of the ``k`` consecutive ``block``-grasp blocks
-    over the binomial variance p(1-p)/block, unshrunk and unclipped; (1.0, 0) with fewer than
-    4 whole blocks, with ``block`` <= 1, or when every outcome is the same."""
-    k = len(outcomes) // block if block > 1 else 0
-    if k < 4:
-        return 1.0, 0
-    x = np.asarray(outcomes[: k * block], dtype=np.float64).reshape(k, block)
-    p = float(x.mean())
-    if not 0 < p < 1:
-        return 1.0, 0
-    return float(x.mean(axis=1).var(ddof=1)) / (p * (1 - p) / block), k
-
-
-def dispersion_grid(
-    phi_hat: float, blocks: int, max_dispersion: float, points: int = DISPERSION_POINTS
-) -> npt.NDArray[np.float64]:
-    """Equal-weight quantiles of the true dispersion given ``phi_hat`` from ``blocks`` block
-    means: (blocks - 1) phi_hat / phi ~ chi-square(blocks - 1) (Wilson-Hilferty quantiles),
-    clipped to [1, max_dispersion]. All ones without an estimate (blocks < 4)."""
-    if blocks < 4:
-        return np.ones(1)
-    d = blocks - 1
-    z = np.array([NormalDist().inv_cdf((i + 0.5) / points) for i in range(points)])
-    chi = d * np.maximum(1 - 2 / (9 * d) + z * math.sqrt(2 / (9 * d)), 0.05) ** 3
-    return np.clip(phi_hat * d / chi, 1.0, max_dispersion)
-
-
-def design_dispersed(
-    successes: int,
-    grasps: int,
-    phi_hat: float,
-    blocks: int,
-    min_drop: float,
-    arl0: float,
-    max_dispersion: float = 4.0,
-    resolution: int = RESOLUTION,
-) -> CusumDesign:
-    """The CUSUM for a reference of ``successes`` in ``grasps`` whose outcomes are
-    overdispersed by an estimated ``phi_hat`` (from ``blocks`` block means); its
-    ``threshold`` is the alarm level itself (integer units, the dispersion included).
-
-    For a true dispersion phi the stream behaves like independent grasps with phi times
-    the variance: the reference is worth n/phi grasps and a level L acts like L/phi on an
-    independent stream (a CUSUM's log ARL scales with level over variance). Both phi and
-    the rate are uncertain, and the alarm rate is convex in each (an estimate of phi 20%
-    low turns ARL0 into about ARL0^0.8), so the level is the smallest whose alarm rate
-    averaged over both posteriors -- phi on :func:`dispersion_grid`, the rate on
-    Beta(s/phi + 1/2, (n-s)/phi + 1/2) -- is at most 1/arl0. Cached by its arguments
-    (``phi_hat`` to 0.01).
-    """
-    if grasps < 1 or not 0 <= successes <= grasps:
-        raise ValueError(f"need 0 <= successes <= grasps, grasps >= 1: {successes}/{grasps}")
-    return _design_dispersed(
-        int(successes),
-        int(grasps),
-        round(float(phi_hat), 2),
-        int(blocks),
-        float(min_drop),
-        float(arl0),
-        float(max_dispersion),
-        resolution,
-    )
-
-
-@lru_cache(maxsize=1024)
-def _design_dispersed(
-    s: int, n: int, phi_hat: float, blocks: int, min_drop: float, arl0: float, cap: float, res: int
-) -> CusumDesign:
-    phis = dispersion_grid(phi_hat, blocks, cap)
-    p0 = round(min(max((s + PRIOR) / (n + 2 * PRIOR), P_MIN), P_MAX), 4)
-    p1 = round(max(p0 - min_drop, P_MIN / 2), 4)
-    down, up = integer_steps(p0, p1, res)
-    rows, weights, which = [], [], []
-    for j, phi in enumerate(phis):
-        r, w = posterior_grid(s / phi, n / phi, DISPERSED_RATE_POINTS)
-        rows.append(r)
-        weights.append(w / len(phis))
-        which.append(np.full(r.size, j))
-    rates, wts, idx = np.concatenate(rows), np.concatenate(weights), np.concatenate(which)
-    curve = ArlCurve(down, up, np.append(rates, p0))
-    arl = np.ones((rates.size + 1, 1 + 8 * SEARCH_BLOCK))  # column t: ARL at threshold t
-    scale = phis[idx]
-    lo = 1
-    while True:
-        t0 = curve.thresholds + 1
-        if t0 + SEARCH_BLOCK > arl.shape[1]:  # grow the table geometrically
-            arl = np.concatenate([arl, np.ones_like(arl)], axis=1)
-        arl[:, t0 : t0 + SEARCH_BLOCK] = curve.extend(SEARCH_BLOCK)
-        top = int(math.floor(curve.thresholds * phis.min()))  # every row's L/phi computed
-        levels = np.arange(lo, top + 1)
-        if levels.size:
-            t = np.floor(levels[None, :] / scale[:, None]).astype(np.int64)
-            rate = wts @ (1.0 / np.take_along_axis(arl[:-1], t, axis=1))
-            ok = np.flatnonzero(rate <= 1.0 / arl0)
-            if ok.size or curve.thresholds >= MAX_THRESHOLD:
-                i = int(ok[0]) if ok.size else levels.size - 1
-                h = int(levels[i])
-                at_p0 = float(np.mean([arl[-1, int(h // f)] for f in phis]))
-                return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[i]), n, at_p0)
-            lo = top + 1
 
 
 def dispersion(outcomes: list[bool], block: int, max_dispersion: float = 4.0) -> float:
@@ -404,7 +291,7 @@ class SuccessDropDetector:
         than ``reference_grasps``)."""
         self.design: CusumDesign | None = None
         self.phi = 1.0
-        self.limit = 0  # the alarm level in force (dispersion included)
+        self.limit = 0  # the threshold in force: design.threshold x phi
         self._calib: list[bool] = []
         self._ref_outcomes: list[bool] = []  # the reference's outcomes, for the dispersion
         self.statistic = 0
@@ -428,20 +315,15 @@ class SuccessDropDetector:
     def _fix(self, p: float) -> None:
         self._set(design_cusum(p, self.min_drop, self.arl0, self.method))
 
-    def _set(self, design: CusumDesign, phi: float = 1.0, limit: int | None = None) -> None:
+    def _set(self, design: CusumDesign, phi: float = 1.0) -> None:
         self.design, self.phi = design, phi
-        self.limit = design.threshold if limit is None else limit
+        self.limit = math.ceil(design.threshold * phi)
 
     def _design_own(self, s: int, n: int) -> None:
-        """Design from the reference's own outcomes, overdispersion (and its uncertainty)
-        included: :func:`design_dispersed`; independent grasps (``block`` 1): the plain
-        :func:`design_from_counts`."""
-        phi_hat, blocks = dispersion_counts(self._ref_outcomes, self.block)
-        if blocks < 4:
-            self._set(design_from_counts(s, n, self.min_drop, self.arl0))
-            return
-        d = design_dispersed(s, n, phi_hat, blocks, self.min_drop, self.arl0, self.max_dispersion)
-        self._set(d, min(max(phi_hat, 1.0), self.max_dispersion), d.threshold)
+        """Design from the reference's own outcomes, overdispersion included."""
+        phi = dispersion(self._ref_outcomes, self.block, self.max_dispersion)
+        s_eff, n_eff = round(s / phi), max(round(n / phi), 1)
+        self._set(design_from_counts(s_eff, n_eff, self.min_drop, self.arl0), phi)
 
     def update(self, success: bool) -> Alarm | None:
         """Feed one grasp outcome; returns an Alarm when the chart fires (then restarts at 0)."""
