@@ -185,8 +185,8 @@ def summarise(run: Path, db: Path, change: int, wall: float, k: int) -> dict[str
         "child_from": first_child,
         "probation": probation,
         "monitored": {
-            "baseline": max(change - armed, 0),
-            "transparent": len(rows) - max(change, armed),
+            "baseline": max(min(change, len(rows)) - armed, 0),
+            "transparent": max(len(rows) - max(change, armed), 0),
         },
         "success": {w: [sum(s), len(s)] for w, s in seg.items()},
         "alarms": alarms,
