@@ -1,0 +1,122 @@
+"""Real outcome streams of the loop replayed through the pure detector (cheap to iterate).
+
+Usage: python bench/replay_false_alarms.py STREAM.json [...] [--arl0 1000 5000]
+           [--resampled 400000] [--seed 0]
+
+A stream is what ``bench/loop_false_alarms.py`` saves per run (success, policy, world per
+grasp; the sim loads a fresh object set every ``refresh_every`` grasps from grasp 0). With
+``on_alarm = "alert"`` the outcomes do not depend on the detector, so the daemon's detector
+is replayed exactly: the child's first grasps are its probation (``--probation`` grasps,
+then ``OutcomeWatch.reset`` with the child's record so far, as ``_reset_detector`` does), and
+after each alarm the watch resets on the child's latest ``reference_grasps`` outcomes.
+
+``as_recorded``: the child's stream as it came. ``resampled``: a long stream of the child's
+whole object sets drawn with replacement from the recorded ones (the clustering kept, sets
+independent), the detector starting at a random phase: many more alarms-worth than the
+recording holds, for the rate at each ``--arl0``. Reported per ARL0: monitored grasps per
+alarm and its ratio to the ARL0. Last line of stdout: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.config import DetectorConfig, ProbationConfig  # noqa: E402
+from agent.watch import OutcomeWatch  # noqa: E402
+
+
+def replay(outcomes: list[bool], arl0: float, probation: int, reference: int) -> dict[str, int]:
+    """Alarms and monitored grasps of the daemon's watch over one policy's stream."""
+    watch = OutcomeWatch(
+        DetectorConfig(arl0=arl0, min_drop=0.15, reference_grasps=reference),
+        ProbationConfig(enabled=False),
+    )
+    watch.reset(outcomes[:probation])
+    alarms = monitored = 0
+    for i in range(probation, len(outcomes)):
+        armed = not watch.detector.calibrating
+        j = watch.update(outcomes[i])
+        monitored += armed
+        if j is not None and j.kind == "alarm":
+            alarms += 1
+            watch.reset(outcomes[max(0, i + 1 - reference) : i + 1])
+    return {"alarms": alarms, "monitored": monitored}
+
+
+def child_stream(path: Path) -> tuple[list[bool], int]:
+    """(the child's outcomes, the grasp index of its first) from a saved stream."""
+    d = json.loads(path.read_text())
+    pol = d["policy"]
+    first = next(i for i, p in enumerate(pol) if p != pol[0])
+    return [bool(x) for x in d["success"][first:]], first
+
+
+def sets_of(outcomes: list[bool], first: int, every: int) -> list[list[bool]]:
+    """The whole object sets of the stream (sets start at multiples of ``every``)."""
+    start = -first % every
+    out = []
+    for a in range(start, len(outcomes) - every + 1, every):
+        out.append(outcomes[a : a + every])
+    return out
+
+
+def dispersion_aligned(sets: list[list[bool]]) -> float:
+    x = np.asarray(sets, dtype=np.float64)
+    p = x.mean()
+    return float(x.mean(axis=1).var(ddof=1) / (p * (1 - p) / x.shape[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("streams", nargs="+", type=Path)
+    ap.add_argument("--arl0", type=float, nargs="+", default=[1000.0, 5000.0])
+    ap.add_argument("--resampled", type=int, default=400_000)
+    ap.add_argument("--probation", type=int, default=13)
+    ap.add_argument("--reference", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    rng = np.random.default_rng(a.seed)
+    streams = [child_stream(p) for p in a.streams]
+    sets = [s for o, f in streams for s in sets_of(o, f, 20)]
+    out: dict[str, Any] = {
+        "bench": "replay_false_alarms",
+        "child_grasps": sum(len(o) for o, _ in streams),
+        "child_success": round(float(np.mean([x for o, _ in streams for x in o])), 4),
+        "sets": len(sets),
+        "dispersion_aligned_sets": round(dispersion_aligned(sets), 3),
+    }
+    for arl0 in a.arl0:
+        rec = [replay(o, arl0, a.probation, a.reference) for o, _ in streams]
+        n_al = sum(r["alarms"] for r in rec)
+        mon = sum(r["monitored"] for r in rec)
+        # resampled: several independent daemons, each from a random phase in a random set
+        al = mo = 0
+        per = 20_000
+        for _ in range(max(a.resampled // per, 1)):
+            idx = rng.integers(len(sets), size=per // 20 + 1)
+            long = [x for k in idx for x in sets[k]][int(rng.integers(20)) :][:per]
+            r = replay(long, arl0, a.probation, a.reference)
+            al, mo = al + r["alarms"], mo + r["monitored"]
+        out[f"arl0_{int(arl0)}"] = {
+            "as_recorded": {"alarms": n_al, "monitored": mon, "per_alarm": mon / max(n_al, 1)},
+            "resampled": {
+                "alarms": al,
+                "monitored": mo,
+                "per_alarm": round(mo / max(al, 1), 1),
+                "x_arl0": round(mo / max(al, 1) / arl0, 3),
+            },
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
