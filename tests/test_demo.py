@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from PIL import Image
 
 from agent.config import SocketsConfig, config_from_dict
 from agent.grasplog import GraspLog, GraspRecord
@@ -20,8 +21,8 @@ from agent.transport import EventPublisher, Security
 from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text, wilson
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
-from trainer.demo.plot import plot_data, write_png
-from trainer.demo.run import Demo, DemoOptions, EventStream, free_ports
+from trainer.demo.plot import COLOURS, LANES, plot_data, write_png
+from trainer.demo.run import Demo, DemoOptions, EventStream, free_ports, main
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,
@@ -102,11 +103,17 @@ def _write_log(db: Path) -> None:
                 mark = {"condition": "auto-1", "source": "alarm", "previous": "baseline"}
                 log.add_event("agent.condition", mark, at(i))
             if i == 130:
-                log.add_event("agent.job", {"job": 1, "status": "exporting"}, at(i))
+                exporting = {"job": 1, "status": "exporting", "condition": "auto-1"}
+                log.add_event("agent.job", exporting, at(i))
             if i == 199:
                 log.add_event("agent.job", {"job": 1, "status": "improved"}, at(i))
             if i == 200:
-                swap = {"policy": CHILD, "previous": PARENT, "reason": "trained in condition x"}
+                swap = {
+                    "policy": CHILD,
+                    "previous": PARENT,
+                    "reason": "trained in condition auto-1",
+                    "condition": "auto-1",
+                }
                 log.add_event("agent.policy.swapped", swap, at(i))
             if i == 290:
                 back = {"policy": PARENT, "previous": CHILD, "reason": "probation_failed"}
@@ -132,23 +139,27 @@ def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
     assert harsh.job_results == ("improved",)
     assert harsh.recovered == pytest.approx(0.75)
     text = summary_text(s)
-    assert (
-        "recovered 75% of the drop" in text
-        and "alarm after 10 grasps; new condition marked at 110" in text
-    )
-    assert "changes detected (a new condition marked): 1 of 1" in text
+    assert "recovered 75% of the drop" in text and "alarm after 10 grasps (at 110)" in text
+    assert "explored 110-130 (marked by alarm); job 1 improved at 199" in text
+    assert f"swapped in at 200 ({CHILD}); rolled back at 290" in text
+    assert "changes detected (an alarm in the segment): 1 of 1" in text
     doc = s.to_json()
     assert (doc["changes_detected"], doc["changes"]) == (1, 1)
     assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
     # a change that cost nothing (52% -> 48%, not significant) left nothing to detect
     s2 = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting"), (150, "x")])
     assert "1 of 2; no drop to detect: x (48.0% after" in summary_text(s2)
+    # the exploration (110-130) did not cross x's change at 150: x is not "inside" it
+    assert not s2.segments[2].carried
     assert s2.to_json()["changes_without_drop"] == ["x"] and not s2.segments[2].dropped
-    # a drop with no mark of its own (e.g. inside an exploration) is named as missed
-    unmarked = [e for e in events if e.topic != "agent.condition"]
-    s3 = summarise(grasps, unmarked, [(0, "baseline"), (100, "harsh_lighting")])
-    assert "0 of 1; missed: harsh_lighting" in summary_text(s3)
+    # a drop with no alarm at all is missed; an alarm without a mark of its own is not
+    silent = [e for e in events if e.topic not in ("agent.condition", "agent.alarm")]
+    s3 = summarise(grasps, silent, [(0, "baseline"), (100, "harsh_lighting")])
+    assert "0 of 1; missed (a drop with no alarm): harsh_lighting" in summary_text(s3)
     assert s3.segments[1].dropped and s3.to_json()["changes_missed"] == ["harsh_lighting"]
+    unmarked = [e for e in events if e.topic != "agent.condition"]
+    s4 = summarise(grasps, unmarked, [(0, "baseline"), (100, "harsh_lighting")])
+    assert s4.to_json()["changes_missed"] == [] and "missed" not in summary_text(s4)
     assert doc["conditions"][1]["after"]["n"] == 100
 
 
@@ -172,24 +183,70 @@ def test_segment_without_swap_has_no_after_and_next_before_is_whole_segment() ->
     assert len(summarise(grasps, [], [(0, "baseline"), (40, "transparent")]).segments) == 1
 
 
-@pytest.mark.parametrize("backend", ["matplotlib", "cv2"])
-def test_png_is_written_with_markers(tmp_path: Path, backend: str) -> None:
+def test_png_is_drawn_with_matplotlib_with_every_marker_kind_in_its_own_lane(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "grasps.db"
     _write_log(db)
     grasps, events = read_run(db)
-    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
+    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")], 300)
     data = plot_data(grasps, s, window=20, title="test run")
     kinds = [m.kind for m in data.markers]
     assert kinds == ["alarm", "condition", "job", "job_result", "swap", "rollback"]
+    assert len({LANES[k] for k in kinds}) == len(set(kinds))  # no kind hides another
     assert len(data.rolling) == 300 and len(data.levels) == 3
-    png = tmp_path / f"{backend}.png"
-    assert write_png(data, png, backend) == backend  # type: ignore[arg-type]
+    assert "after swap 80%" in data.notes[1][2] and "recovered 75%" in data.notes[1][2]
+    png = tmp_path / "run.png"
+    write_png(data, png)
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 800
     # the swap's green and the alarm's red are drawn
     b, g, r = (img[..., i].astype(int) for i in range(3))
     assert np.any((g > 120) & (r < 80) & (b < 100))
     assert np.any((r > 180) & (g < 60) & (b < 60))
+    assert Image.open(png).text["robot-demo:state"] == "complete"
+
+
+def test_refused_job_is_drawn_apart_from_an_improved_one() -> None:
+    grasps = [Grasp(i, float(i), True, PARENT, "serve") for i in range(20)]
+    ev = [
+        Event(4.5, "agent.job", {"job": 1, "status": "improved"}),
+        Event(9.5, "agent.job", {"job": 2, "status": "no_improvement"}),
+    ]
+    s = summarise(grasps, ev, [(0, "baseline")])
+    assert [(m.kind, m.index) for m in s.markers] == [("job_result", 5), ("refused", 10)]
+    assert COLOURS["refused"] != COLOURS["job_result"] and LANES["refused"] != LANES["swap"]
+
+
+def test_exploration_straddling_a_change_is_attributed_to_where_it_began() -> None:
+    """An alarm under transparent at 40 starts an exploration that runs past the change to
+    checkerboard at 50; its job trains on both. Checkerboard has no alarm of its own: it is
+    "inside an exploration begun earlier", not "missed", and the job is transparent's."""
+    grasps = [Grasp(i, float(i), i < 40 or i >= 75, PARENT, "serve") for i in range(100)]
+    ev = [
+        Event(39.5, "agent.alarm", {"kind": "success_drop"}),
+        Event(39.5, "agent.condition", {"condition": "auto-2", "source": "alarm"}),
+        Event(59.5, "agent.job", {"job": 2, "status": "exporting", "condition": "auto-2"}),
+        Event(69.5, "agent.job", {"job": 2, "status": "improved"}),
+        Event(
+            74.5,
+            "agent.policy.swapped",
+            {"policy": CHILD, "previous": PARENT, "reason": "trained", "condition": "auto-2"},
+        ),
+    ]
+    sched = [(0, "baseline"), (20, "transparent"), (50, "checkerboard")]
+    s = summarise(grasps, ev, sched)
+    transparent, checker = s.segments[1], s.segments[2]
+    assert transparent.alarm == 40 and transparent.job == 60
+    assert transparent.explorations[0].crossed == ("checkerboard",)
+    assert checker.alarm is None and checker.job is None and not checker.missed
+    assert [a.marked for a in checker.carried] == [40] and checker.swap_from == "transparent"
+    text = summary_text(s)
+    assert "ran past the change to checkerboard" in text
+    assert "the exploration begun at 40 under transparent was still running" in text
+    assert "inside an exploration begun earlier (no alarm of its own): checkerboard" in text
+    assert "missed" not in text
+    assert s.to_json()["changes_inside_exploration"] == ["checkerboard"]
 
 
 def test_live_view_follows_phases_and_shows_training_progress() -> None:
