@@ -22,7 +22,7 @@ from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
 from trainer.demo.plot import COLOURS, LANES, plot_data, write_png
-from trainer.demo.run import Demo, DemoOptions, EventStream, free_ports, main
+from trainer.demo.run import Demo, DemoOptions, EventStream, build_parser, free_ports, main
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,
@@ -345,24 +345,29 @@ def test_event_markers_are_placed_by_time() -> None:
     assert s.markers[0].index == 3 and s.segments[0].false_alarms == 1
 
 
+def _tiny(tmp_path: Path, **over: object) -> DemoOptions:
+    opts = {
+        "out": tmp_path / "run",
+        "schedule": "baseline,harsh_lighting",
+        "baseline_grasps": 30,
+        "grasps_per_condition": 30,
+        "exploration_grasps": 20,
+        "base_grasps": 0,
+        "time_limit_s": 150,
+        "agent_nice": 0,
+        "agent_template": REPO / "configs" / "demo-agent.toml",
+        "trainer_template": REPO / "configs" / "demo-trainer.toml",
+        "bundle": REPO / "policies" / "base",
+        **over,
+    }
+    return DemoOptions(**opts)  # type: ignore[arg-type]
+
+
 def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Path) -> None:
     """The orchestration end to end on a tiny budget: both child processes, the live view from
     the PUB socket, a clean stop of the trainer, the report from the grasp log."""
     out = io.StringIO()
-    opts = DemoOptions(
-        out=tmp_path / "run",
-        schedule="baseline,harsh_lighting",
-        baseline_grasps=30,
-        grasps_per_condition=30,
-        exploration_grasps=1000,
-        base_grasps=0,
-        time_limit_s=150,
-        agent_nice=0,
-        agent_template=REPO / "configs" / "demo-agent.toml",
-        trainer_template=REPO / "configs" / "demo-trainer.toml",
-        bundle=REPO / "policies" / "base",
-    )
-    assert Demo(opts, out).run() == 0
+    assert Demo(_tiny(tmp_path), out).run() == 0
     run = tmp_path / "run"
     doc = json.loads((run / "summary.json").read_text())
     assert doc["grasps"] == 60 and [c["condition"] for c in doc["conditions"]] == [
@@ -370,12 +375,82 @@ def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Pa
         "harsh_lighting",
     ]
     assert doc["exit_codes"] == {"agent": 0, "trainer": 0}
-    assert cv2.imread(str(run / "demo.png")) is not None
+    assert doc["complete"] is True and doc["stopped"] is None and doc["exit_status"] == 0
+    # typed: numbers as numbers, booleans as booleans, paths as strings, unset as null
+    o = doc["options"]
+    assert o["baseline_grasps"] == 30 and o["time_limit_s"] == 150
+    assert o["pause_while_training"] is True and o["summary_json"] is None
+    assert o["out"] == str(tmp_path / "run")
+    assert Image.open(run / "demo.png").text["robot-demo:state"] == "complete"
     text = out.getvalue()
     assert "grasp    60/60" in text and "harsh_lighting: grasps 30-59" in text
+    assert "warning: --baseline-grasps 30 is below the detector's reference" in text
     agent_cfg = tomllib.loads((run / "agent.toml").read_text())
     assert agent_cfg["lifecycle"]["on_alarm"] == "mark"
     assert agent_cfg["driver"]["sim"]["schedule"] == [[0, "baseline"], [30, "harsh_lighting"]]
+
+
+def test_run_cut_short_says_so_in_exit_status_summaries_and_png(tmp_path: Path) -> None:
+    """The time limit stops the agent long before its budget: exit 3, and summary.txt,
+    summary.json, the PNG's title and text chunks all say where and why it stopped; the
+    conditions it never reached are not listed as run."""
+    out = io.StringIO()
+    opts = _tiny(
+        tmp_path,
+        schedule="baseline,harsh_lighting,checkerboard",
+        baseline_grasps=30,
+        grasps_per_condition=5000,
+        exploration_grasps=4000,
+        time_limit_s=6,
+    )
+    assert Demo(opts, out).run() == 3
+    run = tmp_path / "run"
+    doc = json.loads((run / "summary.json").read_text())
+    n = doc["grasps"]
+    assert 0 < n < 10030 and doc["complete"] is False and doc["exit_status"] == 3
+    why = "because the time limit (--time-limit 0.1 min) was reached"
+    assert doc["stopped"] == {"at": n, "of": 10030, "reason": why.removeprefix("because ")}
+    assert doc["stopped_text"] == f"stopped early at grasp {n} of 10030, {why}"
+    assert "checkerboard" in doc["not_reached"]
+    assert "checkerboard" not in [c["condition"] for c in doc["conditions"]]
+    text = (run / "summary.txt").read_text()
+    assert text.startswith(f"Stopped early at grasp {n} of 10030, {why}")
+    never = next(line for line in text.splitlines() if line.startswith("never reached: "))
+    assert "checkerboard" in never
+    png = Image.open(run / "demo.png").text
+    assert png["robot-demo:state"] == "stopped early"
+    assert png["robot-demo:stopped"] == doc["stopped_text"]
+    assert "never reached: " in png["Title"] and "checkerboard" in png["Title"]
+    assert "STOPPED EARLY (exit 3)" in out.getvalue()
+
+
+def test_schedule_typo_fails_at_once_with_the_message_in_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.monotonic()
+    assert main(["--out", str(tmp_path / "run"), "--schedule", "baseline,checkerbord"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert "unknown condition(s) 'checkerbord'" in err and "checkerboard" in err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    for bad, says in [
+        (["--bundle", str(tmp_path / "nope")], "--bundle"),
+        (["--grasps-per-condition", "100"], "must exceed the exploration"),
+        (["--agent-template", str(tmp_path / "none.toml")], "no such file"),
+    ]:
+        assert main(["--out", str(tmp_path / "run"), *bad]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_help_gives_every_option_a_help_text_and_default() -> None:
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        assert "(default:" in " ".join(text.split()).split(action.option_strings[0], 1)[1]
+    assert "exit status:" in text and "130" in text
 
 
 def test_job_in_flight_ends_with_every_way_a_job_can_end() -> None:

@@ -119,11 +119,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _base_data(args: argparse.Namespace) -> int:
     from trainer.basedata import DatasetSpec, collect_dataset
-
     from trainer.replay_archive import dataset_from_archive, write_archive
 
     out = Path(args.out)
     if args.from_archive:
+        print(f"unpacking {args.from_archive} into {out}", file=sys.stderr, flush=True)
         counts = dataset_from_archive(Path(args.from_archive), out)
         (out / "collect.json").write_text(json.dumps(counts, indent=2))
         print(json.dumps(counts))

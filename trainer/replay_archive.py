@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,14 @@ def dataset_from_archive(archive: Path, out: Path) -> dict[str, Any]:
     meta = read_meta(archive)
     with np.load(archive, allow_pickle=False) as z:
         images, actions, success = z["image"], z["action"], z["success"]
+    print(f"writing {len(success)} grasps as an episode dataset", file=sys.stderr, flush=True)
     if out.exists():
         shutil.rmtree(out)
     condition = str(meta.get("condition", "baseline"))
     ingest_arrays(images, actions, success, out, str(meta["policy_id"]), condition, archive.name)
     return {
         "path": str(out),
-        "episodes": int(len(success)),
+        "episodes": len(success),
         "successes": int(success.sum()),
         "condition": condition,
         "policy_id": meta["policy_id"],
