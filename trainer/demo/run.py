@@ -417,8 +417,8 @@ class Demo:
                 paused = self._pause(commands, not paused)
             status = view.status()
             if view.grasps == 0 and view.phase == "serving":
-                status += f" | starting the agent ({time.monotonic() - t0:.0f} s)"
-            self.console.status(status)
+                status += " | starting the agent"
+            self.console.status(f"{status} | {time.monotonic() - t0:.0f} s")
             if self.stop.is_set():
                 self._stopped("it was interrupted (Ctrl-C or SIGTERM)", 130)
                 break
