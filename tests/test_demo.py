@@ -471,3 +471,19 @@ def test_job_in_flight_ends_with_every_way_a_job_can_end() -> None:
         assert view.job_in_flight()
         view.apply(topic, data)
         assert not view.job_in_flight(), topic
+
+
+def test_exploration_ended_by_a_newer_mark_says_so() -> None:
+    grasps = [Grasp(i, float(i), i < 20, PARENT, "serve") for i in range(60)]
+    ev = [
+        Event(21.5, "agent.condition", {"condition": "auto-1", "source": "alarm"}),
+        Event(31.5, "agent.condition", {"condition": "auto-2", "source": "alarm"}),
+        Event(51.5, "agent.job", {"job": 1, "status": "exporting", "condition": "auto-2"}),
+    ]
+    s = summarise(grasps, ev, [(0, "baseline"), (20, "transparent"), (30, "checkerboard")])
+    first = s.segments[1].explorations[0]
+    assert (first.superseded, first.job, first.crossed) == (32, None, ("checkerboard",))
+    assert "explored 22-32 (marked by alarm); ended by a newer mark before its job" in (
+        summary_text(s)
+    )
+    assert s.segments[2].explorations[0].job == 1

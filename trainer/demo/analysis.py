@@ -201,11 +201,15 @@ class Arc:
     """Grasp index of the child's rollback."""
     crossed: tuple[str, ...] = ()
     """World conditions that began while it explored (its job trained on grasps of each)."""
+    superseded: int | None = None
+    """Grasp index where a newer mark ended it before its job (the world changed again)."""
 
     def story(self) -> str:
         """One line: mark, exploration, job, result, swap, verdict."""
-        end = self.submitted if self.submitted is not None else "..."
-        out = f"explored {self.marked}-{end} (marked by {self.source})"
+        end = self.submitted if self.submitted is not None else self.superseded
+        out = f"explored {self.marked}-{'...' if end is None else end} (marked by {self.source})"
+        if self.superseded is not None and self.submitted is None:
+            out += "; ended by a newer mark before its job"
         if self.job is not None:
             out += f"; job {self.job}"
             if self.result is not None:
@@ -286,11 +290,19 @@ def arcs(
             if a5 is not None and "rollback" not in a5:
                 a5["rollback"] = idx
     done: list[Arc] = []
-    for a in out:
-        stop = a.get("submitted", len(grasps))
+    for i, a in enumerate(out):
+        later = out[i + 1]["marked"] if i + 1 < len(out) else None
+        superseded = later if "submitted" not in a else None
+        stop = a.get("submitted", len(grasps) if later is None else later)
         crossed = tuple(n for c, n in schedule if a["marked"] < c < stop)
-        done.append(Arc(**a, crossed=crossed))
+        done.append(Arc(**a, crossed=crossed, superseded=superseded))
     return done
+
+
+def _explore_span(a: Arc, total: int) -> range:
+    """Grasp indices an exploration ran over."""
+    stop = a.submitted if a.submitted is not None else a.superseded
+    return range(a.marked, total if stop is None else stop)
 
 
 def world_at(schedule: Sequence[tuple[int, str]], index: int) -> str:
@@ -476,9 +488,7 @@ def summarise(
         marks = _within(ms, "condition", start, end)
         own = tuple(a for a in all_arcs if start <= a.marked < end)
         carried = tuple(
-            a
-            for a in all_arcs
-            if a.marked < start and (a.submitted is None or a.submitted > start) and segs
+            a for a in all_arcs if segs and a.marked < start and start in _explore_span(a, end)
         )
         source = next((a for a in all_arcs if swap and a.swap == swap.index), None)
         submitted = [a.submitted for a in own if a.submitted is not None]
