@@ -38,9 +38,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config) if args.config else AgentConfig()
-        from agent.config import check_exposure
+        from agent.config import check_exposure, check_paths
 
         check_exposure(cfg.sockets)
+        check_paths(cfg)
         driver = make_driver(cfg.driver)
     except (ConfigError, ValueError) as exc:
         print(f"robot-agent: {exc}", file=sys.stderr)
@@ -63,8 +64,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None:
-    """Start the trainer link when ``[trainer] endpoint`` is set; exports go to it as jobs."""
+    """Start the trainer link when ``[trainer] endpoint`` is set; exports go to it as jobs.
+    Without one an exploration's export is kept on disk and the lifecycle serves on."""
     if not cfg.trainer.endpoint:
+        logging.getLogger("agent.cli").info(
+            "no trainer configured ([trainer] endpoint): an exploration is exported and kept "
+            "for robot-trainer finetune; no fine-tune job is sent"
+        )
+        daemon.set_export_hook(lambda job, path: _keep_export(daemon, job, path))
         return None
     from agent.trainer_link import TrainerLink
 
@@ -79,6 +86,21 @@ def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None
     daemon.set_result_hook(link.release)  # a result imported or refused: drop its staged copy
     link.start()
     return link
+
+
+def _keep_export(daemon: Daemon, job: int, path: Path) -> None:
+    """The export hook without a trainer: say where the exploration went and end the job."""
+    logging.getLogger("agent.cli").warning(
+        "job %d: exploration exported to %s and kept; no trainer configured ([trainer] "
+        "endpoint), so no fine-tune job is sent; serving on",
+        job,
+        path,
+    )
+    daemon.job_update(job, "kept", {"export": str(path), "reason": NO_TRAINER})
+
+
+NO_TRAINER = "no trainer configured ([trainer] endpoint): no fine-tune job can be sent"
+"""Why a job is kept rather than sent."""
 
 
 def _ctl(args: argparse.Namespace) -> int:

@@ -155,8 +155,10 @@ class MarkCondition(Command):
     """Declare that the world changed: start exploring condition NAME with an optional note.
 
     NAME: 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit, no "..".
-    Args: {"name": str, "note": str?}. Result: {"condition", "queued": true, "ticket"};
-    applied between grasps (event agent.command with the ticket).
+    Args: {"name": str, "note": str?}. Result: {"condition", "queued": true, "ticket",
+    "then"}; applied between grasps (event agent.command with the ticket). "then" says what
+    follows: N grasps explored and exported, then a fine-tune job sent to the trainer, or,
+    with no trainer configured, the export kept on disk and serving resumed.
     """
 
     name = "mark-condition"
@@ -175,7 +177,21 @@ class MarkCondition(Command):
             s = core.step(lc.MarkCondition(name, note, "operator"))
             return {"condition": s.condition, "phase": s.phase.value}
 
-        return _queued(agent.enqueue(self.name, change), condition=name)
+        return _queued(agent.enqueue(self.name, change), condition=name, then=_then(agent))
+
+
+def _then(agent: AgentControl) -> str:
+    """What a new condition leads to, for the mark-condition reply."""
+    snap = agent.snapshot()
+    explore = f"explores {snap.get('explore_target', '?')} grasps with the serving policy, "
+    trainer = (snap.get("endpoints") or {}).get("trainer")
+    if trainer:
+        return explore + f"exports them and sends a fine-tune job to the trainer at {trainer}"
+    return explore + (
+        "exports them and keeps the export on disk (robot-trainer finetune can use it): no "
+        "trainer is configured ([trainer] endpoint), so no fine-tune job can be sent; then "
+        "it serves on with the same policy"
+    )
 
 
 class Finetune(Command):

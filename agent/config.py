@@ -546,6 +546,19 @@ def check_exposure(cfg: SocketsConfig) -> None:
             )
 
 
+def check_paths(cfg: AgentConfig) -> None:
+    """Refuse to start on a configured ``policy.bundle`` that is not a directory, whatever
+    the data directory holds (a restart would otherwise serve an earlier run's policy and
+    never say the configured one is missing); raises ConfigError naming the key."""
+    bundle = cfg.policy.bundle
+    if bundle and not Path(bundle).is_dir():
+        what = "does not exist" if not Path(bundle).exists() else "is not a directory"
+        raise ConfigError(
+            f"policy.bundle = {bundle!r} {what} (relative paths start at {os.getcwd()}); "
+            "fix the path, or set it empty to serve the active policy recorded in the grasp log"
+        )
+
+
 def check_endpoint_exposure(key: str, endpoint: str, curve: bool) -> None:
     """Refuse to bind ``endpoint`` (named ``key`` in messages) off loopback without CURVE."""
     if not curve and not is_loopback_endpoint(endpoint):

@@ -177,8 +177,9 @@ class Daemon:
         self._post(lambda: self._load(Path(bundle_dir), "trained", job))
 
     def job_update(self, job: int, status: str, detail: dict[str, Any] | None = None) -> None:
-        """A job's status changed on the trainer (any thread). "failed" and "no_improvement"
-        end the job in the lifecycle; any other status is recorded and published."""
+        """A job's status changed on the trainer (any thread). "failed", "no_improvement" and
+        "kept" (no trainer: the export stays on disk) end the job in the lifecycle; any other
+        status is recorded and published."""
         self._post(lambda: self._on_job_update(job, status, detail or {}))
 
     def set_export_hook(self, hook: Callable[[int, Path], None] | None) -> None:
@@ -211,6 +212,8 @@ class Daemon:
         self._security.start(self._ctx)
         self._events = EventPublisher(self._ctx, self.cfg.sockets.event_endpoint)
         self.endpoints["events"] = self._events.bind(self._security)
+        if self.cfg.trainer.endpoint:
+            self.endpoints["trainer"] = self.cfg.trainer.endpoint
         self._restore()
         self._refresh()  # the command thread answers status from the first request on
         self._commands = CommandThread(
@@ -920,6 +923,9 @@ class Daemon:
         elif status == "no_improvement":
             self._try_step(lc.JobNoImprovement(job, str(detail.get("reason", ""))))
             self._reset_detector()  # serving again: the serving ARL0, on this condition's record
+        elif status == "kept":  # no trainer: the export waits on disk, the parent serves on
+            self._try_step(lc.JobKept(job))
+            self._reset_detector()
 
     # -- commands (the command thread's view) ----------------------------------------------
     def _command_context(self, queries: Queries) -> CommandContext:

@@ -7,6 +7,7 @@
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
     TRAINING --policy ready-->          SERVING(c', p')  on probation against p
     TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
+    TRAINING --export kept-->           SERVING(c', p)   no trainer: the export waits on disk
     on probation --passed-->            p' joins the good policies (last good = p')
     on probation --failed-->            SERVING(c', last good)  p' rejected, alarm
     any --policy fault (p)-->           last good other than p; p rejected, alarm
@@ -224,6 +225,14 @@ class JobNoImprovement:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class JobKept:
+    """The job's export is written and there is no trainer to send it to: the exploration is
+    kept on disk (for ``robot-trainer finetune``) and the parent serves on."""
+
+    job: int
+
+
 Event = (
     MarkCondition
     | GraspDone
@@ -231,6 +240,7 @@ Event = (
     | Finetune
     | JobSubmitted
     | JobFailed
+    | JobKept
     | PolicyReady
     | Promote
     | Rollback
@@ -354,7 +364,7 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
         return replace(s, phase=Phase.EXPLORING, job=None), [
             RaiseAlarm("job_failed", f"job {e.job} failed: {e.reason}")
         ]
-    if isinstance(e, JobNoImprovement):
+    if isinstance(e, JobNoImprovement | JobKept):
         if s.job != e.job:
             return s, []
         return replace(s, phase=Phase.SERVING, job=None, explored=0), []

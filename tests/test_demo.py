@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from PIL import Image
 
 from agent.config import SocketsConfig, config_from_dict
 from agent.grasplog import GraspLog, GraspRecord
@@ -20,8 +21,8 @@ from agent.transport import EventPublisher, Security
 from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text, wilson
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
-from trainer.demo.plot import plot_data, write_png
-from trainer.demo.run import Demo, DemoOptions, EventStream, free_ports
+from trainer.demo.plot import COLOURS, LANES, plot_data, write_png
+from trainer.demo.run import Demo, DemoOptions, EventStream, build_parser, free_ports, main
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,
@@ -102,11 +103,17 @@ def _write_log(db: Path) -> None:
                 mark = {"condition": "auto-1", "source": "alarm", "previous": "baseline"}
                 log.add_event("agent.condition", mark, at(i))
             if i == 130:
-                log.add_event("agent.job", {"job": 1, "status": "exporting"}, at(i))
+                exporting = {"job": 1, "status": "exporting", "condition": "auto-1"}
+                log.add_event("agent.job", exporting, at(i))
             if i == 199:
                 log.add_event("agent.job", {"job": 1, "status": "improved"}, at(i))
             if i == 200:
-                swap = {"policy": CHILD, "previous": PARENT, "reason": "trained in condition x"}
+                swap = {
+                    "policy": CHILD,
+                    "previous": PARENT,
+                    "reason": "trained in condition auto-1",
+                    "condition": "auto-1",
+                }
                 log.add_event("agent.policy.swapped", swap, at(i))
             if i == 290:
                 back = {"policy": PARENT, "previous": CHILD, "reason": "probation_failed"}
@@ -132,23 +139,27 @@ def test_summary_segments_from_a_real_grasp_log(tmp_path: Path) -> None:
     assert harsh.job_results == ("improved",)
     assert harsh.recovered == pytest.approx(0.75)
     text = summary_text(s)
-    assert (
-        "recovered 75% of the drop" in text
-        and "alarm after 10 grasps; new condition marked at 110" in text
-    )
-    assert "changes detected (a new condition marked): 1 of 1" in text
+    assert "recovered 75% of the drop" in text and "alarm after 10 grasps (at 110)" in text
+    assert "explored 110-130 (marked by alarm); job 1 improved at 199" in text
+    assert f"swapped in at 200 ({CHILD}); rolled back at 290" in text
+    assert "changes detected (an alarm in the segment): 1 of 1" in text
     doc = s.to_json()
     assert (doc["changes_detected"], doc["changes"]) == (1, 1)
     assert doc["conditions"][1]["recovered"] == pytest.approx(0.75)
     # a change that cost nothing (52% -> 48%, not significant) left nothing to detect
     s2 = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting"), (150, "x")])
     assert "1 of 2; no drop to detect: x (48.0% after" in summary_text(s2)
+    # the exploration (110-130) did not cross x's change at 150: x is not "inside" it
+    assert not s2.segments[2].carried
     assert s2.to_json()["changes_without_drop"] == ["x"] and not s2.segments[2].dropped
-    # a drop with no mark of its own (e.g. inside an exploration) is named as missed
-    unmarked = [e for e in events if e.topic != "agent.condition"]
-    s3 = summarise(grasps, unmarked, [(0, "baseline"), (100, "harsh_lighting")])
-    assert "0 of 1; missed: harsh_lighting" in summary_text(s3)
+    # a drop with no alarm at all is missed; an alarm without a mark of its own is not
+    silent = [e for e in events if e.topic not in ("agent.condition", "agent.alarm")]
+    s3 = summarise(grasps, silent, [(0, "baseline"), (100, "harsh_lighting")])
+    assert "0 of 1; missed (a drop with no alarm): harsh_lighting" in summary_text(s3)
     assert s3.segments[1].dropped and s3.to_json()["changes_missed"] == ["harsh_lighting"]
+    unmarked = [e for e in events if e.topic != "agent.condition"]
+    s4 = summarise(grasps, unmarked, [(0, "baseline"), (100, "harsh_lighting")])
+    assert s4.to_json()["changes_missed"] == [] and "missed" not in summary_text(s4)
     assert doc["conditions"][1]["after"]["n"] == 100
 
 
@@ -172,24 +183,70 @@ def test_segment_without_swap_has_no_after_and_next_before_is_whole_segment() ->
     assert len(summarise(grasps, [], [(0, "baseline"), (40, "transparent")]).segments) == 1
 
 
-@pytest.mark.parametrize("backend", ["matplotlib", "cv2"])
-def test_png_is_written_with_markers(tmp_path: Path, backend: str) -> None:
+def test_png_is_drawn_with_matplotlib_with_every_marker_kind_in_its_own_lane(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "grasps.db"
     _write_log(db)
     grasps, events = read_run(db)
-    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")])
+    s = summarise(grasps, events, [(0, "baseline"), (100, "harsh_lighting")], 300)
     data = plot_data(grasps, s, window=20, title="test run")
     kinds = [m.kind for m in data.markers]
     assert kinds == ["alarm", "condition", "job", "job_result", "swap", "rollback"]
+    assert len({LANES[k] for k in kinds}) == len(set(kinds))  # no kind hides another
     assert len(data.rolling) == 300 and len(data.levels) == 3
-    png = tmp_path / f"{backend}.png"
-    assert write_png(data, png, backend) == backend  # type: ignore[arg-type]
+    assert "after swap 80%" in data.notes[1][2] and "recovered 75%" in data.notes[1][2]
+    png = tmp_path / "run.png"
+    write_png(data, png)
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 800
     # the swap's green and the alarm's red are drawn
     b, g, r = (img[..., i].astype(int) for i in range(3))
     assert np.any((g > 120) & (r < 80) & (b < 100))
     assert np.any((r > 180) & (g < 60) & (b < 60))
+    assert Image.open(png).text["robot-demo:state"] == "complete"
+
+
+def test_refused_job_is_drawn_apart_from_an_improved_one() -> None:
+    grasps = [Grasp(i, float(i), True, PARENT, "serve") for i in range(20)]
+    ev = [
+        Event(4.5, "agent.job", {"job": 1, "status": "improved"}),
+        Event(9.5, "agent.job", {"job": 2, "status": "no_improvement"}),
+    ]
+    s = summarise(grasps, ev, [(0, "baseline")])
+    assert [(m.kind, m.index) for m in s.markers] == [("job_result", 5), ("refused", 10)]
+    assert COLOURS["refused"] != COLOURS["job_result"] and LANES["refused"] != LANES["swap"]
+
+
+def test_exploration_straddling_a_change_is_attributed_to_where_it_began() -> None:
+    """An alarm under transparent at 40 starts an exploration that runs past the change to
+    checkerboard at 50; its job trains on both. Checkerboard has no alarm of its own: it is
+    "inside an exploration begun earlier", not "missed", and the job is transparent's."""
+    grasps = [Grasp(i, float(i), i < 40 or i >= 75, PARENT, "serve") for i in range(100)]
+    ev = [
+        Event(39.5, "agent.alarm", {"kind": "success_drop"}),
+        Event(39.5, "agent.condition", {"condition": "auto-2", "source": "alarm"}),
+        Event(59.5, "agent.job", {"job": 2, "status": "exporting", "condition": "auto-2"}),
+        Event(69.5, "agent.job", {"job": 2, "status": "improved"}),
+        Event(
+            74.5,
+            "agent.policy.swapped",
+            {"policy": CHILD, "previous": PARENT, "reason": "trained", "condition": "auto-2"},
+        ),
+    ]
+    sched = [(0, "baseline"), (20, "transparent"), (50, "checkerboard")]
+    s = summarise(grasps, ev, sched)
+    transparent, checker = s.segments[1], s.segments[2]
+    assert transparent.alarm == 40 and transparent.job == 60
+    assert transparent.explorations[0].crossed == ("checkerboard",)
+    assert checker.alarm is None and checker.job is None and not checker.missed
+    assert [a.marked for a in checker.carried] == [40] and checker.swap_from == "transparent"
+    text = summary_text(s)
+    assert "ran past the change to checkerboard" in text
+    assert "the exploration begun at 40 under transparent was still running" in text
+    assert "inside an exploration begun earlier (no alarm of its own): checkerboard" in text
+    assert "missed" not in text
+    assert s.to_json()["changes_inside_exploration"] == ["checkerboard"]
 
 
 def test_live_view_follows_phases_and_shows_training_progress() -> None:
@@ -288,24 +345,29 @@ def test_event_markers_are_placed_by_time() -> None:
     assert s.markers[0].index == 3 and s.segments[0].false_alarms == 1
 
 
+def _tiny(tmp_path: Path, **over: object) -> DemoOptions:
+    opts = {
+        "out": tmp_path / "run",
+        "schedule": "baseline,harsh_lighting",
+        "baseline_grasps": 30,
+        "grasps_per_condition": 30,
+        "exploration_grasps": 20,
+        "base_grasps": 0,
+        "time_limit_s": 150,
+        "agent_nice": 0,
+        "agent_template": REPO / "configs" / "demo-agent.toml",
+        "trainer_template": REPO / "configs" / "demo-trainer.toml",
+        "bundle": REPO / "policies" / "base",
+        **over,
+    }
+    return DemoOptions(**opts)  # type: ignore[arg-type]
+
+
 def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Path) -> None:
     """The orchestration end to end on a tiny budget: both child processes, the live view from
     the PUB socket, a clean stop of the trainer, the report from the grasp log."""
     out = io.StringIO()
-    opts = DemoOptions(
-        out=tmp_path / "run",
-        schedule="baseline,harsh_lighting",
-        baseline_grasps=30,
-        grasps_per_condition=30,
-        exploration_grasps=1000,
-        base_grasps=0,
-        time_limit_s=150,
-        agent_nice=0,
-        agent_template=REPO / "configs" / "demo-agent.toml",
-        trainer_template=REPO / "configs" / "demo-trainer.toml",
-        bundle=REPO / "policies" / "base",
-    )
-    assert Demo(opts, out).run() == 0
+    assert Demo(_tiny(tmp_path), out).run() == 0
     run = tmp_path / "run"
     doc = json.loads((run / "summary.json").read_text())
     assert doc["grasps"] == 60 and [c["condition"] for c in doc["conditions"]] == [
@@ -313,12 +375,82 @@ def test_demo_runs_the_real_agent_and_trainer_and_writes_its_report(tmp_path: Pa
         "harsh_lighting",
     ]
     assert doc["exit_codes"] == {"agent": 0, "trainer": 0}
-    assert cv2.imread(str(run / "demo.png")) is not None
+    assert doc["complete"] is True and doc["stopped"] is None and doc["exit_status"] == 0
+    # typed: numbers as numbers, booleans as booleans, paths as strings, unset as null
+    o = doc["options"]
+    assert o["baseline_grasps"] == 30 and o["time_limit_s"] == 150
+    assert o["pause_while_training"] is True and o["summary_json"] is None
+    assert o["out"] == str(tmp_path / "run")
+    assert Image.open(run / "demo.png").text["robot-demo:state"] == "complete"
     text = out.getvalue()
     assert "grasp    60/60" in text and "harsh_lighting: grasps 30-59" in text
+    assert "warning: --baseline-grasps 30 is below the detector's reference" in text
     agent_cfg = tomllib.loads((run / "agent.toml").read_text())
     assert agent_cfg["lifecycle"]["on_alarm"] == "mark"
     assert agent_cfg["driver"]["sim"]["schedule"] == [[0, "baseline"], [30, "harsh_lighting"]]
+
+
+def test_run_cut_short_says_so_in_exit_status_summaries_and_png(tmp_path: Path) -> None:
+    """The time limit stops the agent long before its budget: exit 3, and summary.txt,
+    summary.json, the PNG's title and text chunks all say where and why it stopped; the
+    conditions it never reached are not listed as run."""
+    out = io.StringIO()
+    opts = _tiny(
+        tmp_path,
+        schedule="baseline,harsh_lighting,checkerboard",
+        baseline_grasps=30,
+        grasps_per_condition=5000,
+        exploration_grasps=4000,
+        time_limit_s=6,
+    )
+    assert Demo(opts, out).run() == 3
+    run = tmp_path / "run"
+    doc = json.loads((run / "summary.json").read_text())
+    n = doc["grasps"]
+    assert 0 < n < 10030 and doc["complete"] is False and doc["exit_status"] == 3
+    why = "because the time limit (--time-limit 0.1 min) was reached"
+    assert doc["stopped"] == {"at": n, "of": 10030, "reason": why.removeprefix("because ")}
+    assert doc["stopped_text"] == f"stopped early at grasp {n} of 10030, {why}"
+    assert "checkerboard" in doc["not_reached"]
+    assert "checkerboard" not in [c["condition"] for c in doc["conditions"]]
+    text = (run / "summary.txt").read_text()
+    assert text.startswith(f"Stopped early at grasp {n} of 10030, {why}")
+    never = next(line for line in text.splitlines() if line.startswith("never reached: "))
+    assert "checkerboard" in never
+    png = Image.open(run / "demo.png").text
+    assert png["robot-demo:state"] == "stopped early"
+    assert png["robot-demo:stopped"] == doc["stopped_text"]
+    assert "never reached: " in png["Title"] and "checkerboard" in png["Title"]
+    assert "STOPPED EARLY (exit 3)" in out.getvalue()
+
+
+def test_schedule_typo_fails_at_once_with_the_message_in_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.monotonic()
+    assert main(["--out", str(tmp_path / "run"), "--schedule", "baseline,checkerbord"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert "unknown condition(s) 'checkerbord'" in err and "checkerboard" in err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    for bad, says in [
+        (["--bundle", str(tmp_path / "nope")], "--bundle"),
+        (["--grasps-per-condition", "100"], "must exceed the exploration"),
+        (["--agent-template", str(tmp_path / "none.toml")], "no such file"),
+    ]:
+        assert main(["--out", str(tmp_path / "run"), *bad]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_help_gives_every_option_a_help_text_and_default() -> None:
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        assert "(default:" in " ".join(text.split()).split(action.option_strings[0], 1)[1]
+    assert "exit status:" in text and "130" in text
 
 
 def test_job_in_flight_ends_with_every_way_a_job_can_end() -> None:
@@ -339,3 +471,19 @@ def test_job_in_flight_ends_with_every_way_a_job_can_end() -> None:
         assert view.job_in_flight()
         view.apply(topic, data)
         assert not view.job_in_flight(), topic
+
+
+def test_exploration_ended_by_a_newer_mark_says_so() -> None:
+    grasps = [Grasp(i, float(i), i < 20, PARENT, "serve") for i in range(60)]
+    ev = [
+        Event(21.5, "agent.condition", {"condition": "auto-1", "source": "alarm"}),
+        Event(31.5, "agent.condition", {"condition": "auto-2", "source": "alarm"}),
+        Event(51.5, "agent.job", {"job": 1, "status": "exporting", "condition": "auto-2"}),
+    ]
+    s = summarise(grasps, ev, [(0, "baseline"), (20, "transparent"), (30, "checkerboard")])
+    first = s.segments[1].explorations[0]
+    assert (first.superseded, first.job, first.crossed) == (32, None, ("checkerboard",))
+    assert "explored 22-32 (marked by alarm); ended by a newer mark before its job" in (
+        summary_text(s)
+    )
+    assert s.segments[2].explorations[0].job == 1

@@ -119,11 +119,24 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _base_data(args: argparse.Namespace) -> int:
     from trainer.basedata import DatasetSpec, collect_dataset
+    from trainer.replay_archive import dataset_from_archive, write_archive
 
+    out = Path(args.out)
+    if args.from_archive:
+        print(f"unpacking {args.from_archive} into {out}", file=sys.stderr, flush=True)
+        counts = dataset_from_archive(Path(args.from_archive), out)
+        (out / "collect.json").write_text(json.dumps(counts, indent=2))
+        print(json.dumps(counts))
+        return 0
     spec = DatasetSpec(
         bundle=Path(args.bundle), grasps=args.grasps, seed=args.seed, workers=args.workers
     )
-    print(json.dumps(collect_dataset(spec, Path(args.out))))
+    counts = collect_dataset(spec, out)
+    if args.write_archive:
+        keep = ("policy_id", "condition", "epsilon", "seed")
+        meta = write_archive(out, Path(args.write_archive), {k: counts[k] for k in keep})
+        print(f"wrote {args.write_archive} ({meta['grasps']} grasps)", file=sys.stderr)
+    print(json.dumps(counts))
     return 0
 
 
@@ -208,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--bundle", default="policies/base", help="policy bundle collecting them")
     bd.add_argument("--seed", type=int, default=7, help="collection seed")
     bd.add_argument("--workers", type=int, default=2, help="collection processes")
+    bd.add_argument(
+        "--from-archive",
+        default="",
+        help="make the dataset from this compressed archive (e.g. policies/base-replay.npz) "
+        "instead of collecting",
+    )
+    bd.add_argument(
+        "--write-archive",
+        default="",
+        help="also write the collected dataset as a compressed archive here",
+    )
     bd.set_defaults(func=_base_data)
     sv = sub.add_parser("serve", help="run the fine-tune job service (docs/trainer-service.md)")
     sv.add_argument("--config", default="", help="TOML file ([service], [finetune] tables)")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from agent.bundle import Bundle
@@ -92,6 +93,19 @@ def ingest_shards(
 ) -> int:
     """Append every collected grasp in ``shard_dir`` to the episode dataset; returns the count."""
     images, actions, success = load_shards(shard_dir)
+    return ingest_arrays(images, actions, success, dataset, policy_id, condition, shard_dir.name)
+
+
+def ingest_arrays(
+    images: npt.NDArray[np.uint8],
+    actions: npt.NDArray[np.float32],
+    success: npt.NDArray[np.uint8],
+    dataset: Path,
+    policy_id: str,
+    condition: str,
+    source: str,
+) -> int:
+    """Append one-step grasps (image, action, success per row) to the episode dataset."""
     now = time.time()
     with EpisodeWriter(dataset, DEFAULT_SPEC, chunk_transitions=4096) as w:
         for i in range(len(success)):
@@ -103,7 +117,7 @@ def ingest_shards(
                     condition=condition,
                     policy_id=policy_id,
                     timestamp=now,
-                    extra={"source": shard_dir.name},
+                    extra={"source": source},
                 )
             )
     return len(success)

@@ -1,54 +1,55 @@
 """The demo's PNG: rolling success against grasp index, with condition changes, alarms, job
-submissions and results, swaps and rollbacks marked.
+submissions and results, swaps, refused jobs and rollbacks marked, and each segment's success
+written on it.
 
-:func:`plot_data` is pure (what to draw); :func:`write_png` draws it with matplotlib when it is
-installed (the ``[test]`` extra has it) and with OpenCV otherwise (always installed), so the
-demo needs nothing extra.
+:func:`plot_data` is pure (what to draw); :func:`write_png` draws it with matplotlib (in the
+``[trainer]`` extra) and writes the run's state (complete, or where and why it stopped) into
+the PNG's text chunks as well as its title.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
+from trainer.demo.analysis import Grasp, Marker, Segment, Summary, rolling
 
-from trainer.demo.analysis import Grasp, Marker, Summary, rolling
-
-Backend = Literal["auto", "matplotlib", "cv2"]
-
-DRAWN = ("alarm", "condition", "job", "job_result", "swap", "rollback", "rejected")
-"""Marker kinds drawn (probation verdicts are only in the text summary)."""
-LANES = {
-    "alarm": 1.04,
-    "condition": 1.04,
-    "job": 1.09,
-    "job_result": 1.09,
-    "swap": 1.14,
-    "rollback": 1.14,
-}
-"""Height of each kind's symbols above the curve (rejected shares the swap lane)."""
+DRAWN = (
+    "alarm",
+    "condition",
+    "job",
+    "job_result",
+    "refused",
+    "rejected",
+    "swap",
+    "rollback",
+)
+"""Marker kinds drawn, bottom lane first (probation verdicts are only in the text summary)."""
+LANES = {kind: 1.03 + 0.035 * i for i, kind in enumerate(DRAWN)}
+"""Height of each kind's lane above the curve: one lane per kind, so no kind hides another."""
+YMAX = 1.03 + 0.035 * len(DRAWN)
+"""Top of the y axis (the lanes sit above 100%)."""
 COLOURS = {
     "alarm": (0.85, 0.1, 0.1),
     "condition": (0.45, 0.0, 0.0),
     "job": (0.1, 0.3, 0.85),
-    "job_result": (0.5, 0.2, 0.7),
+    "job_result": (0.1, 0.6, 0.75),
+    "refused": (0.55, 0.0, 0.55),
+    "rejected": (0.2, 0.2, 0.2),
     "swap": (0.1, 0.6, 0.2),
     "rollback": (0.95, 0.55, 0.0),
-    "rejected": (0.2, 0.2, 0.2),
 }
 """RGB in [0, 1] per marker kind."""
 NAMES = {
-    "alarm": "alarm",
-    "condition": "new condition marked",
-    "job": "job submitted",
-    "job_result": "job result",
-    "swap": "swap",
+    "alarm": "alarm (success drop)",
+    "condition": "new condition marked: exploring",
+    "job": "exploration done: job sent",
+    "job_result": "job improved",
+    "refused": "job refused/failed: parent serves on",
+    "rejected": "child bundle refused by the agent",
+    "swap": "child swapped in",
     "rollback": "rollback",
-    "rejected": "bundle rejected",
 }
 """Legend text per marker kind."""
 SYMBOLS = {
@@ -56,9 +57,10 @@ SYMBOLS = {
     "condition": "*",
     "job": "s",
     "job_result": "D",
+    "refused": "P",
+    "rejected": "x",
     "swap": "^",
     "rollback": "X",
-    "rejected": "x",
 }
 """matplotlib marker per kind."""
 SHADES = ((0.93, 0.95, 0.98), (0.98, 0.95, 0.90))
@@ -93,10 +95,45 @@ class PlotData:
     """The drawn events."""
     title: str
     """Figure title."""
+    notes: tuple[tuple[int, int, str], ...] = ()
+    """(start, end, text) per segment: its success figures, written inside it."""
+    stopped: str = ""
+    """Where and why the run stopped early ("" for a complete run), shown in red."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """PNG text chunks (Title, Description, robot-demo state)."""
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
+
+
+def segment_note(seg: Segment) -> str:
+    """A segment's success figures in a few short lines for the PNG."""
+    n = seg.between.n
+    if seg.before is None:
+        return f"{_pct(seg.between.rate)} (n={n})\nfalse alarms {seg.false_alarms}"
+    lines = [f"before {_pct(seg.before.rate)}", f"change->swap {_pct(seg.between.rate)} (n={n})"]
+    if seg.after is not None:
+        lines.append(f"after swap {_pct(seg.after.rate)} (n={seg.after.n})")
+    if seg.recovered is not None:
+        lines.append(f"recovered {seg.recovered:.0%}")
+    if seg.alarm is not None:
+        lines.append(f"alarm +{seg.detection_delay}")
+    elif seg.carried:
+        lines.append("inside an earlier exploration")
+    elif seg.missed:
+        lines.append("MISSED (no alarm)")
+    elif not seg.dropped:
+        lines.append("no drop to detect")
+    return "\n".join(lines)
 
 
 def plot_data(
-    grasps: Sequence[Grasp], summary: Summary, window: int = 50, title: str = ""
+    grasps: Sequence[Grasp],
+    summary: Summary,
+    window: int = 50,
+    title: str = "",
+    metadata: Mapping[str, str] | None = None,
 ) -> PlotData:
     """What to draw for a run."""
     levels: list[Level] = []
@@ -106,6 +143,10 @@ def plot_data(
             levels.append(Level(s.start, cut, s.between.rate))
         if s.after is not None and s.after.rate is not None and s.swap is not None:
             levels.append(Level(s.swap, s.end, s.after.rate))
+    stopped = "" if summary.stopped is None else summary.stopped.text()
+    meta = {"robot-demo:state": "stopped early" if stopped else "complete"}
+    if stopped:
+        meta["robot-demo:stopped"] = stopped
     return PlotData(
         rolling=tuple(rolling([g.success for g in grasps], window)),
         window=window,
@@ -113,132 +154,83 @@ def plot_data(
         levels=tuple(levels),
         markers=tuple(m for m in summary.markers if m.kind in DRAWN),
         title=title or f"{len(grasps)} grasps",
+        notes=tuple((s.start, s.end, segment_note(s)) for s in summary.segments),
+        stopped=stopped,
+        metadata={**meta, **(metadata or {})},
     )
 
 
-def have_matplotlib() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-def write_png(data: PlotData, path: Path, backend: Backend = "auto") -> str:
-    """Draw ``data`` into ``path``; returns the backend used ("matplotlib" or "cv2")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if backend == "matplotlib" or (backend == "auto" and have_matplotlib()):
-        _matplotlib(data, path)
-        return "matplotlib"
-    _cv2(data, path)
-    return "cv2"
-
-
-def _matplotlib(data: PlotData, path: Path) -> None:
+def write_png(data: PlotData, path: Path) -> None:
+    """Draw ``data`` into ``path`` with matplotlib; the title, the stop and ``metadata`` also
+    go into the PNG's text chunks (``PIL.Image.open(path).text``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(12, 5.2), dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(13, 6), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     n = max(1, len(data.rolling))
     for i, (name, start, end) in enumerate(data.segments):
         ax.axvspan(start, end, color=SHADES[i % 2], lw=0)
-        ax.text((start + end) / 2, 0.02, name, ha="center", va="bottom", fontsize=9)
+        ax.text((start + end) / 2, 0.02, name, ha="center", va="bottom", fontsize=9, weight="bold")
         if i:
             ax.axvline(start, color="black", ls="--", lw=1)
-    ax.plot(range(len(data.rolling)), data.rolling, color="black", lw=1.2)
+    for start, _end, text in data.notes:
+        ax.text(
+            start + 0.01 * n,
+            0.09,
+            text,
+            ha="left",
+            va="bottom",
+            fontsize=7.5,
+            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5},
+        )
+    ax.plot(range(len(data.rolling)), data.rolling, color="black", lw=1.1)
     for lv in data.levels:
         ax.hlines(lv.rate, lv.start, lv.end, colors="0.45", lw=2, alpha=0.8)
     seen: set[str] = set()
-    for m in data.markers:
-        colour = COLOURS[m.kind]
-        if m.kind in ("swap", "rollback", "rejected"):
-            ax.axvline(m.index, color=colour, lw=1, alpha=0.8)
-        y = LANES.get(m.kind, 1.14)
-        ax.scatter([m.index], [y], marker=SYMBOLS[m.kind], color=colour, s=36, zorder=3)
-        seen.add(m.kind)
-    handles = [Line2D([], [], color="black", lw=1.2, label=f"success, last {data.window}")]
+    for kind in DRAWN:
+        xs = [m.index for m in data.markers if m.kind == kind]
+        if not xs:
+            continue
+        colour = COLOURS[kind]
+        if kind in ("swap", "rollback", "rejected", "refused"):
+            for x in xs:
+                ax.axvline(x, color=colour, lw=1, alpha=0.7, ls="-" if kind == "swap" else ":")
+        ax.scatter(xs, [LANES[kind]] * len(xs), marker=SYMBOLS[kind], color=colour, s=34, zorder=3)
+        seen.add(kind)
+    handles = [Line2D([], [], color="black", lw=1.1, label=f"success, last {data.window} grasps")]
     handles.append(Line2D([], [], color="0.45", lw=2, label="mean: change->swap, after swap"))
     handles += [
         Line2D([], [], color=COLOURS[k], marker=SYMBOLS[k], ls="", label=NAMES[k])
         for k in DRAWN
         if k in seen
     ]
-    ax.legend(handles=handles, loc="lower left", fontsize=8, ncol=4, bbox_to_anchor=(0, 0.06))
+    fig.legend(handles=handles, loc="lower center", fontsize=8, ncol=5, frameon=False)
     ax.set_xlim(0, n)
-    ax.set_ylim(0, 1.18)
-    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_ylim(0, YMAX)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
     ax.set_xlabel("grasp")
-    ax.set_ylabel("grasp success")
+    ax.set_ylabel(f"grasp success (rolling, last {data.window})")
     ax.set_title(data.title, fontsize=10)
+    if data.stopped:
+        ax.text(
+            0.5,
+            0.55,
+            data.stopped.upper(),
+            transform=ax.transAxes,
+            ha="center",
+            color=(0.8, 0.0, 0.0),
+            fontsize=11,
+            weight="bold",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": (0.8, 0.0, 0.0)},
+        )
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _bgr(rgb: tuple[float, float, float]) -> tuple[int, int, int]:
-    return int(rgb[2] * 255), int(rgb[1] * 255), int(rgb[0] * 255)
-
-
-def _cv2(data: PlotData, path: Path) -> None:
-    import cv2
-
-    w, h = 1320, 570
-    left, right, top, bottom = 70, 20, 40, 70
-    img = np.full((h, w, 3), 255, np.uint8)
-    n = max(1, len(data.rolling))
-    pw, ph = w - left - right, h - top - bottom
-    ymax = 1.18
-
-    def px(i: float) -> int:
-        return left + round(pw * i / n)
-
-    def py(v: float) -> int:
-        return top + round(ph * (1 - v / ymax))
-
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i, (name, start, end) in enumerate(data.segments):
-        cv2.rectangle(img, (px(start), top), (px(end), top + ph), _bgr(SHADES[i % 2]), -1)
-        cv2.putText(img, name, (px(start) + 4, py(0.03)), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        if i:
-            for y in range(top, top + ph, 8):
-                cv2.line(img, (px(start), y), (px(start), y + 4), (0, 0, 0), 1)
-    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
-        cv2.line(img, (left, py(v)), (left + pw, py(v)), (220, 220, 220), 1)
-        cv2.putText(img, f"{v:.2f}", (left - 45, py(v) + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    step = _tick_step(n)
-    for x in range(0, n + 1, step):
-        cv2.line(img, (px(x), top + ph), (px(x), top + ph + 5), (0, 0, 0), 1)
-        cv2.putText(img, str(x), (px(x) - 12, top + ph + 20), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for lv in data.levels:
-        cv2.line(img, (px(lv.start), py(lv.rate)), (px(lv.end), py(lv.rate)), (115, 115, 115), 2)
-    if data.rolling:
-        pts = np.array([[px(i), py(v)] for i, v in enumerate(data.rolling)], np.int32)
-        cv2.polylines(img, [pts], False, (0, 0, 0), 1, cv2.LINE_AA)
-    seen: list[str] = []
-    for m in data.markers:
-        c = _bgr(COLOURS[m.kind])
-        x, y = px(m.index), py(LANES.get(m.kind, 1.14))
-        if m.kind in ("swap", "rollback", "rejected"):
-            cv2.line(img, (x, top), (x, top + ph), c, 1)
-        cv2.circle(img, (x, y), 5, c, -1, cv2.LINE_AA)
-        if m.kind not in seen:
-            seen.append(m.kind)
-    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
-    cv2.putText(img, data.title[:150], (left, 25), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "grasp", (left + pw - 45, top + ph + 38), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    x = left + 60
-    legend = [("black", f"success, last {data.window}")] + [(k, NAMES[k]) for k in seen]
-    for kind, text in legend:
-        c = (0, 0, 0) if kind == "black" else _bgr(COLOURS[kind])
-        cv2.circle(img, (x, h - 16), 5, c, -1)
-        cv2.putText(img, text, (x + 9, h - 11), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        x += 30 + 8 * len(text)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"OpenCV could not write {path}")
-
-
-def _tick_step(n: int) -> int:
-    for step in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000):
-        if n / step <= 12:
-            return step
-    return max(1, n // 10)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    meta = {"Title": data.title, **data.metadata}
+    if data.stopped:
+        meta["Description"] = data.stopped
+    fig.savefig(path, metadata=meta)

@@ -3,8 +3,11 @@ progress shown live from the agent's events, then a PNG and a summary.
 
 What it does, in order (everything under ``--out``, default ``runs/demo``):
 
-1. ``base-data/``: the base replay data, made by ``robot-trainer base-data`` if missing
-   (kept between runs);
+0. checks everything the run needs (schedule names, sizes, templates, the bundle, the base
+   replay archive, the configs it will write) before anything starts: an error exits 2;
+1. ``base-data/``: the base replay data, made from the shipped archive
+   (``policies/base-replay.npz``) in seconds, or collected by ``robot-trainer base-data``
+   (kept between runs), with its progress on the terminal;
 2. ``agent.toml``, ``trainer.toml``: the templates (``configs/demo-agent.toml``,
    ``configs/demo-trainer.toml``) with this run's directory, free loopback ports, the sim
    schedule and the grasp budget; ``agent/`` and ``trainer/`` are emptied first;
@@ -12,14 +15,16 @@ What it does, in order (everything under ``--out``, default ``runs/demo``):
    ``trainer.log``, ``agent.log``); the agent runs with ``on_alarm = "mark"`` and is told
    nothing about the changes;
 4. the live view from the agent's PUB socket until the agent stops at its grasp budget
-   (or ``--time-limit``, or Ctrl-C: SIGTERM to the children, then wait);
+   (or ``--time-limit``, Ctrl-C, or a child that fails: SIGTERM to the children, then wait);
 5. ``demo.png``, ``summary.txt`` and ``summary.json`` (and ``--summary-json PATH``) from the
-   agent's grasp log, opened read-only.
+   agent's grasp log, opened read-only; a run that stopped early says where and why in all
+   of them and exits non-zero (see :data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -29,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,44 +46,54 @@ from agent.ctl import CtlError, request
 from agent.extras import run_entry
 from agent.wire import WireError, decode
 from trainer.demo.analysis import summarise, summary_text
+from trainer.demo.checks import check
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
 from trainer.demo.plot import plot_data, write_png
-from trainer.demo.setup import (
-    Endpoints,
-    RunPlan,
-    agent_config,
-    dumps_toml,
-    parse_conditions,
-    trainer_config,
-)
+from trainer.demo.setup import Endpoints, agent_config, dumps_toml, trainer_config
 
 REPO = Path(__file__).resolve().parents[2]
 """The checkout this module lives in (templates and the base policy are found there too)."""
 STOP_WAIT_S = 60.0
 """How long a child may take to stop after SIGTERM before it is killed."""
+STATUS_EVERY_S = 5.0
+"""Status line interval when the output is not a terminal (a log file)."""
+EXIT_CODES = {
+    0: "complete: the agent ran its whole schedule and the report was written",
+    1: "stopped early: a child process (base data, trainer or agent) failed",
+    2: "nothing started: an option, path or template is wrong",
+    3: "stopped early: the time limit (--time-limit) was reached",
+    130: "stopped early: interrupted (Ctrl-C or SIGTERM)",
+}
+"""robot-demo's exit statuses; every early stop also writes its report, saying so."""
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """One run of the demo (the CLI's flags)."""
+    """One run of the demo (the CLI's flags; each field's docstring is its --help)."""
 
     out: Path = Path("runs/demo")
-    """Run directory."""
+    """Run directory (everything the run writes goes here)."""
     schedule: str = "default"
-    """"default", "paper" or a comma-separated list of conditions (the first is the start)."""
-    baseline_grasps: int = 500
-    """Grasps under the first condition."""
-    grasps_per_condition: int = 1200
-    """Grasps under each later condition."""
+    """The world's conditions in order: "default" (baseline -> harsh_lighting -> transparent
+    -> checkerboard), "paper" (adds extend_gripper -> offset_gripper) or a comma-separated
+    list of conditions (the first is the start)."""
+    baseline_grasps: int = 300
+    """Grasps under the first condition (at least the detector's reference, 200)."""
+    grasps_per_condition: int = 800
+    """Grasps under each later condition (more than the exploration)."""
     exploration_grasps: int | None = None
-    """lifecycle.exploration_grasps (None: the template's)."""
-    base_grasps: int = 4000
-    """Size of the base replay data (robot-trainer base-data --grasps); 0: none."""
-    time_limit_s: float = 15 * 60.0
-    """Stop the agent after this long (the run still writes its PNG and summary)."""
+    """Grasps the agent explores after an alarm (default: the agent template's, 400)."""
+    base_grasps: int | None = None
+    """Base replay grasps: default the shipped archive (--base-archive, 4,000 grasps, made in
+    seconds) when it fits --bundle, else 4,000 collected; 0: none; N: collect N."""
+    base_archive: Path = Path("policies/base-replay.npz")
+    """The shipped base replay archive (robot-trainer base-data --write-archive makes one)."""
+    time_limit_s: float = 60 * 60.0
+    """Stop the run this long after the agent starts (base data not counted; 0: no limit);
+    the report is still written and says the run stopped early (exit 3)."""
     summary_json: Path | None = None
-    """Also write the summary JSON here."""
+    """Also write summary.json here."""
     agent_template: Path = Path("configs/demo-agent.toml")
     """The agent's config template."""
     trainer_template: Path = Path("configs/demo-trainer.toml")
@@ -87,7 +101,7 @@ class DemoOptions:
     bundle: Path = Path("policies/base")
     """The policy the agent starts with (and the trainer's base bundle)."""
     window: int = 50
-    """Grasps in the rolling success rate."""
+    """Grasps in the rolling success rate (terminal and PNG)."""
     agent_command: tuple[str, ...] = ()
     """The agent's command line before ``--config PATH`` (empty: ``python -m agent.cli run``)."""
     agent_nice: int = 10
@@ -217,7 +231,8 @@ class EventStream:
 
 
 class Console:
-    """Event lines, and a status line redrawn in place on a terminal (every 10 s otherwise)."""
+    """Event lines, and a status line redrawn in place on a terminal (every
+    :data:`STATUS_EVERY_S` otherwise)."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -240,7 +255,7 @@ class Console:
                 self.stream.write("\r\033[K" + text[:width])
                 self.stream.flush()
                 self._shown, self._last = True, now
-        elif force or now - self._last >= 10.0:
+        elif force or now - self._last >= STATUS_EVERY_S:
             self.line(text)
             self._last = now
 
@@ -252,87 +267,112 @@ class Console:
 
 
 class Demo:
-    """One run: :meth:`run` does everything and returns the exit status."""
+    """One run: :meth:`run` does everything and returns the exit status (:data:`EXIT_CODES`).
+
+    Building one checks every option (:func:`trainer.demo.checks.check`): ValueError before
+    anything starts."""
 
     def __init__(self, opts: DemoOptions, stream: IO[str] = sys.stdout) -> None:
         self.opts = opts
         self.out = Path(opts.out)
-        self.plan = RunPlan(
-            parse_conditions(opts.schedule), opts.baseline_grasps, opts.grasps_per_condition
+        self.checked = check(
+            opts.schedule,
+            opts.baseline_grasps,
+            opts.grasps_per_condition,
+            opts.exploration_grasps,
+            opts.base_grasps,
+            _existing(opts.base_archive).resolve(),
+            _existing(opts.bundle).resolve(),
+            _existing(opts.agent_template),
+            _existing(opts.trainer_template),
+            opts.window,
+            opts.agent_nice,
+            opts.time_limit_s,
         )
+        self.plan = self.checked.plan
         self.console = Console(stream)
         self.stop = threading.Event()
         self.children: list[Child] = []
         self.started = time.monotonic()
         self.exit_codes: dict[str, int | None] = {}
+        self.stop_reason: str | None = None
+        """Why the run stopped before its budget (None: it did not, so far)."""
+        self.status = 0
+        """The exit status the run ends with."""
 
     def say(self, text: str) -> None:
         self.console.line(f"[demo {time.monotonic() - self.started:6.0f}s] {text}")
 
+    def _stopped(self, reason: str, status: int) -> None:
+        """Record the first reason the run stops early (later ones follow from it)."""
+        if self.stop_reason is None:
+            self.stop_reason, self.status = reason, status
+
     # -- steps -------------------------------------------------------------------------------
     def base_data(self) -> Path | None:
-        """The base replay data under ``out/base-data`` (made by robot-trainer if missing);
-        None with ``base_grasps = 0`` (jobs then train on their new data alone)."""
-        if self.opts.base_grasps <= 0:
+        """The base replay data under ``out/base-data``: made from the shipped archive, or
+        collected by robot-trainer; None without base data (jobs train on new data alone)."""
+        src = self.checked.base
+        if src.kind == "none":
             self.say("no base replay data (--base-grasps 0): jobs train on new data alone")
             return None
         path = (self.out / "base-data").resolve()
         done = path / "collect.json"
-        if done.is_file() and json.loads(done.read_text()).get("episodes") == self.opts.base_grasps:
-            self.say(f"base replay data: {path} ({self.opts.base_grasps} grasps, reused)")
-            return path
-        self.say(
-            f"collecting {self.opts.base_grasps} base replay grasps with the base policy "
-            f"(robot-trainer base-data; log: {self.out / 'base-data.log'})"
-        )
-        child = Child(
-            "base-data",
-            [
-                sys.executable,
-                "-m",
-                "trainer.entry",
-                "base-data",
-                "--out",
-                str(path),
-                "--grasps",
-                str(self.opts.base_grasps),
-                "--bundle",
-                str(self._bundle()),
-            ],
-            self.out / "base-data.log",
-        )
+        if done.is_file():
+            made = json.loads(done.read_text())
+            same = made.get("episodes") == src.grasps and (
+                src.archive is None or made.get("archive") == str(src.archive)
+            )
+            if same:
+                self.say(f"base replay data: {path} ({src.grasps} grasps, reused)")
+                return path
+        argv = [sys.executable, "-m", "trainer.entry", "base-data", "--out", str(path)]
+        if src.archive is not None:
+            what = f"unpacking {src.grasps} base replay grasps from {src.archive.name}"
+            argv += ["--from-archive", str(src.archive)]
+        else:
+            what = f"collecting {src.grasps} base replay grasps with the base policy"
+            argv += ["--grasps", str(src.grasps), "--bundle", str(self.checked.bundle)]
+        log = self.out / "base-data.log"
+        self.say(f"{what} (robot-trainer base-data; log: {log})")
+        child = Child("base-data", argv, log)
         self.children.append(child)
+        start = log.stat().st_size if log.exists() else 0
         child.start()
+        t0 = time.monotonic()
         while child.poll() is None and not self.stop.is_set():
-            time.sleep(0.5)
+            time.sleep(0.2)
+            last = _last_line(log, start) or "starting (importing torch)"
+            self.console.status(f"base data: {last} | {time.monotonic() - t0:.0f} s")
+        self.console.end()
         code = child.stop()
         self.children.remove(child)
-        if code != 0 and not self.stop.is_set():
-            raise RuntimeError(f"robot-trainer base-data exited {code}; see base-data.log")
+        self.exit_codes["base-data"] = code
+        if self.stop.is_set():
+            return None
+        if code != 0:
+            tail = _last_line(log, start)
+            raise ChildFailed(f"robot-trainer base-data exited {code} ({tail}); see {log}")
+        self.say(f"base replay data ready in {time.monotonic() - t0:.0f} s: {path}")
         return path
-
-    def _bundle(self) -> Path:
-        return _existing(self.opts.bundle).resolve()
 
     def write_configs(self, base: Path | None) -> tuple[Path, Path, Endpoints]:
         ports = free_ports(3)
         ep = Endpoints(*(f"tcp://127.0.0.1:{p}" for p in ports))
         for d in ("agent", "trainer"):
             shutil.rmtree(self.out / d, ignore_errors=True)
-        with open(_existing(self.opts.agent_template), "rb") as f:
-            a_tmpl = tomllib.load(f)
-        with open(_existing(self.opts.trainer_template), "rb") as f:
-            t_tmpl = tomllib.load(f)
-        bundle = self._bundle()
+        bundle = self.checked.bundle
         a_cfg = agent_config(
-            a_tmpl,
+            self.checked.agent_template,
             self.plan,
             (self.out / "agent").resolve(),
             ep,
             bundle,
             self.opts.exploration_grasps,
         )
-        t_cfg = trainer_config(t_tmpl, (self.out / "trainer").resolve(), ep, base, bundle)
+        t_cfg = trainer_config(
+            self.checked.trainer_template, (self.out / "trainer").resolve(), ep, base, bundle
+        )
         a_path, t_path = self.out / "agent.toml", self.out / "trainer.toml"
         a_path.write_text("# written by robot-demo\n" + dumps_toml(a_cfg))
         t_path.write_text("# written by robot-demo\n" + dumps_toml(t_cfg))
@@ -361,14 +401,14 @@ class Demo:
         return pause
 
     def watch(self, agent: Child, trainer: Child, events: EventStream, commands: str) -> None:
-        """Show events until the agent exits (or the time limit, or a stop request)."""
+        """Show events until the agent exits (or the time limit, a failed child, a stop)."""
         view = LiveView(
             [(int(c), str(n)) for c, n in self.plan.schedule()],
             self.plan.total_grasps,
             self.opts.window,
         )
-        limit_hit = False
-        trainer_reported = False
+        t0 = time.monotonic()
+        limit = self.opts.time_limit_s
         paused = False
         while agent.poll() is None:
             for topic, data in events.poll(200):
@@ -376,16 +416,21 @@ class Demo:
                     self.console.line(text)
             if self.opts.pause_while_training and view.job_in_flight() != paused:
                 paused = self._pause(commands, not paused)
-            self.console.status(view.status())
+            status = view.status()
+            if view.grasps == 0 and view.phase == "serving":
+                status += " | starting the agent"
+            self.console.status(f"{status} | {time.monotonic() - t0:.0f} s")
             if self.stop.is_set():
+                self._stopped("it was interrupted (Ctrl-C or SIGTERM)", 130)
                 break
-            if not limit_hit and time.monotonic() - self.started > self.opts.time_limit_s:
-                limit_hit = True
-                self.say(f"time limit ({self.opts.time_limit_s:.0f} s) reached: stopping")
-                agent.signal(signal.SIGTERM)
-            if trainer.poll() is not None and not trainer_reported:
-                trainer_reported = True
-                self.say(f"the trainer exited ({trainer.poll()}); see trainer.log")
+            if limit and time.monotonic() - t0 > limit:
+                self._stopped(f"the time limit (--time-limit {limit / 60:g} min) was reached", 3)
+                self.say(f"time limit ({limit / 60:g} min) reached: stopping")
+                break
+            if trainer.poll() is not None:
+                self._stopped(f"the trainer exited ({trainer.poll()}; see trainer.log)", 1)
+                self.say(f"the trainer exited ({trainer.poll()}); see trainer.log: stopping")
+                break
         for topic, data in events.poll(200):
             for text in view.apply(topic, data):
                 self.console.line(text)
@@ -397,26 +442,37 @@ class Demo:
         db = self.out / "agent" / "grasps.db"
         grasps, events = read_run(db)
         schedule = [(int(c), str(n)) for c, n in self.plan.schedule()]
-        summary = summarise(grasps, events, schedule)
+        total = self.plan.total_grasps
+        reason = self.stop_reason
+        if reason is None and len(grasps) < total:
+            agent = self.exit_codes.get("agent")
+            reason = f"the agent exited ({agent}; see agent.log) before its budget"
+            self._stopped(reason, 1)
+        summary = summarise(grasps, events, schedule, total, reason)
+        reached = [s.condition for s in summary.segments]
         title = (
-            f"robot-demo: {' -> '.join(self.plan.conditions)}; {len(grasps)} grasps; "
-            f"rolling success (last {self.opts.window})"
+            f"robot-demo: {' -> '.join(reached)}"
+            + (f" (never reached: {', '.join(summary.not_reached)})" if summary.not_reached else "")
+            + f"; {len(grasps)} of {total} grasps"
         )
         png = self.out / "demo.png"
-        backend = write_png(plot_data(grasps, summary, self.opts.window, title), png)
+        meta = {"robot-demo:grasps": f"{len(grasps)} of {total}"}
+        write_png(plot_data(grasps, summary, self.opts.window, title, meta), png)
         text = summary_text(summary)
         (self.out / "summary.txt").write_text(text + "\n")
         doc = {
+            "exit_status": self.status,
+            "exit_meaning": EXIT_CODES.get(self.status, ""),
             "plan": {
                 "conditions": list(self.plan.conditions),
                 "schedule": self.plan.schedule(),
-                "total_grasps": self.plan.total_grasps,
+                "total_grasps": total,
             },
-            "options": {k: str(v) for k, v in asdict(self.opts).items()},
+            "options": _jsonable(asdict(self.opts)),
+            "base_data": _jsonable(asdict(self.checked.base)),
             "wall_s": round(time.monotonic() - self.started, 1),
             "exit_codes": self.exit_codes,
             "png": str(png),
-            "png_backend": backend,
             **summary.to_json(),
         }
         body = json.dumps(doc, indent=1)
@@ -425,18 +481,30 @@ class Demo:
             Path(self.opts.summary_json).parent.mkdir(parents=True, exist_ok=True)
             Path(self.opts.summary_json).write_text(body)
         self.console.line(text)
-        self.say(f"wrote {png} ({backend}), {self.out / 'summary.txt'}, summary.json")
+        self.say(f"wrote {png}, {self.out / 'summary.txt'}, summary.json")
         return doc
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
         if self.opts.report_only:
+            previous = self.out / "summary.json"
+            if previous.is_file():  # keep the run's own account of why it stopped
+                stopped = json.loads(previous.read_text()).get("stopped") or {}
+                if stopped.get("reason"):
+                    self._stopped(str(stopped["reason"]), 0)
             self.report()
             return 0
         self.out.mkdir(parents=True, exist_ok=True)
+        for warning in self.checked.warnings:
+            self.say(f"warning: {warning}")
         try:
-            base = self.base_data()
+            try:
+                base = self.base_data()
+            except ChildFailed as exc:
+                self.say(str(exc))
+                return 1
             if self.stop.is_set():
+                self.say("interrupted during the base data: nothing else started")
                 return 130
             a_path, t_path, ep = self.write_configs(base)
             self.say(
@@ -469,13 +537,17 @@ class Demo:
                 events.close()
                 self.stop_children()
             if not (self.out / "agent" / "grasps.db").is_file():
+                self._stopped("the agent wrote no grasp log (see agent.log)", 1)
                 self.say("the agent wrote no grasp log; see agent.log")
-                return 1
+                return self.status
+            if self.exit_codes.get("agent") not in (0, None) and self.stop_reason is None:
+                self._stopped(f"the agent exited {self.exit_codes['agent']} (see agent.log)", 1)
             self.report()
         finally:
             self.stop_children()
-        agent_code = self.exit_codes.get("agent")
-        return 0 if agent_code == 0 else 1
+        if self.stop_reason is not None:
+            self.say(f"STOPPED EARLY (exit {self.status}): {self.stop_reason}")
+        return self.status
 
     def stop_children(self) -> None:
         """SIGTERM every child still running, agent first, and wait for each."""
@@ -501,57 +573,122 @@ class Demo:
         signal.signal(signal.SIGTERM, on_signal)
 
 
+class ChildFailed(RuntimeError):
+    """A child process the run needs exited with an error."""
+
+
+def _last_line(log: Path, start: int = 0) -> str:
+    """The last progress line a child wrote to ``log`` after offset ``start`` ("\r" counts
+    as a line end: collection progress redraws one line)."""
+    try:
+        with open(log, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - 2000))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in tail.replace("\r", "\n").split("\n") if x.strip()]
+    return lines[-1][:120] if lines else ""
+
+
+def _jsonable(value: Any) -> Any:
+    """Options as JSON types: paths as strings, tuples as lists, the rest as they are."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _help(name: str) -> str:
+    """A DemoOptions field's docstring, as --help text."""
+    return " ".join(FIELD_HELP[name].split()).replace("%", "%%")
+
+
+def _field_docs() -> dict[str, str]:
+    """DemoOptions' field docstrings (the string right after each field)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(DemoOptions))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    out: dict[str, str] = {}
+    for prev, node in itertools.pairwise(body):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+        ):
+            out[prev.target.id] = str(node.value.value)
+    return out
+
+
+FIELD_HELP = _field_docs()
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = DemoOptions()
-    p = argparse.ArgumentParser(prog="robot-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=d.out, help=f"run directory (default {d.out})")
-    p.add_argument(
-        "--schedule",
-        default=d.schedule,
-        help="'default' (baseline -> harsh_lighting -> transparent -> checkerboard), 'paper' "
-        "(adds extend_gripper -> offset_gripper) or a comma-separated list of conditions",
+    p = argparse.ArgumentParser(
+        prog="robot-demo",
+        description="The whole loop on the simulated cell: the world changes by itself, the "
+        "agent detects each change, explores, has the trainer fine-tune its policy and swaps "
+        "the child in. Live progress in the terminal; at the end a PNG and a summary under "
+        "--out (docs/demo.md).",
+        epilog="exit status: "
+        + "; ".join(f"{k}: {v}" for k, v in EXIT_CODES.items()).replace("%", "%%"),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--baseline-grasps", type=int, default=d.baseline_grasps)
-    p.add_argument("--grasps-per-condition", type=int, default=d.grasps_per_condition)
+    p.add_argument("--out", type=Path, default=d.out, help=_help("out"))
+    p.add_argument("--schedule", default=d.schedule, help=_help("schedule"))
     p.add_argument(
-        "--exploration-grasps", type=int, default=None, help="default: the agent template's"
+        "--baseline-grasps", type=int, default=d.baseline_grasps, help=_help("baseline_grasps")
     )
-    p.add_argument("--base-grasps", type=int, default=d.base_grasps, help="base replay data size")
+    p.add_argument(
+        "--grasps-per-condition",
+        type=int,
+        default=d.grasps_per_condition,
+        help=_help("grasps_per_condition"),
+    )
+    p.add_argument("--exploration-grasps", type=int, default=None, help=_help("exploration_grasps"))
+    p.add_argument("--base-grasps", type=int, default=None, help=_help("base_grasps"))
+    p.add_argument("--base-archive", type=Path, default=d.base_archive, help=_help("base_archive"))
     p.add_argument(
         "--time-limit",
         type=float,
         default=d.time_limit_s / 60,
-        help="minutes before the agent is stopped (the report is still written)",
+        metavar="MIN",
+        help=_help("time_limit_s") + " In minutes.",
     )
-    p.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")
-    p.add_argument("--agent-template", type=Path, default=d.agent_template)
-    p.add_argument("--trainer-template", type=Path, default=d.trainer_template)
-    p.add_argument("--bundle", type=Path, default=d.bundle, help="the starting policy bundle")
-    p.add_argument("--window", type=int, default=d.window, help="rolling success window")
+    p.add_argument("--summary-json", type=Path, default=None, help=_help("summary_json"))
     p.add_argument(
-        "--agent-nice",
-        type=int,
-        default=d.agent_nice,
-        help="niceness of the agent process (default 10: the trainer, sharing the machine, "
-        "gets the CPU first while a job trains)",
+        "--agent-template", type=Path, default=d.agent_template, help=_help("agent_template")
     )
+    p.add_argument(
+        "--trainer-template", type=Path, default=d.trainer_template, help=_help("trainer_template")
+    )
+    p.add_argument("--bundle", type=Path, default=d.bundle, help=_help("bundle"))
+    p.add_argument("--window", type=int, default=d.window, help=_help("window"))
+    p.add_argument("--agent-nice", type=int, default=d.agent_nice, help=_help("agent_nice"))
     p.add_argument(
         "--no-pause-while-training",
         action="store_true",
-        help="keep the agent grasping while a job trains (the default pauses it: both share "
-        "the machine's cores)",
+        help="Keep the agent grasping while a job trains (by default it is paused: the agent "
+        "and the trainer share the machine's cores).",
     )
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="only redraw the PNG and summary of the run in --out (same schedule flags)",
+        help="Only redraw the PNG and summary of the run in --out (give the same schedule "
+        "options as the run).",
     )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns the exit status (0: the agent ran to its budget and stopped
-    cleanly, and the report was written)."""
+    """Run the demo; returns the exit status (:data:`EXIT_CODES`)."""
     a = build_parser().parse_args(argv)
     try:
         opts = DemoOptions(
@@ -561,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grasps_per_condition=a.grasps_per_condition,
             exploration_grasps=a.exploration_grasps,
             base_grasps=a.base_grasps,
+            base_archive=a.base_archive,
             time_limit_s=a.time_limit * 60,
             summary_json=a.summary_json,
             agent_template=a.agent_template,
@@ -581,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # missing now, not as a stage's exit status (a report needs neither)
         needs = () if a.report_only else ("sim", "trainer")
         return run_entry("robot-demo", demo.run, needs=needs)
-    except (RuntimeError, OSError, tomllib.TOMLDecodeError) as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"robot-demo: {exc}", file=sys.stderr)
         return 1
 
