@@ -487,3 +487,15 @@ def test_exploration_ended_by_a_newer_mark_says_so() -> None:
         summary_text(s)
     )
     assert s.segments[2].explorations[0].job == 1
+
+
+def test_a_drop_below_min_drop_is_not_called_missed() -> None:
+    grasps = [Grasp(i, float(i), i % 5 != 0, "p0", "serve") for i in range(400)]  # 80%
+    grasps += [Grasp(i, float(i), i % 10 < 7, "p0", "serve") for i in range(400, 2000)]  # 70%
+    s = summarise(grasps, [], [(0, "baseline"), (400, "transparent")], min_drop=0.15)
+    seg = s.segments[1]
+    assert seg.dropped and seg.small_drop and not seg.missed
+    text = summary_text(s)
+    assert "missed" not in text and "below the detector's min_drop" in text
+    big = summarise(grasps, [], [(0, "baseline"), (400, "transparent")], min_drop=0.05)
+    assert big.segments[1].missed and "missed (a drop with no alarm)" in summary_text(big)

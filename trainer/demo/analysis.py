@@ -356,6 +356,8 @@ class Segment:
     """Explorations begun in an earlier segment and still running at this change."""
     swap_from: str | None = None
     """The world condition whose exploration produced the first trained swap."""
+    min_drop: float = 0.15
+    """The detector's smallest drop worth detecting (the agent's detector.min_drop)."""
 
     @property
     def detection_delay(self) -> int | None:
@@ -374,10 +376,26 @@ class Segment:
         return se > 0 and (b.successes / b.n - m.successes / m.n) / se > Z_ONE_SIDED_95
 
     @property
+    def small_drop(self) -> bool:
+        """A drop (see :attr:`dropped`) smaller than the detector's ``min_drop``: what the
+        detector is not designed to catch."""
+        b, m = self.before, self.between
+        if not self.dropped or b is None or b.rate is None or m.rate is None:
+            return False
+        return b.rate - m.rate < self.min_drop
+
+    @property
     def missed(self) -> bool:
-        """A drop with no alarm at all in the segment and no exploration running across
-        its change (one begun earlier collects the new condition's grasps too)."""
-        return self.before is not None and self.dropped and not self.alarms and not self.carried
+        """A drop of at least ``min_drop`` with no alarm at all in the segment and no
+        exploration running across its change (one begun earlier collects the new
+        condition's grasps too)."""
+        return (
+            self.before is not None
+            and self.dropped
+            and not self.small_drop
+            and not self.alarms
+            and not self.carried
+        )
 
     @property
     def recovered(self) -> float | None:
@@ -431,6 +449,7 @@ class Summary:
             d["recovered"] = s.recovered
             d["dropped"] = s.dropped
             d["missed"] = s.missed
+            d["small_drop"] = s.small_drop
             segs.append(d)
         changes = self.segments[1:]
         return {
@@ -445,6 +464,9 @@ class Summary:
                 s.condition for s in changes if s.alarm is None and not s.dropped
             ],
             "changes_inside_exploration": [s.condition for s in changes if s.carried],
+            "changes_small_drop": [
+                s.condition for s in changes if s.alarm is None and s.small_drop and not s.carried
+            ],
             "changes": len(changes),
             "not_reached": list(self.not_reached),
             "conditions": segs,
@@ -473,10 +495,11 @@ def summarise(
     schedule: Sequence[tuple[int, str]],
     planned: int | None = None,
     stop_reason: str | None = None,
+    min_drop: float = 0.15,
 ) -> Summary:
     """Segments, intervals, explorations and markers of a run (grasps in log order, schedule
     by count). ``planned`` and ``stop_reason``: a run that ended before ``planned`` grasps
-    is marked stopped with that reason."""
+    is marked stopped with that reason; ``min_drop``: the agent's detector.min_drop."""
     ms = markers(events, grasps)
     all_arcs = arcs(ms, events, grasps, schedule)
     segs: list[Segment] = []
@@ -513,6 +536,7 @@ def summarise(
                 explorations=own,
                 carried=carried,
                 swap_from=source.world if source else None,
+                min_drop=min_drop,
             )
         )
         prev_from = swap.index if swap else start
@@ -582,6 +606,11 @@ def summary_text(s: Summary) -> str:
         quiet = [
             seg for seg in changes if seg.alarm is None and not seg.dropped and not seg.carried
         ]
+        small = [
+            seg
+            for seg in changes
+            if seg.alarm is None and seg.small_drop and not seg.carried and seg.before is not None
+        ]
         lines.append(
             f"changes detected (an alarm in the segment): {len(found)} of {len(changes)}"
             + (f"; missed (a drop with no alarm): {', '.join(missed)}" if missed else "")
@@ -594,6 +623,13 @@ def summary_text(s: Summary) -> str:
                 f"; no drop to detect: {q.condition} ({q.between.text().split('[')[0].strip()}"
                 f" after the change vs {q.before.text().split('[')[0].strip()} before)"
                 for q in quiet
+                if q.before is not None
+            )
+            + "".join(
+                f"; a drop below the detector's min_drop ({q.min_drop:.0%}), not alarmed by"
+                f" design: {q.condition} ({q.between.text().split('[')[0].strip()} after the"
+                f" change vs {q.before.text().split('[')[0].strip()} before)"
+                for q in small
                 if q.before is not None
             )
         )

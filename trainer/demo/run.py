@@ -437,6 +437,17 @@ class Demo:
         self.console.status(view.status(), force=True)
         self.console.end()
 
+    def _min_drop(self) -> float:
+        """The run's detector.min_drop (its agent.toml), for telling small drops apart."""
+        import tomllib
+
+        try:
+            with open(self.out / "agent.toml", "rb") as f:
+                value = tomllib.load(f).get("detector", {}).get("min_drop", 0.15)
+            return float(value)
+        except (OSError, ValueError, TypeError):
+            return 0.15
+
     def report(self) -> dict[str, Any]:
         """PNG, summary.txt and summary.json from the agent's grasp log."""
         db = self.out / "agent" / "grasps.db"
@@ -448,7 +459,7 @@ class Demo:
             agent = self.exit_codes.get("agent")
             reason = f"the agent exited ({agent}; see agent.log) before its budget"
             self._stopped(reason, 1)
-        summary = summarise(grasps, events, schedule, total, reason)
+        summary = summarise(grasps, events, schedule, total, reason, self._min_drop())
         reached = [s.condition for s in summary.segments]
         title = (
             f"robot-demo: {' -> '.join(reached)}"
