@@ -577,7 +577,7 @@ def example_toml() -> str:
         while tables:  # a nested dataclass field is a sub-table ([driver.bridge]) after its parent
             name, sub = tables.pop(0)
             lines.append(f"[{name}]")
-            docs = _field_docs(sub)
+            docs = field_docs(sub)
             hints = typing.get_type_hints(sub)
             for f in dataclasses.fields(sub):
                 if dataclasses.is_dataclass(hints[f.name]):
@@ -606,7 +606,7 @@ def _toml_value(v: Any) -> str:
     return repr(v)
 
 
-def _field_docs(cls: type[Any]) -> dict[str, str]:
+def field_docs(cls: type[Any]) -> dict[str, str]:
     """Field docstrings (the string literal under each field) read from the source."""
     import ast
     import inspect

@@ -24,7 +24,6 @@ What it does, in order (everything under ``--out``, default ``runs/demo``):
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from typing import IO, Any
 
 import zmq
 
+from agent.config import field_docs
 from agent.ctl import CtlError, request
 from agent.extras import run_entry
 from agent.wire import WireError, decode
@@ -618,26 +618,8 @@ def _help(name: str) -> str:
     return " ".join(FIELD_HELP[name].split()).replace("%", "%%")
 
 
-def _field_docs() -> dict[str, str]:
-    """DemoOptions' field docstrings (the string right after each field)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(DemoOptions))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    out: dict[str, str] = {}
-    for prev, node in itertools.pairwise(body):
-        if (
-            isinstance(prev, ast.AnnAssign)
-            and isinstance(prev.target, ast.Name)
-            and isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Constant)
-        ):
-            out[prev.target.id] = str(node.value.value)
-    return out
-
-
-FIELD_HELP = _field_docs()
+FIELD_HELP = field_docs(DemoOptions)
+"""DemoOptions' field docstrings: the --help texts."""
 
 
 def build_parser() -> argparse.ArgumentParser:
