@@ -790,6 +790,8 @@ class TrainerLink:
         live.resubmit_at = now + self.cfg.heartbeat_s
 
     def _report(self, rec: JobRecord, live: _Live, status: str, detail: dict[str, Any]) -> None:
+        if rec.cancelled:  # a progress state in flight when the cancel was sent: nothing after it
+            return
         if live.reported != status:
             live.reported = status
             self._status(rec, status, detail)
