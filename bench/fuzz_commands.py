@@ -16,6 +16,16 @@ message reaches the parser (the worst case for the daemon's CPU). ``--clients N`
 from N processes at once (each its own connection, so each its own rate bucket; all
 pinned to the client core), the mixed flood of several operators' scripts gone wrong.
 
+``--paired N``: the windows above see different object sets, and the sim's grasp rate swings
+by 20-30% with the objects (13.6-24.2 grasps/s between unloaded windows on a quiet machine),
+which hides a few percent. Paired mode instead starts a fresh daemon per run on the same
+seeded world (the sim and CEM are seeded, so every run grasps the same objects with the same
+actions: checked, ``same_outcomes``), lets it warm up for ``--warmup`` grasps and times
+grasps ``warmup`` to ``warmup + N`` from the grasp log, with the flood on (``--clients``
+processes) in every other run: U F U F ... U, ``--rounds`` flooded runs. Reported: each
+flooded run's rate over the mean of its two unflooded neighbours (the same grasps), their
+median, and CPU per grasp likewise.
+
 The daemon's CPU time per grasp (all threads, from /proc) is reported too. On a virtual
 machine shared with other jobs the wall-clock rate swings by 2x between windows (and was
 higher, not lower, in every loaded window measured), while CPU per grasp shows what
@@ -62,9 +72,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(data: Path, cmd_port: int, ev_port: int, limits: str) -> Path:
+def write_config(
+    data: Path, cmd_port: int, ev_port: int, limits: str, read_rate: float | None = None
+) -> Path:
     off = "command_rate_per_s = 0\ncommand_total_rate_per_s = 0\ncommand_read_rate_per_s = 0\n"
     rate = "" if limits == "default" else off
+    if read_rate is not None and limits == "default":
+        rate = f"command_read_rate_per_s = {read_rate}\n"
     cfg = data / "agent.toml"
     cfg.write_text(f"""
 [agent]
@@ -202,6 +216,146 @@ def grasps_between(db: Path, t0: float, t1: float) -> int:
         con.close()
 
 
+def grasp_times(db: Path, first: int, last: int) -> tuple[float, float, list[int]]:
+    """(t_end of grasp ``first``, t_end of grasp ``last``, outcomes in between), by row order."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = con.execute(
+            "SELECT t_end, success FROM grasps ORDER BY id LIMIT ? OFFSET ?",
+            (last - first + 1, first),
+        ).fetchall()
+    finally:
+        con.close()
+    return float(rows[0][0]), float(rows[-1][0]), [int(r[1]) for r in rows]
+
+
+def grasps_done(endpoint: str) -> int:
+    with contextlib.suppress(Exception):
+        return int(request(endpoint, "status", timeout_s=2)["result"]["grasps"])
+    return 0
+
+
+def paired_run(args: argparse.Namespace, flood: bool, seed: int) -> dict[str, Any]:
+    """One fresh daemon on the seeded world: grasps warmup..warmup+paired timed, flood or not."""
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-paired-"))
+    cmd_port, ev_port = free_port(), free_port()
+    cfg = write_config(tmp, cmd_port, ev_port, args.limits, args.read_rate)
+    endpoint = f"tcp://127.0.0.1:{cmd_port}"
+    first, last = args.warmup, args.warmup + args.paired
+    cores = sorted(os.sched_getaffinity(0))
+    with open(tmp / "daemon.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "--log-level",
+                "WARNING",
+                "run",
+                "--config",
+                str(cfg),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        pool: Any = None
+        try:
+            if len(cores) >= 2:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(proc.pid, {cores[0]})
+                    os.sched_setaffinity(0, {cores[1]})
+            if flood:
+                pool = multiprocessing.get_context("spawn").Pool(args.clients)
+            deadline = time.monotonic() + 300
+            flooding = None
+            while (n := grasps_done(endpoint)) < first:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"daemon did not reach grasp {first}; see {tmp}/daemon.log")
+                if pool is not None and flooding is None and n >= first - 20:
+                    seeds = [seed * 1000 + k for k in range(args.clients)]
+                    until = time.monotonic() + 600  # stopped with the pool below
+                    jobs = [(endpoint, 0, until, sd) for sd in seeds]
+                    flooding = pool.starmap_async(fuzz_client, jobs)
+                time.sleep(0.1)
+            c0 = cpu_seconds(proc.pid)
+            while grasps_done(endpoint) <= last:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"daemon did not reach grasp {last}; see {tmp}/daemon.log")
+                if flooding is not None and flooding.ready():
+                    flooding.get()  # a client failed (a lost reply): say why
+                time.sleep(0.1)
+            cpu = cpu_seconds(proc.pid) - c0
+            t0, t1, outcomes = grasp_times(tmp / "grasps.db", first, last)
+        finally:
+            if pool is not None:
+                pool.terminate()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+    grasps = last - first
+    return {
+        "flood": flood,
+        "grasps_per_s": grasps / (t1 - t0),
+        "cpu_ms_per_grasp": 1000 * cpu / grasps,
+        "outcomes": outcomes,
+    }
+
+
+def paired_mode(args: argparse.Namespace) -> None:
+    """The paired mode (module docstring): same seeded grasps with and without the flood."""
+    load0 = [round(x, 2) for x in os.getloadavg()]
+    pinned = len(os.sched_getaffinity(0)) >= 2
+    runs = []
+    for i in range(2 * args.rounds + 1):
+        runs.append(paired_run(args, bool(i % 2), args.seed + i))
+        r = runs[-1]
+        print(
+            f"run {i}: flood={r['flood']} {r['grasps_per_s']:.2f} grasps/s, "
+            f"{r['cpu_ms_per_grasp']:.1f} ms CPU/grasp",
+            file=sys.stderr,
+        )
+    u = [r for r in runs if not r["flood"]]
+    f = [r for r in runs if r["flood"]]
+    rate = [
+        x["grasps_per_s"] / ((u[i]["grasps_per_s"] + u[i + 1]["grasps_per_s"]) / 2)
+        for i, x in enumerate(f)
+    ]
+    cpu = [
+        x["cpu_ms_per_grasp"] / ((u[i]["cpu_ms_per_grasp"] + u[i + 1]["cpu_ms_per_grasp"]) / 2)
+        for i, x in enumerate(f)
+    ]
+    result = {
+        "bench": "fuzz_commands",
+        "mode": "paired",
+        "limits": args.limits,
+        "clients": args.clients,
+        "load_average_at_start": load0,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "grasps_timed": args.paired,
+        "warmup": args.warmup,
+        "same_outcomes": all(r["outcomes"] == runs[0]["outcomes"] for r in runs),
+        "grasps_per_s_unloaded": [round(x["grasps_per_s"], 2) for x in u],
+        "grasps_per_s_loaded": [round(x["grasps_per_s"], 2) for x in f],
+        "paired_rate_ratios": [round(x, 4) for x in rate],
+        "paired_ratio_median": round(float(np.median(rate)), 4),
+        "paired_cpu_ratios": [round(x, 4) for x in cpu],
+        "cpu_per_grasp_loaded_over_unloaded": round(float(np.median(cpu)), 4),
+        "daemon_cpu_ms_per_grasp": {
+            "unloaded": round(float(np.mean([x["cpu_ms_per_grasp"] for x in u])), 2),
+            "loaded": round(float(np.mean([x["cpu_ms_per_grasp"] for x in f])), 2),
+        },
+        "read_rate": args.read_rate,
+        "pinned": pinned,
+    }
+    print(json.dumps(result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each window")
@@ -211,12 +365,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1, help="flooding processes at once")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the daemon's data directory")
+    ap.add_argument("--read-rate", type=float, default=None, help="sockets.command_read_rate_per_s")
+    ap.add_argument("--paired", type=int, default=0, help="paired mode: grasps timed per run")
+    ap.add_argument("--warmup", type=int, default=60, help="paired mode: grasps before timing")
     args = ap.parse_args()
+    if args.paired:
+        paired_mode(args)
+        return
     cores = sorted(os.sched_getaffinity(0))
     load0 = [round(x, 2) for x in os.getloadavg()]  # other jobs on the machine, before ours
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-commands-"))
     cmd_port, ev_port = free_port(), free_port()
-    cfg = write_config(tmp, cmd_port, ev_port, args.limits)
+    cfg = write_config(tmp, cmd_port, ev_port, args.limits, args.read_rate)
     endpoint = f"tcp://127.0.0.1:{cmd_port}"
     log = open(tmp / "daemon.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
