@@ -583,7 +583,7 @@ class Daemon:
             before = self.state.condition
             self._try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
             if self.state.condition == before:  # alert only: one alarm per drop, not a storm
-                self._reset_detector()
+                self._reset_detector(fresh=True)
             return
         pid, parent = self.state.policy, self.state.probation_parent
         self.emit("agent.policy.probation", {"policy": pid, "parent": parent, **j.details})
@@ -615,14 +615,17 @@ class Daemon:
         if judged is not None:
             self._judged(judged)
 
-    def _reset_detector(self) -> None:
-        """The detector calibrates on the active policy's own record in this condition."""
+    def _reset_detector(self, fresh: bool = False) -> None:
+        """The detector calibrates on the active policy's own record in this condition, or
+        (``fresh``, after an alarm that changed nothing) on the grasps to come: the record
+        then ends in the run of failures that raised the alarm, a reference biased low
+        that made the chart 2x slower to alarm again after a false alarm."""
         pid = self.state.policy
         n = self.cfg.detector.reference_grasps
-        self.watch.reset(
-            None if pid is None else self.log.recent_outcomes(pid, self.condition_id, n),
-            exploring=self.state.phase is not lc.Phase.SERVING,
-        )
+        history: list[bool] | None = None
+        if pid is not None:
+            history = [] if fresh else self.log.recent_outcomes(pid, self.condition_id, n)
+        self.watch.reset(history, exploring=self.state.phase is not lc.Phase.SERVING)
 
     def _auto_name(self) -> str:
         base = f"auto-{time.strftime('%Y%m%d-%H%M%S')}"

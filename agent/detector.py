@@ -35,6 +35,12 @@ binomial variance, in [1, ``max_dispersion``]) and treats the reference as ``n /
 effective grasps and the stream's increments as ``phi`` times as variable: the chart is
 designed for ``(s / phi, n / phi)`` and its threshold is multiplied by ``phi`` (a CUSUM's
 log ARL0 scales with threshold over variance, diffusion approximation).
+
+The loop re-references often (swaps, conditions, alerts), and a dispersion from a young
+reference's 5-20 blocks is so noisy that the convex false-alarm rate follows its low draws
+(0.46-0.55x ARL0 after swaps at phi 2.5-3.4). The detector therefore keeps a pool of the
+blocks of the references it has dropped (:attr:`SuccessDropDetector.pool`, across resets)
+and a new reference's estimate borrows up to ``POOL_WEIGHT`` blocks' worth of it.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
     "arl_curve",
     "arl_markov",
     "arl_simulate",
+    "block_stats",
     "design_cusum",
     "design_from_counts",
     "dispersion",
@@ -76,6 +83,11 @@ SEARCH_BLOCK = 32
 """Thresholds computed per step of the threshold search."""
 PRIOR = 0.5
 """Beta(PRIOR, PRIOR) prior of the reference rate (0.5: Jeffreys; 1: uniform, Laplace)."""
+POOL_WEIGHT = 20.0
+"""Most blocks' worth of weight the pooled dispersion of earlier references gets in a new
+reference's estimate (its own blocks count in full)."""
+POOL_MEMORY = 400.0
+"""Blocks the pool keeps: beyond this, older references fade as newer ones join."""
 
 
 @dataclass(frozen=True)
@@ -205,19 +217,40 @@ def _design_counts(s: int, n: int, min_drop: float, arl0: float, resolution: int
             return CusumDesign(p0, p1, down, up, h, float(1.0 / rate[i]), n, float(block[-1, i]))
 
 
-def dispersion(outcomes: list[bool], block: int, max_dispersion: float = 4.0) -> float:
-    """Variance of the means of the ``k`` consecutive ``block``-grasp blocks over the binomial
-    variance p(1-p)/block, shrunk by (k-1)/(k+1) and clipped to [1, max_dispersion]; 1.0 with
-    fewer than 4 whole blocks, with ``block`` <= 1, or when every outcome is the same."""
+def block_stats(outcomes: list[bool], block: int) -> tuple[float, int]:
+    """(ss, dof) of the ``k`` consecutive ``block``-grasp blocks: the sum of squared deviations
+    of the block means from their mean, in units of the binomial variance p(1-p)/block, and
+    k - 1 (so ss/dof estimates the dispersion); (0, 0) with fewer than 2 blocks, with
+    ``block`` <= 1, or when every outcome is the same."""
     k = len(outcomes) // block if block > 1 else 0
-    if k < 4:
-        return 1.0
+    if k < 2:
+        return 0.0, 0
     x = np.asarray(outcomes[: k * block], dtype=np.float64).reshape(k, block)
     p = float(x.mean())
     if not 0 < p < 1:
+        return 0.0, 0
+    ss = float(((x.mean(axis=1) - p) ** 2).sum()) / (p * (1 - p) / block)
+    return ss, k - 1
+
+
+def dispersion(
+    outcomes: list[bool],
+    block: int,
+    max_dispersion: float = 4.0,
+    prior: tuple[float, float] = (0.0, 0.0),
+) -> float:
+    """The dispersion of ``outcomes`` in ``block``-grasp blocks: (ss + prior ss) / (dof +
+    prior dof + 2) (:func:`block_stats`; the +2 shrinks a few blocks' estimate, which errs
+    upwards once clipped at 1), clipped to [1, max_dispersion]. ``prior`` = (ss, dof) pooled
+    from earlier references (:class:`SuccessDropDetector` keeps it). The outcomes' own blocks
+    count from 4 blocks on; 1.0 with fewer than 4 blocks in all."""
+    ss, dof = block_stats(outcomes, block)
+    if dof < 3:
+        ss, dof = 0.0, 0
+    total = dof + prior[1]
+    if total < 3:
         return 1.0
-    phi = float(x.mean(axis=1).var(ddof=1)) / (p * (1 - p) / block)
-    phi *= (k - 1) / (k + 1)  # shrunk: clipped at 1, a few blocks' estimate errs upwards
+    phi = (ss + prior[0]) / (total + 2)
     return min(max(phi, 1.0), max_dispersion)
 
 
@@ -277,6 +310,11 @@ class SuccessDropDetector:
         self.reference_grasps = reference_grasps
         self.method: Literal["markov", "simulate"] = method
         self.max_reference = 16 * reference_grasps if max_reference is None else max_reference
+        self.pool = (0.0, 0.0)
+        """(ss, dof) of the blocks of earlier references (:func:`block_stats`), kept across
+        resets: the prior of a young reference's dispersion."""
+        self._ref = (0, 0)
+        self._ref_outcomes: list[bool] = []
         self.reset()
 
     def reset(
@@ -288,7 +326,8 @@ class SuccessDropDetector:
         """Start over. The reference comes from one of: ``reference_counts`` = (successes,
         grasps) of a record (e.g. the parent's, on probation), a known rate ``reference``,
         or ``history`` (the policy's recent record; completed from the stream when shorter
-        than ``reference_grasps``)."""
+        than ``reference_grasps``). The reference being dropped joins the dispersion pool."""
+        self._retire()
         self.design: CusumDesign | None = None
         self.phi = 1.0
         self.limit = 0  # the threshold in force: design.threshold x phi
@@ -319,9 +358,24 @@ class SuccessDropDetector:
         self.design, self.phi = design, phi
         self.limit = math.ceil(design.threshold * phi)
 
+    def _retire(self) -> None:
+        """Add the reference's blocks (those the chart was designed on, not the grasps
+        monitored since, which may hold the drop that ended it) to the pool."""
+        ss, dof = block_stats(self._ref_outcomes[: self._ref[1]], self.block)
+        if dof < 1:
+            return
+        pss, pdof = self.pool[0] + ss, self.pool[1] + dof
+        fade = min(1.0, POOL_MEMORY / pdof)
+        self.pool = (pss * fade, pdof * fade)
+
+    def _prior(self) -> tuple[float, float]:
+        ss, dof = self.pool
+        w = min(1.0, POOL_WEIGHT / dof) if dof > 0 else 0.0
+        return ss * w, dof * w
+
     def _design_own(self, s: int, n: int) -> None:
         """Design from the reference's own outcomes, overdispersion included."""
-        phi = dispersion(self._ref_outcomes, self.block, self.max_dispersion)
+        phi = dispersion(self._ref_outcomes, self.block, self.max_dispersion, self._prior())
         s_eff, n_eff = round(s / phi), max(round(n / phi), 1)
         self._set(design_from_counts(s_eff, n_eff, self.min_drop, self.arl0), phi)
 

@@ -1,18 +1,22 @@
 """False alarms of the detector right after swaps, on grasps that come in object sets.
 
 Usage: python bench/detector_swaps.py [--model beta|bad-sets] [--phi 2.5] [--p0 0.7]
-           [--arl0 5000] [--after 1000] [--swaps 80] [--seed 3]
+           [--parent-phi PHI] [--arl0 5000] [--after 1000] [--swaps 80] [--seed 3]
 
 The loop re-references after every swap, condition and returned job, so its chart mostly
-runs on young references. Each swap here is the daemon's watch (:class:`agent.watch.
-OutcomeWatch`, the real detector): probation of the child against 200 parent grasps, then
-``reset`` on the child's probation grasps (the reference completed from the stream, 200
-grasps, growing), then ``--after`` grasps under an unchanged world; after an alarm the watch
-re-references on the latest 200 grasps (``on_alarm = "alert"``). Outcomes come in 20-grasp
-sets at a random phase: ``beta``: each set's rate drawn from a Beta law with mean p0 and
-dispersion phi; ``bad-sets``: 15% of sets succeed at 15%, the others at the rate that keeps
-the mean p0 (heavier tail, phi ~3.4 at p0 0.7). Reported: monitored grasps per alarm over
-the configured ARL0, and the mean probation length. Last line of stdout: one JSON object.
+runs on young references. Each swap here is the daemon's watch
+(:class:`agent.watch.OutcomeWatch`, the real detector): probation of the child against 200
+parent grasps, then ``reset`` on the child's probation grasps (the reference completed from
+the stream, 200 grasps, growing), then ``--after`` grasps under an unchanged world; after an
+alarm the watch re-references on the 200 grasps that follow (``on_alarm = "alert"``, as the
+daemon does). Outcomes come in 20-grasp sets at a random phase: ``beta``: each set's rate
+drawn from a Beta law with mean p0 and dispersion phi; ``bad-sets``: 15% of sets succeed at
+15%, the others at the rate that keeps the mean p0 (heavier tail, phi ~3.4 at p0 0.7). One
+watch serves all the swaps, as one daemon does (the detector pools the dispersion of the
+references it has dropped): before each swap the parent's 200 grasps are its reference, with
+``--parent-phi`` (default: the child's) for a parent whose grasps cluster differently.
+Reported: monitored grasps per alarm over the configured ARL0, and the mean probation
+length. Last line of stdout: one JSON object.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["beta", "bad-sets"], default="beta")
     ap.add_argument("--phi", type=float, default=2.5)
     ap.add_argument("--p0", type=float, default=0.7)
+    ap.add_argument("--parent-phi", type=float, default=None, help="the parent's (beta model)")
     ap.add_argument("--arl0", type=float, default=5000.0)
     ap.add_argument("--after", type=int, default=1000)
     ap.add_argument("--swaps", type=int, default=80)
@@ -61,10 +66,12 @@ def main() -> None:
     alarms = monitored = 0
     probation = []
     cfg = DetectorConfig(arl0=a.arl0, min_drop=0.15, reference_grasps=200)
+    parent_phi = a.phi if a.parent_phi is None else a.parent_phi
+    watch = OutcomeWatch(cfg, ProbationConfig())
     for _ in range(a.swaps):
-        parent = stream(rng, 200, a.model, a.p0, a.phi)
+        parent = stream(rng, 200, "beta" if a.parent_phi is not None else a.model, a.p0, parent_phi)
         x = stream(rng, a.after + 250, a.model, a.p0, a.phi)
-        watch = OutcomeWatch(cfg, ProbationConfig())
+        watch.reset(parent)  # the parent served and had its own reference
         watch.start_probation(parent, [])
         i = 0
         while watch.probation is not None:
@@ -78,12 +85,13 @@ def main() -> None:
             monitored += armed
             if j is not None:
                 alarms += 1
-                watch.reset(x[max(0, k + 1 - 200) : k + 1])
+                watch.reset([])  # the daemon recalibrates on the grasps after an alert
     per = monitored / max(alarms, 1)
     out = {
         "bench": "detector_swaps",
         "model": a.model,
         "phi": a.phi if a.model == "beta" else None,
+        "parent_phi": a.parent_phi,
         "p0": a.p0,
         "arl0": a.arl0,
         "after": a.after,

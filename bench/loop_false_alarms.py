@@ -1,7 +1,8 @@
 """False alarms of the success-drop detector in the loop itself: the real agent, a real child.
 
-Usage: python bench/loop_false_alarms.py [--runs 2] [--workers 2] [--base 300]
-           [--baseline 5000] [--transparent 5000] [--arl0 1000] [--child DIR] [--out DIR]
+Usage: python bench/loop_false_alarms.py [--runs 2] [--first-run 0] [--workers 2] [--base 300]
+           [--baseline 5000] [--transparent 5000] [--opacity 0.5] [--arl0 1000]
+           [--child DIR] [--out DIR]
 
 Each run is the real :class:`agent.daemon.Daemon` in this process's child process, on the
 real sim cell (test objects, 5 per set, refreshed every 20 grasps) with the real ONNX
@@ -10,9 +11,11 @@ child bundle is promoted through the command socket (``promote`` with its direct
 validated, swapped in on probation against the base policy, then the detector references
 the child's own record, the same path as a trained result after a fine-tune job). The child
 serves ``--baseline`` grasps under the unchanged world, then the sim switches to transparent
-objects by itself (the schedule; the agent is told nothing) for ``--transparent`` grasps:
-a change meant to cost this child nothing (the JSON reports both success rates and the z of
-their difference, to verify).
+objects at ``--opacity`` by itself (the schedule; the agent is told nothing) for
+``--transparent`` grasps: at 0.5 (half see-through) a change that cost the default child
+nothing (``bench/policy_eval.py``: 84.0% against 85.1% on baseline, 400 grasps; at the
+default opacity of 0.1 it cost 19 points, and its alarms are real). The JSON reports both
+success rates and the z of their difference, to verify.
 ``on_alarm = "alert"``: an alarm is published and the detector re-references, so every
 alarm under the child is a false one and the chart keeps watching. Runs use different sim
 seeds and go ``--workers`` at a time.
@@ -24,7 +27,8 @@ lr 1e-4, the best held-out step): any validated bundle of the same spec will do.
 Counted: alarms (``agent.alarm`` events of kind success_drop in the grasp log, placed at the
 grasps finished when they were recorded) raised while the child serves, and the child's
 monitored grasps: its grasps after the detector first armed (``reference_grasps`` grasps
-of its record, probation included). Reported: monitored grasps per alarm with a 95%
+of its record, probation included), less the ``reference_grasps`` after each alarm (the
+chart recalibrates on them). Reported: monitored grasps per alarm with a 95%
 interval (exact Poisson on the count), over the configured ARL0. Every run's outcome stream
 is saved (``--out``/run-K/stream.json: success, policy, world condition per grasp) for
 offline replay through the pure detector (``bench/replay_false_alarms.py``).
@@ -52,10 +56,27 @@ sys.path.insert(0, str(ROOT))
 from agent.config import config_from_dict  # noqa: E402
 from agent.ctl import request  # noqa: E402
 from agent.daemon import Daemon  # noqa: E402
-from agent.drivers import make_driver  # noqa: E402
+from drivers.sim.cell import SimCell, SimConfig  # noqa: E402
+from drivers.sim.conditions import Condition  # noqa: E402
 
 BASE = ROOT / "policies" / "base"
+REFERENCE = 200
+"""detector.reference_grasps in the runs."""
 TRAINER = [sys.executable, "-m", "trainer.cli"]
+
+
+class SeveritySimCell(SimCell):
+    """The sim cell, with the severity of the scheduled conditions set (the schedule itself
+    switches conditions at their default severity)."""
+
+    def __init__(self, config: SimConfig, severity: dict[str, dict[str, float]]) -> None:
+        super().__init__(config)
+        self._severity = severity
+
+    def set_condition(self, name: str, params: dict[str, float] | None = None) -> Condition:
+        return super().set_condition(
+            name, params if params is not None else self._severity.get(name)
+        )
 
 
 def make_child(out: Path) -> Path:
@@ -99,7 +120,14 @@ def make_child(out: Path) -> Path:
 
 
 def one_run(
-    k: int, out: Path, child: Path, base: int, baseline: int, transparent: int, arl0: float
+    k: int,
+    out: Path,
+    child: Path,
+    base: int,
+    baseline: int,
+    transparent: int,
+    arl0: float,
+    opacity: float,
 ) -> dict[str, Any]:
     """One daemon on the sim: base, then the child on baseline, then on transparent."""
     run = out / f"run-{k}"
@@ -120,7 +148,7 @@ def one_run(
             "policy": {"bundle": str(BASE), "max_latency_factor": 20.0},
             "cem": {"iterations": 3},
             "grasp_log": {"store_images": False},
-            "detector": {"arl0": arl0, "min_drop": 0.15, "reference_grasps": 200},
+            "detector": {"arl0": arl0, "min_drop": 0.15, "reference_grasps": REFERENCE},
             "lifecycle": {"initial_condition": "baseline", "on_alarm": "alert"},
             "sockets": {
                 "command_endpoint": "tcp://127.0.0.1:*",
@@ -128,7 +156,10 @@ def one_run(
             },
         }
     )
-    daemon = Daemon(cfg, make_driver(cfg.driver))
+    sim = SimConfig(
+        seed=cfg.driver.seed, condition="baseline", schedule=cfg.driver.sim.schedule, split="test"
+    )
+    daemon = Daemon(cfg, SeveritySimCell(sim, {"transparent": {"opacity": opacity}}))
     th = threading.Thread(target=daemon.run, daemon=True)
     t0 = time.monotonic()
     th.start()
@@ -172,7 +203,13 @@ def summarise(run: Path, db: Path, change: int, wall: float, k: int) -> dict[str
             probation = {"verdict": d.get("verdict"), "grasps": d.get("grasps"), "at": at}
         elif d.get("kind") == "success_drop" and at > first_child:
             alarms.append({"at": at, "world": world[at - 1], "reference": d.get("reference")})
-    armed = first_child + 200
+    armed = first_child + REFERENCE
+    monitored = {
+        "baseline": max(min(change, len(rows)) - armed, 0),
+        "transparent": max(len(rows) - max(change, armed), 0),
+    }
+    for a in alarms:  # the chart recalibrates on the grasps after an alert: not monitored
+        monitored[a["world"]] -= min(REFERENCE, len(rows) - a["at"])
     seg = {
         "baseline": success[first_child:change],
         "transparent": success[change:],
@@ -184,10 +221,7 @@ def summarise(run: Path, db: Path, change: int, wall: float, k: int) -> dict[str
         "base_success": round(sum(success[:first_child]) / max(first_child, 1), 4),
         "child_from": first_child,
         "probation": probation,
-        "monitored": {
-            "baseline": max(min(change, len(rows)) - armed, 0),
-            "transparent": max(len(rows) - max(change, armed), 0),
-        },
+        "monitored": monitored,
         "success": {w: [sum(s), len(s)] for w, s in seg.items()},
         "alarms": alarms,
     }
@@ -235,23 +269,32 @@ def per_alarm(monitored: int, alarms: int, arl0: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--first-run", type=int, default=0, help="runs K.. (sim seed 1000 + K)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--base", type=int, default=300)
     ap.add_argument("--baseline", type=int, default=5000)
     ap.add_argument("--transparent", type=int, default=5000)
     ap.add_argument("--arl0", type=float, default=1000.0)
+    ap.add_argument("--opacity", type=float, default=0.5, help="the transparent objects' opacity")
     ap.add_argument("--child", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "loop_false_alarms")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     child = a.child or make_child(a.out / "child")
     t0 = time.monotonic()
-    jobs = [(k, a.out, child, a.base, a.baseline, a.transparent, a.arl0) for k in range(a.runs)]
+    ks = range(a.first_run, a.first_run + a.runs)
+    jobs = [(k, a.out, child, a.base, a.baseline, a.transparent, a.arl0, a.opacity) for k in ks]
     with mp.get_context("spawn").Pool(a.workers) as pool:
         runs = pool.starmap(one_run, jobs)
     for r in runs:
         print(json.dumps(r), flush=True)
-    out: dict[str, Any] = {"bench": "loop_false_alarms", "arl0": a.arl0, "runs": a.runs}
+    out: dict[str, Any] = {
+        "bench": "loop_false_alarms",
+        "arl0": a.arl0,
+        "runs": a.runs,
+        "first_run": a.first_run,
+        "opacity": a.opacity,
+    }
     total_m = total_a = 0
     for w in ("baseline", "transparent"):
         m = sum(r["monitored"][w] for r in runs)

@@ -8,7 +8,7 @@ grasp; the sim loads a fresh object set every ``refresh_every`` grasps from gras
 ``on_alarm = "alert"`` the outcomes do not depend on the detector, so the daemon's detector
 is replayed exactly: the child's first grasps are its probation (``--probation`` grasps,
 then ``OutcomeWatch.reset`` with the child's record so far, as ``_reset_detector`` does), and
-after each alarm the watch resets on the child's latest ``reference_grasps`` outcomes.
+after each alarm the watch recalibrates on the ``reference_grasps`` outcomes that follow.
 
 ``as_recorded``: the child's stream as it came. ``resampled``: a long stream of the child's
 whole object sets drawn with replacement from the recorded ones (the clustering kept, sets
@@ -34,12 +34,16 @@ from agent.config import DetectorConfig, ProbationConfig  # noqa: E402
 from agent.watch import OutcomeWatch  # noqa: E402
 
 
-def replay(outcomes: list[bool], arl0: float, probation: int, reference: int) -> dict[str, int]:
-    """Alarms and monitored grasps of the daemon's watch over one policy's stream."""
+def replay(
+    outcomes: list[bool], arl0: float, probation: int, reference: int, parent: list[bool]
+) -> dict[str, int]:
+    """Alarms and monitored grasps of the daemon's watch over one policy's stream, after
+    the parent's reference (its first ``reference`` grasps, as the daemon designed it)."""
     watch = OutcomeWatch(
         DetectorConfig(arl0=arl0, min_drop=0.15, reference_grasps=reference),
         ProbationConfig(enabled=False),
     )
+    watch.reset(parent[:reference])
     watch.reset(outcomes[:probation])
     alarms = monitored = 0
     for i in range(probation, len(outcomes)):
@@ -48,16 +52,18 @@ def replay(outcomes: list[bool], arl0: float, probation: int, reference: int) ->
         monitored += armed
         if j is not None and j.kind == "alarm":
             alarms += 1
-            watch.reset(outcomes[max(0, i + 1 - reference) : i + 1])
+            watch.reset([])  # the daemon recalibrates on the grasps after an alert
     return {"alarms": alarms, "monitored": monitored}
 
 
-def child_stream(path: Path) -> tuple[list[bool], int]:
-    """(the child's outcomes, the grasp index of its first) from a saved stream."""
+def child_stream(path: Path) -> tuple[list[bool], int, list[bool]]:
+    """(the child's outcomes, the grasp index of its first, the parent's outcomes before it)
+    from a saved stream."""
     d = json.loads(path.read_text())
     pol = d["policy"]
     first = next(i for i, p in enumerate(pol) if p != pol[0])
-    return [bool(x) for x in d["success"][first:]], first
+    ok = [bool(x) for x in d["success"]]
+    return ok[first:], first, ok[:first]
 
 
 def sets_of(outcomes: list[bool], first: int, every: int) -> list[list[bool]]:
@@ -86,16 +92,16 @@ def main() -> None:
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     streams = [child_stream(p) for p in a.streams]
-    sets = [s for o, f in streams for s in sets_of(o, f, 20)]
+    sets = [s for o, f, _ in streams for s in sets_of(o, f, 20)]
     out: dict[str, Any] = {
         "bench": "replay_false_alarms",
-        "child_grasps": sum(len(o) for o, _ in streams),
-        "child_success": round(float(np.mean([x for o, _ in streams for x in o])), 4),
+        "child_grasps": sum(len(o) for o, _, _ in streams),
+        "child_success": round(float(np.mean([x for o, _, _ in streams for x in o])), 4),
         "sets": len(sets),
         "dispersion_aligned_sets": round(dispersion_aligned(sets), 3),
     }
     for arl0 in a.arl0:
-        rec = [replay(o, arl0, a.probation, a.reference) for o, _ in streams]
+        rec = [replay(o, arl0, a.probation, a.reference, par) for o, _, par in streams]
         n_al = sum(r["alarms"] for r in rec)
         mon = sum(r["monitored"] for r in rec)
         # resampled: several independent daemons, each from a random phase in a random set
@@ -104,7 +110,7 @@ def main() -> None:
         for _ in range(max(a.resampled // per, 1)):
             idx = rng.integers(len(sets), size=per // 20 + 1)
             long = [x for k in idx for x in sets[k]][int(rng.integers(20)) :][:per]
-            r = replay(long, arl0, a.probation, a.reference)
+            r = replay(long, arl0, a.probation, a.reference, streams[0][2])
             al, mo = al + r["alarms"], mo + r["monitored"]
         out[f"arl0_{int(arl0)}"] = {
             "as_recorded": {"alarms": n_al, "monitored": mon, "per_alarm": mon / max(n_al, 1)},

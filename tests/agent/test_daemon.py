@@ -233,6 +233,26 @@ def test_alarm_alert_only_keeps_serving(start_daemon: Start) -> None:
     assert st["phase"] == "serving" and st["condition"] == "base"
 
 
+def test_after_an_alert_the_reference_is_the_grasps_that_follow(start_daemon: Start) -> None:
+    """Regression: after an alarm in alert mode the chart re-referenced on the policy's latest
+    grasps, which end in the run of failures that raised the alarm: a reference biased low,
+    so after a false alarm the chart took ~2x the configured ARL0 to alarm again
+    (bench/detector_swaps.py at dispersion 1: 2.2x). It now calibrates on the grasps after
+    the alarm: unbiased after a false alarm, the new level after a real drop (no storm)."""
+    r = start_daemon(p_success=0.95, lifecycle={"on_alarm": "alert"})
+    sub = r.subscriber()
+    r.wait_for(lambda s: not s["detector"]["calibrating"])
+    r.driver.set_success(0.05)
+    sub.wait("agent.alarm", timeout=30)
+    at = r.ctl("status")["result"]["grasps"]
+    st = r.wait_for(lambda s: s["grasps"] >= at + 45 and not s["detector"]["calibrating"])
+    assert st["detector"]["p0"] < 0.4, st["detector"]  # the level after the drop
+    r.wait_for(lambda s: s["grasps"] >= at + 120)
+    with pytest.raises(AssertionError):
+        sub.wait("agent.no-such-topic", timeout=1.0)  # drains every event so far
+    assert [t for t, _ in sub.seen].count("agent.alarm") == 1
+
+
 def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
     r = start_daemon()
     sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -14,6 +14,7 @@ from agent.detector import (
     CusumDesign,
     SuccessDropDetector,
     arl_markov,
+    block_stats,
     design_cusum,
     design_from_counts,
     dispersion,
@@ -229,3 +230,50 @@ def test_objects_in_sets_keep_the_false_alarm_rate_with_the_block_estimate() -> 
     snap.reset(history=_sets_stream(rng, 100, 0.75, 2.5, 20))
     assert snap.snapshot()["dispersion"] == pytest.approx(snap.phi, abs=1e-3)
     assert snap.design is not None and snap.limit >= snap.design.threshold
+
+
+def test_block_stats_are_squared_deviations_in_binomial_units() -> None:
+    """4 blocks of 10 with means 1, 0.5, 0.5, 0: p = 0.5, binomial variance 0.025 per block."""
+    x = [True] * 10 + [True, False] * 5 + [False, True] * 5 + [False] * 10
+    ss, dof = block_stats(x, 10)
+    assert dof == 3 and ss == pytest.approx((0.25 + 0 + 0 + 0.25) / 0.025)
+    assert dispersion(x, 10, max_dispersion=100.0) == pytest.approx(ss / (3 + 2))
+    assert dispersion(x, 10, prior=(30.0, 20.0)) == pytest.approx((ss + 30) / (23 + 2))
+    assert dispersion(x[:30], 10, prior=(8.0, 4.0)) == pytest.approx(8 / 6)  # own blocks < 4
+    assert block_stats(x[:15], 10) == (0.0, 0) and block_stats([True] * 40, 10) == (0.0, 0)
+
+
+def test_the_pool_takes_the_designed_reference_not_the_drop_after_it() -> None:
+    """A reference that ends in a drop must not inflate the pooled dispersion: only the
+    grasps the chart was designed on join the pool when the detector is reset."""
+    rng = np.random.default_rng(3)
+    det = SuccessDropDetector(1000.0, 0.15, 100, block=20)
+    reference = [bool(v) for v in rng.random(100) < 0.8]
+    for ok in reference:
+        det.update(ok)
+    for _ in range(60):  # the world changed: every grasp fails
+        det.update(False)
+    det.reset()
+    assert det.pool == pytest.approx(block_stats(reference, 20))
+    det.reset()  # nothing designed since: nothing more joins
+    assert det.pool == pytest.approx(block_stats(reference, 20))
+
+
+def test_young_references_borrow_the_pooled_dispersion() -> None:
+    """Regression: the loop re-references after every swap and alarm, so the chart mostly
+    runs on 100-200-grasp references (5-10 blocks), and a dispersion from so few blocks is
+    so noisy that the convex false-alarm rate followed its low draws: 0.46-0.53x the
+    configured ARL0 after swaps at dispersion 2.5-3.4 (bench/detector_swaps.py). The pool of
+    earlier references' blocks steadies it."""
+    rng = np.random.default_rng(11)
+    pooled = SuccessDropDetector(1000.0, 0.15, 100, block=20)
+    own, with_pool = [], []
+    for _ in range(60):
+        ref = _sets_stream(rng, 100, 0.7, 2.5, 20)
+        own.append(dispersion(ref, 20))
+        pooled.reset(history=ref)
+        with_pool.append(pooled.phi)
+    own_a, pool_a = np.array(own[10:]), np.array(with_pool[10:])
+    assert np.std(pool_a) < 0.6 * np.std(own_a), (np.std(pool_a), np.std(own_a))
+    assert abs(np.median(pool_a) - 2.5) < abs(np.median(own_a) - 2.5) + 0.1
+    assert 1.6 < np.median(pool_a) < 3.4
