@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import zmq
@@ -64,6 +64,8 @@ from agent.wire import ERROR_CODES, decode, encode  # noqa: E402
 READ_ONLY = ("status", "stats", "policies")
 MAX_MESSAGE = SocketsConfig.max_message_bytes
 MAX_FRAME = SocketsConfig.max_frame_bytes
+CORES = sorted(os.sched_getaffinity(0))
+"""The cores this bench may use, read once: it pins itself to the second after a start."""
 
 
 def free_port() -> int:
@@ -216,6 +218,23 @@ def grasps_between(db: Path, t0: float, t1: float) -> int:
         con.close()
 
 
+def spawn_daemon(cfg: Path, log: IO[str]) -> subprocess.Popen[bytes]:
+    """``robot-agent run`` on ``cfg``, pinned to the first core and this process to the
+    second (when there are two)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--log-level", "WARNING", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if len(CORES) >= 2:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, {CORES[0]})
+            os.sched_setaffinity(0, {CORES[1]})
+    return proc
+
+
 def grasp_times(db: Path, first: int, last: int) -> tuple[float, float, list[int]]:
     """(t_end of grasp ``first``, t_end of grasp ``last``, outcomes in between), by row order."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -242,30 +261,10 @@ def paired_run(args: argparse.Namespace, flood: bool, seed: int) -> dict[str, An
     cfg = write_config(tmp, cmd_port, ev_port, args.limits, args.read_rate)
     endpoint = f"tcp://127.0.0.1:{cmd_port}"
     first, last = args.warmup, args.warmup + args.paired
-    cores = sorted(os.sched_getaffinity(0))
     with open(tmp / "daemon.log", "w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "--log-level",
-                "WARNING",
-                "run",
-                "--config",
-                str(cfg),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        proc = spawn_daemon(cfg, log)
         pool: Any = None
         try:
-            if len(cores) >= 2:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(proc.pid, {cores[0]})
-                    os.sched_setaffinity(0, {cores[1]})
             if flood:
                 pool = multiprocessing.get_context("spawn").Pool(args.clients)
             deadline = time.monotonic() + 300
@@ -310,7 +309,7 @@ def paired_run(args: argparse.Namespace, flood: bool, seed: int) -> dict[str, An
 def paired_mode(args: argparse.Namespace) -> None:
     """The paired mode (module docstring): same seeded grasps with and without the flood."""
     load0 = [round(x, 2) for x in os.getloadavg()]
-    pinned = len(os.sched_getaffinity(0)) >= 2
+    pinned = len(CORES) >= 2
     runs = []
     for i in range(2 * args.rounds + 1):
         runs.append(paired_run(args, bool(i % 2), args.seed + i))
@@ -379,19 +378,9 @@ def main() -> None:
     cfg = write_config(tmp, cmd_port, ev_port, args.limits, args.read_rate)
     endpoint = f"tcp://127.0.0.1:{cmd_port}"
     log = open(tmp / "daemon.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--log-level", "WARNING", "run", "--config", str(cfg)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = spawn_daemon(cfg, log)
     pool: Any = None
     try:
-        if len(cores) >= 2:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(proc.pid, {cores[0]})
-                os.sched_setaffinity(0, {cores[1]})
         deadline = time.monotonic() + 180
         st: dict[str, Any] = {}
         while not st.get("grasps"):
