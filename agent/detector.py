@@ -332,7 +332,7 @@ class SuccessDropDetector:
         self.phi = 1.0
         self.limit = 0  # the threshold in force: design.threshold x phi
         self._calib: list[bool] = []
-        self._ref_outcomes: list[bool] = []  # the reference's outcomes, for the dispersion
+        self._ref_outcomes = []  # the reference's outcomes, for the dispersion
         self.statistic = 0
         self.monitored = 0
         self._run_n = 0

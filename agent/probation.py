@@ -57,11 +57,6 @@ class ProbationDesign:
         """Log-likelihood ratio at which probation passes."""
         return math.log(self.beta / (1 - self.alpha))
 
-    @property
-    def min_grasps_to_fail(self) -> int:
-        """Fewest grasps (all failures) that can fail probation."""
-        return math.ceil(self.upper / self.on_failure)
-
 
 def design_probation(
     p_parent: float, min_drop: float, alpha: float, beta: float, max_grasps: int

@@ -14,8 +14,6 @@ Cost O(H * down * up) per rate instead of one dense O(h^3) solve per threshold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
@@ -159,68 +157,3 @@ def arl_simulate(
     rng = np.random.default_rng(seed)
     rl = run_lengths(down, up, [threshold], p_success, streams, int(50 * guess) + 100, rng)
     return float(rl.mean())
-
-
-@dataclass(frozen=True)
-class StreamRun:
-    """Outcome of :func:`simulate_streams`, one entry per stream."""
-
-    alarms: npt.NDArray[np.int64]
-    """Alarms raised before ``change_at`` (the chart restarts at 0 after each, as the daemon's)."""
-    first_alarm: npt.NDArray[np.int64]
-    """1-based grasp of the first alarm; ``steps`` when none (censored)."""
-    delay: npt.NDArray[np.int64]
-    """Grasps from ``change_at`` to the first alarm at or after it; censored at the horizon."""
-
-
-def simulate_streams(
-    down: npt.ArrayLike,
-    up: npt.ArrayLike,
-    threshold: npt.ArrayLike,
-    p_before: float,
-    steps: int,
-    rng: np.random.Generator,
-    change_at: int | None = None,
-    p_after: float | None = None,
-    streams: int = 0,
-) -> StreamRun:
-    """Simulate streams that each run their own chart (per-stream ``down``, ``up``, ``threshold``).
-
-    The success rate is ``p_before`` for the first ``change_at`` grasps (default: all of
-    them) and ``p_after`` from then on; after ``change_at`` the simulation continues until
-    every stream has alarmed once or ``steps`` grasps have passed. ``streams`` > 0
-    broadcasts scalar designs to that many streams.
-    """
-    d = np.asarray(down, dtype=np.int64)
-    u = np.asarray(up, dtype=np.int64)
-    h = np.asarray(threshold, dtype=np.int64)
-    d, u, h = np.broadcast_arrays(d, u, h, *([np.zeros(streams, np.int64)] if streams else []))[:3]
-    n = d.size
-    change = steps if change_at is None else int(change_at)
-    p_late = p_before if p_after is None else p_after
-    s = np.zeros(n, dtype=np.int64)
-    alarms = np.zeros(n, dtype=np.int64)
-    first = np.full(n, steps, dtype=np.int64)
-    delay = np.full(n, max(steps - change, 0), dtype=np.int64)
-    waiting = np.ones(n, dtype=bool)  # no alarm yet at or after the change
-    chunk = 512
-    for start in range(0, steps, chunk):
-        m = min(chunk, steps - start)
-        u01 = rng.random((m, n))
-        for k in range(m):
-            t = start + k
-            success = u01[k] < (p_before if t < change else p_late)
-            s = np.where(success, np.maximum(s - d, 0), s + u)
-            hit = s >= h
-            if hit.any():
-                first[hit & (first == steps)] = t + 1
-                if t < change:
-                    alarms += hit
-                else:
-                    new = hit & waiting
-                    delay[new] = t + 1 - change
-                    waiting &= ~hit
-                s[hit] = 0
-        if start + m >= change and not waiting.any():
-            break
-    return StreamRun(alarms=alarms, first_alarm=first, delay=delay)

@@ -90,10 +90,3 @@ class Camera:
         # Segmentation packs link index in the high bits; keep the body id.
         body = np.where(mask >= 0, mask & ((1 << 24) - 1), -1).astype(np.int32)
         return Frame(rgb=np.ascontiguousarray(rgb), seg=body)
-
-
-def pixel_of(x: float, y: float, width: int, height: int) -> tuple[float, float]:
-    """Continuous (col, row) of a floor point; inverse of :attr:`Camera.floor_x`/``floor_y``."""
-    col = (x / HALF_EXTENT + 1.0) / 2.0 * width - 0.5
-    row = (1.0 - y / HALF_EXTENT) / 2.0 * height - 0.5
-    return col, row

@@ -8,7 +8,6 @@ physics of the grasp itself and is several times faster (docs/sim.md).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,8 +172,3 @@ class Gripper:
     def tip_depth(self) -> float:
         """Distance from the commanded frame down to the finger tips, metres."""
         return PALM_HALF[2] + self.geometry.finger_length
-
-
-def wrap_yaw(yaw: float) -> float:
-    """Wrap an angle into [-pi/2, pi/2): a parallel gripper is symmetric under 180 degrees."""
-    return (yaw + math.pi / 2) % math.pi - math.pi / 2

@@ -20,7 +20,8 @@ from agent.detector import (
     dispersion,
     posterior_grid,
 )
-from agent.runlength import arl_curve, simulate_streams
+from agent.runlength import arl_curve
+from tests.support.streams import simulate_streams
 
 Rule = Callable[[int, int, float, float], CusumDesign]
 
