@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.commands import COMMANDS
-from agent.config import AgentConfig, ConfigError, example_toml, load_config
+from agent.config import AgentConfig, example_toml, load_config
 from agent.extras import run_entry
+from plumbing.config_loader import ConfigError
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -34,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     # first, before anything slow: a SIGTERM during start-up stops it cleanly (no READY=1)
     signals = StopSignals().install()
     from agent.daemon import Daemon
-    from agent.drivers import make_driver
+    from agent.driver_types import make_driver
 
     try:
         cfg = load_config(args.config) if args.config else AgentConfig()

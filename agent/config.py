@@ -3,64 +3,32 @@
 Each component owns one dataclass; :class:`AgentConfig` composes them, one TOML
 table per component (``[policy]``, ``[cem]``, ...). Unknown keys, wrong types
 and values outside their allowed set are rejected with a message naming the
-key and what is allowed. The defaults run the sim cell on loopback out of the box.
+key and what is allowed (:mod:`plumbing.config_loader`). The ``[driver]`` table
+belongs to the driver type it names, which builds and checks it
+(:mod:`agent.driver_types`). The defaults run the sim cell on loopback out of the box.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import itertools
 import os
 import re
-import tomllib
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.cem import CemParams
-from drivers.bridge.config import BridgeClientConfig, client_problems
-from drivers.camera import Camera, CameraConfig
+from agent.driver import DriverType
+from agent.driver_types import DriverConfig, driver_config, installed_types
+from plumbing.config_loader import ConfigError, build_dataclass, load_toml, toml_table
+from plumbing.config_loader import need as _need
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
 ThresholdMethod = Literal["markov", "simulate"]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the allowed values."""
-
-
-@dataclass(frozen=True)
-class SimDriverConfig:
-    """The sim cell's own settings (``[driver.sim]``)."""
-
-    schedule: tuple[tuple[int, str], ...] = ()
-    """Conditions by grasp count since the cell started: [[0, "baseline"], [300, "transparent"]]."""
-
-
-@dataclass(frozen=True)
-class DriverConfig:
-    """Which robot to drive; each type reads its own sub-table (``[driver.sim]``, ...)."""
-
-    type: Literal["sim", "bridge", "import"] = "sim"
-    """"sim" (pybullet cell), "bridge" (a robot bridge process) or "import" (see `factory`)."""
-    factory: str = ""
-    """For type "import": "package.module:callable" returning a Driver (called with `options`)."""
-    condition: str = "baseline"
-    """Sim cell condition to start in (sim only)."""
-    seed: int = 0
-    """Seed for the driver's randomness (sim and import)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Sim: SimConfig overrides (split, n_objects...); import: the factory's keyword arguments."""
-    sim: SimDriverConfig = field(default_factory=SimDriverConfig)
-    """Settings of type "sim"."""
-    bridge: BridgeClientConfig = field(default_factory=BridgeClientConfig)
-    """Settings of type "bridge": endpoint, timeouts, reconnect backoff, CURVE keys."""
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    """Type "bridge": a camera on this computer to observe with instead of the bridge's."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +226,7 @@ class AgentConfig:
     agent: DaemonConfig = field(default_factory=DaemonConfig)
     """The control loop."""
     driver: DriverConfig = field(default_factory=DriverConfig)
-    """Which robot to drive."""
+    """Which robot to drive: a registered driver type and its own settings."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """Policy store and ONNX Runtime."""
     cem: CemParams = field(default_factory=CemParams)
@@ -283,102 +251,27 @@ class AgentConfig:
         return p if p.is_absolute() else Path(root.split(":")[0]) / p
 
 
-def load_config(path: Path | str) -> AgentConfig:
-    """Read and validate a TOML file; raises ConfigError naming the bad key."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return config_from_dict(raw)
+def load_config(path: Path | str, drivers: Mapping[str, DriverType] | None = None) -> AgentConfig:
+    """Read and validate a TOML file; raises ConfigError naming the bad key.
+
+    ``drivers``: the driver types ``[driver] type`` may name (default: the installed ones,
+    :func:`agent.driver_types.installed_types`)."""
+    return config_from_dict(load_toml(path), drivers)
 
 
-def config_from_dict(raw: dict[str, Any]) -> AgentConfig:
-    """Build and validate an AgentConfig from nested dicts (the parsed TOML)."""
-    cfg = build_dataclass(AgentConfig, raw)
+def config_from_dict(
+    raw: dict[str, Any], drivers: Mapping[str, DriverType] | None = None
+) -> AgentConfig:
+    """Build and validate an AgentConfig from nested dicts (the parsed TOML).
+
+    The ``[driver]`` table is built by the driver type it names (see :func:`load_config`)."""
+    rest = dict(raw)
+    table = rest.pop("driver", {})
+    cfg = build_dataclass(AgentConfig, rest)
     assert isinstance(cfg, AgentConfig)
+    cfg = dataclasses.replace(cfg, driver=driver_config(table, drivers))
     validate(cfg)
     return cfg
-
-
-def build_dataclass(cls: type[Any], raw: Any, prefix: str = "") -> Any:
-    """A (frozen) dataclass ``cls`` from a parsed TOML table: nested tables become nested
-    dataclasses, values are checked against the field types (Literal, dict, tuple, ...);
-    raises ConfigError naming the key (``prefix`` + name) on an unknown key or bad value.
-    Shared by the agent's and the trainer service's configs."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # a settings class that checks itself (e.g. CemParams)
-        raise ConfigError(str(exc)) from exc
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return build_dataclass(tp, value, key + ".")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{key} = {value!r} is not allowed; allowed values: "
-                + ", ".join(repr(a) for a in allowed)
-            )
-        return value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported union type")  # none are used yet
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if origin is tuple:  # a TOML array: tuple[X, ...] or a fixed tuple[X, Y]
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be an array, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must be an array of {len(args)} items, got {value!r}")
-        return tuple(
-            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
-        )
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
-
-
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 def validate(cfg: AgentConfig) -> None:
@@ -454,37 +347,9 @@ def validate(cfg: AgentConfig) -> None:
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",
     )
-    validate_driver(cfg.driver)
     _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
     _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
     validate_trainer(cfg.trainer)
-
-
-def validate_driver(dr: DriverConfig) -> None:
-    """Checks of the [driver] table and its sub-tables; raises ConfigError naming the key."""
-    from drivers.sim.schedule import parse_schedule
-
-    _need(
-        dr.type != "import" or ":" in dr.factory,
-        f"driver.factory = {dr.factory!r}: type 'import' needs 'package.module:callable'",
-    )
-    try:
-        parse_schedule(dr.sim.schedule, "driver.sim.schedule")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    for key, why in client_problems(dr.bridge)[:1]:
-        raise ConfigError(f"driver.bridge.{key} = {getattr(dr.bridge, key)!r}: {why}")
-    try:
-        Camera(dr.camera)  # checks its settings; opens nothing
-    except ValueError as exc:
-        raise ConfigError(f"driver.camera.{exc}") from exc
-    _need(
-        dr.type != "bridge"
-        or is_loopback_endpoint(dr.bridge.endpoint)
-        or bool(dr.bridge.curve_server_public),
-        f"driver.bridge.endpoint = {dr.bridge.endpoint!r} is not a loopback address; reaching it "
-        "needs CURVE keys (driver.bridge.curve_server_public and curve_client_secret)",
-    )
 
 
 def validate_trainer(t: TrainerConfig) -> None:
@@ -569,58 +434,19 @@ def check_endpoint_exposure(key: str, endpoint: str, curve: bool) -> None:
         )
 
 
-def example_toml() -> str:
-    """A TOML file listing every key with its default and help line (for docs and `--print`)."""
+def example_toml(drivers: Mapping[str, DriverType] | None = None) -> str:
+    """A TOML file listing every key with its default and help line (for docs and `--print`).
+
+    ``[driver]`` shows the default type's keys; the other registered types are named."""
+    types = installed_types() if drivers is None else drivers
+    default = DriverConfig()
     lines: list[str] = []
+    hints = typing.get_type_hints(AgentConfig)
     for top in dataclasses.fields(AgentConfig):
-        tables = [(top.name, typing.get_type_hints(AgentConfig)[top.name])]
-        while tables:  # a nested dataclass field is a sub-table ([driver.bridge]) after its parent
-            name, sub = tables.pop(0)
-            lines.append(f"[{name}]")
-            docs = field_docs(sub)
-            hints = typing.get_type_hints(sub)
-            for f in dataclasses.fields(sub):
-                if dataclasses.is_dataclass(hints[f.name]):
-                    tables.append((f"{name}.{f.name}", hints[f.name]))
-                    continue
-                default = getattr(sub(), f.name)
-                lines.append(f"# {docs.get(f.name, '')}")
-                lines.append(f"{f.name} = {_toml_value(default)}")
-            lines.append("")
+        if top.name != "driver":
+            lines += toml_table(top.name, hints[top.name])
+            continue
+        others = ", ".join(f'"{n}" ({types[n].summary})' for n in types if n != default.type)
+        doc = f'"{default.type}" ({types[default.type].summary}); or {others}, with their own keys'
+        lines += toml_table("driver", types[default.type].config, [("type", doc, default.type)])
     return "\n".join(lines)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, dict):
-        return (
-            "{}"
-            if not v
-            else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-        )
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def field_docs(cls: type[Any]) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) read from the source."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for a, b in itertools.pairwise(body):
-        if (
-            isinstance(a, ast.AnnAssign)
-            and isinstance(a.target, ast.Name)
-            and isinstance(b, ast.Expr)
-            and isinstance(b.value, ast.Constant)
-            and isinstance(b.value.value, str)
-        ):
-            docs[a.target.id] = b.value.value.strip()
-    return docs

@@ -45,6 +45,7 @@ from agent.command_thread import CommandContext, CommandThread
 from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
 from agent.decision_guard import MARKER_FILE, DecisionGuard, clear_marker, read_marker
+from agent.driver import Driver, DriverUnavailable
 from agent.effects import record_step
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
@@ -56,7 +57,6 @@ from agent.queries import Queries
 from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
 from agent.watch import Judgement, OutcomeWatch
-from drivers.base import Driver, DriverUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from agent.config import ConfigError, SocketsConfig, check_endpoint_exposure, check_exposure
+from agent.config import SocketsConfig, check_endpoint_exposure, check_exposure
 from agent.ratelimit import RateLimiter, TokenBucket
 from agent.wire import ERROR_CODES, MAX_MESSAGE_BYTES, WireError, encode
+from plumbing.config_loader import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from agent.config import config_from_dict  # noqa: E402
 from agent.ctl import request  # noqa: E402
 from agent.daemon import Daemon  # noqa: E402
-from agent.drivers import make_driver  # noqa: E402
+from agent.driver_types import make_driver  # noqa: E402
 
 BASE = ROOT / "policies" / "base"
 TRAINER = [sys.executable, "-m", "trainer.cli"]

@@ -148,7 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
     signals: StopSignals = getattr(args, "stop_signals", None) or StopSignals().install()
     import logging
 
-    from agent.config import ConfigError
+    from plumbing.config_loader import ConfigError
     from trainer.service import serve
     from trainer.service_config import load_service_config, service_config_from_dict
 

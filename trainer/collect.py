@@ -97,7 +97,8 @@ def _policy_actor(cfg: CollectConfig, spec: object) -> ActFn:
 
 def _worker(cfg: CollectConfig, index: int, todo: int, out_dir: str, first_shard: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     seed = cfg.seed * 1000 + index
     rng = np.random.default_rng(seed + 17)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, build_dataclass, is_loopback_endpoint
+from agent.config import is_loopback_endpoint
+from plumbing.config_loader import ConfigError, build_dataclass
 
 
 @dataclass(frozen=True)

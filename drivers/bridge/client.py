@@ -8,7 +8,7 @@ call waits at most ``timeout_s`` of silence (a heartbeat counts as a sign of
 life) and an execute at most ``execute_timeout_s`` in all; both stay below the
 systemd watchdog (checked by :func:`drivers.bridge.config.check_client`).
 
-A bridge that stops answering raises :class:`drivers.base.DriverUnavailable`:
+A bridge that stops answering raises :class:`agent.driver.DriverUnavailable`:
 the socket is dropped (queued requests die with it, so nothing actuates later)
 and reconnection is attempted on the next call after a backoff that doubles
 from ``reconnect_min_s`` to ``reconnect_max_s``; calls in between fail at once.
@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from agent.driver import DriverUnavailable, Observation, StartClose, StepResult
 from agent.spec import DEFAULT_SPEC, Spec
 from agent.wire import Message, WireError, decode
-from drivers.base import DriverUnavailable, Observation, StartClose, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeClientConfig, check_client
 from drivers.bridge.security import apply_client, client_keys
@@ -47,7 +47,7 @@ class _Silent(Exception):
 
 
 class BridgeDriver(StartClose):
-    """A :class:`drivers.base.Driver` speaking the bridge protocol to a robot-side process."""
+    """A :class:`agent.driver.Driver` speaking the bridge protocol to a robot-side process."""
 
     def __init__(
         self,

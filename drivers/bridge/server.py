@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from agent.driver import GraspOutcome, Observation, StepResult
 from agent.spec import Spec
 from agent.wire import Message, WireError, decode
-from drivers.base import GraspOutcome, Observation, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeServerConfig
 from drivers.bridge.security import ServerSecurity

@@ -1,4 +1,4 @@
-"""SimCell: the pybullet grasping cell as a :class:`drivers.base.Driver`.
+"""SimCell: the pybullet grasping cell as a :class:`agent.driver.Driver`.
 
 One grasp attempt = one decision (x, y, yaw): the gripper is placed above
 (x, y) at ``yaw``, descends, closes, lifts and holds; success means an object
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import GraspOutcome, Observation, StartClose, StepResult
+from agent.driver import GraspOutcome, Observation, StartClose, StepResult
+from agent.spec import Spec
 from drivers.sim import effects
 from drivers.sim.camera import Camera, Frame, Lighting
 from drivers.sim.conditions import (
@@ -33,8 +33,9 @@ from drivers.sim.conditions import (
     Transparent,
     make_condition,
 )
+from drivers.sim.config import SimConfig
 from drivers.sim.gripper import Gripper, GripperGeometry
-from drivers.sim.objects import Split, object_ids, object_urdf
+from drivers.sim.objects import object_ids, object_urdf
 from drivers.sim.schedule import parse_schedule
 
 HOME = (-0.205, 0.0, 0.10)
@@ -49,60 +50,6 @@ TRAY_HALF = 0.21
 
 
 @dataclass(frozen=True)
-class PhysicsConfig:
-    """Physics and motion timing (steps at ``1/hz``)."""
-
-    hz: float = 240.0
-    """Physics rate."""
-    solver_iterations: int = 30
-    """Constraint solver iterations per step."""
-    approach_height_m: float = 0.12
-    """Commanded-frame height above the floor where the descent starts."""
-    descend_steps: int = 36
-    """Steps to descend to the grasp height."""
-    close_steps: int = 30
-    """Steps to close the fingers."""
-    lift_steps: int = 36
-    """Steps to lift."""
-    hold_steps: int = 24
-    """Steps the object must stay up (0.1 s at 240 Hz)."""
-    settle_steps: int = 24
-    """Steps after objects are dropped back."""
-    grasp_clearance_m: float = 0.006
-    """Finger tips stop this far above the floor (stock fingers)."""
-    lift_height_m: float = 0.28
-    """Commanded-frame height at the end of the lift."""
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Configuration of the simulated cell."""
-
-    split: Split = "train"
-    """Which objects fill the bin: train (000-899), test (900-999) or all."""
-    n_objects: int = 5
-    """Objects in the bin."""
-    refresh_every: int = 20
-    """Grasps between loading a fresh set of objects."""
-    seed: int = 0
-    """Seed of the first reset."""
-    condition: str = "baseline"
-    """Initial condition name (see drivers.sim.conditions)."""
-    condition_params: dict[str, float] = field(default_factory=dict)
-    """Severity overrides of the initial condition."""
-    schedule: tuple[tuple[int, str], ...] = ()
-    """(grasp count since start, condition) pairs: the world changes by itself (see schedule.py)."""
-    success_height_m: float = 0.12
-    """An object is lifted when its base is this far above the floor."""
-    step_penalty: float = 0.0
-    """Reward added per step (horizon 1: 0)."""
-    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
-    """Physics and motion timing."""
-    spec: Spec = DEFAULT_SPEC
-    """Observation/action spec."""
-
-
-@dataclass(frozen=True)
 class Privileged:
     """Simulator-only ground truth of the last observation (scripted policy, tests)."""
 
@@ -113,7 +60,7 @@ class Privileged:
 
 
 class SimCell(StartClose):
-    """The pybullet cell; implements :class:`drivers.base.Driver` plus ``set_condition``."""
+    """The pybullet cell; implements :class:`agent.driver.Driver` plus ``set_condition``."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()

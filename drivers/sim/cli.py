@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.extras import run_entry
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
 from drivers.sim.conditions import CONDITION_NAMES, parse_param_args
+from drivers.sim.config import SimConfig
 from drivers.sim.scripted import RandomPolicy, ScriptedPolicy
 
 

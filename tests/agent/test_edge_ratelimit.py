@@ -11,10 +11,11 @@ import zmq
 import zmq.auth
 
 from agent.commands import dispatch
-from agent.config import ConfigError, SocketsConfig, config_from_dict
+from agent.config import SocketsConfig, config_from_dict
 from agent.ratelimit import RateLimiter, TokenBucket
 from agent.transport import ClientKeys, CommandLimits, CommandServer, Security
 from agent.wire import decode, encode
+from plumbing.config_loader import ConfigError
 from tests.agent.edge_fakes import RecordingControl, ServerThread, dealer
 
 pytestmark = pytest.mark.timeout(60)
