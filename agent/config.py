@@ -11,9 +11,7 @@ belongs to the driver type it names, which builds and checks it
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +20,14 @@ from typing import Any, Literal
 
 from agent.cem import CemParams
 from agent.driver import DriverType
-from agent.driver_types import DriverConfig, driver_config, installed_types
-from plumbing.config_loader import ConfigError, build_dataclass, load_toml, toml_table
+from agent.driver_types import DriverConfig, driver_config, driver_type, installed_types
+from plumbing.config_loader import ConfigError, build_dataclass, check_scheme, load_toml, toml_table
 from plumbing.config_loader import need as _need
+from plumbing.curve import check_server_exposure, require_curve
+from plumbing.names import SAFE_NAME_RULE, is_safe_name
+
+KEYGEN_HINT = "; `robot-agent keygen` makes them"
+"""Added to a refusal to bind off loopback: where the key files come from."""
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
@@ -322,11 +325,7 @@ def validate(cfg: AgentConfig) -> None:
     _need(g.busy_timeout_ms >= 0, "grasp_log.busy_timeout_ms: must be >= 0")
     s = cfg.sockets
     for key in ("command_endpoint", "event_endpoint"):
-        ep = getattr(s, key)
-        _need(
-            ep.startswith(("tcp://", "ipc://", "inproc://")),
-            f"sockets.{key} = {ep!r}: allowed schemes: tcp://, ipc://, inproc://",
-        )
+        check_scheme(f"sockets.{key}", getattr(s, key))
     _need(s.max_message_bytes >= 1024, "sockets.max_message_bytes: must be >= 1024")
     _need(
         s.max_frame_bytes >= s.max_message_bytes,
@@ -354,22 +353,17 @@ def validate(cfg: AgentConfig) -> None:
 
 def validate_trainer(t: TrainerConfig) -> None:
     """Checks of the [trainer] table; raises ConfigError naming the key."""
-    _need(
-        not t.endpoint or t.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
-        f"trainer.endpoint = {t.endpoint!r}: allowed schemes: tcp://, ipc://, inproc://",
-    )
+    if t.endpoint:
+        check_scheme("trainer.endpoint", t.endpoint)
     _need(
         bool(t.curve_server_public) == bool(t.curve_client_secret),
         "trainer.curve_server_public and trainer.curve_client_secret must be set together",
     )
+    if t.endpoint:
+        require_curve("trainer.endpoint", t.endpoint, bool(t.curve_server_public), server=False)
     _need(
-        not t.endpoint or is_loopback_endpoint(t.endpoint) or bool(t.curve_server_public),
-        f"trainer.endpoint = {t.endpoint!r} is not a loopback address; reaching it needs CURVE "
-        "keys (set trainer.curve_server_public and trainer.curve_client_secret)",
-    )
-    _need(
-        not t.agent_id or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", t.agent_id) is not None,
-        f"trainer.agent_id = {t.agent_id!r}: letters, digits, '.', '_', '-' (<= 64, no '/')",
+        not t.agent_id or is_safe_name(t.agent_id),
+        f"trainer.agent_id = {t.agent_id!r}: {SAFE_NAME_RULE}, no '/'",
     )
     _need(4096 <= t.chunk_bytes <= 64 << 20, "trainer.chunk_bytes: must be in [4096, 64 MiB]")
     _need(t.heartbeat_s > 0, "trainer.heartbeat_s: must be > 0")
@@ -385,30 +379,13 @@ def validate_trainer(t: TrainerConfig) -> None:
     )
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for ipc/inproc endpoints and tcp endpoints bound to a loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # an interface name or '*': not loopback
-
-
 def check_exposure(cfg: SocketsConfig) -> None:
     """Refuse a non-loopback bind without CURVE keys; raises ConfigError saying why.
 
-    Every ``*_endpoint`` field of the sockets table is checked, so a socket added later is
-    covered without touching this function.
+    Every ``*_endpoint`` field of the sockets table is checked (the one rule,
+    :func:`plumbing.curve.check_server_exposure`), so a socket added later is covered.
     """
-    for f in dataclasses.fields(cfg):
-        if f.name.endswith("_endpoint"):
-            check_endpoint_exposure(
-                f"sockets.{f.name}", getattr(cfg, f.name), bool(cfg.curve_server_secret)
-            )
+    check_server_exposure(cfg, "sockets", KEYGEN_HINT)
 
 
 def check_paths(cfg: AgentConfig) -> None:
@@ -424,22 +401,13 @@ def check_paths(cfg: AgentConfig) -> None:
         )
 
 
-def check_endpoint_exposure(key: str, endpoint: str, curve: bool) -> None:
-    """Refuse to bind ``endpoint`` (named ``key`` in messages) off loopback without CURVE."""
-    if not curve and not is_loopback_endpoint(endpoint):
-        raise ConfigError(
-            f"{key} = {endpoint!r} is not a loopback address; binding it needs CURVE keys "
-            "(set sockets.curve_server_secret and sockets.curve_clients_dir; "
-            "`robot-agent keygen` makes them), refusing to start"
-        )
-
-
 def example_toml(drivers: Mapping[str, DriverType] | None = None) -> str:
     """A TOML file listing every key with its default and help line (for docs and `--print`).
 
     ``[driver]`` shows the default type's keys; the other registered types are named."""
     types = installed_types() if drivers is None else drivers
     default = DriverConfig()
+    kind = driver_type(default.type, types)
     lines: list[str] = []
     hints = typing.get_type_hints(AgentConfig)
     for top in dataclasses.fields(AgentConfig):
@@ -447,6 +415,6 @@ def example_toml(drivers: Mapping[str, DriverType] | None = None) -> str:
             lines += toml_table(top.name, hints[top.name])
             continue
         others = ", ".join(f'"{n}" ({types[n].summary})' for n in types if n != default.type)
-        doc = f'"{default.type}" ({types[default.type].summary}); or {others}, with their own keys'
-        lines += toml_table("driver", types[default.type].config, [("type", doc, default.type)])
+        doc = f'"{default.type}" ({kind.summary}); or {others}, with their own keys'
+        lines += toml_table("driver", kind.config, [("type", doc, default.type)])
     return "\n".join(lines)

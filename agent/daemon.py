@@ -51,12 +51,12 @@ from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
 from agent.held import HeldWrites
 from agent.loader import LoadResult, PolicyLoader
-from agent.notify import Notifier
 from agent.policy import Policy, PolicyFault
 from agent.queries import Queries
-from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
 from agent.watch import Judgement, OutcomeWatch
+from plumbing.sd_notify import Notifier
+from plumbing.signals import EXIT_SECOND_SIGNAL, StopSignals
 
 log = logging.getLogger(__name__)
 

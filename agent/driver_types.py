@@ -14,6 +14,7 @@ an explicit ``types`` mapping instead (tests, or a program that embeds the agent
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ class InstalledDriverTypes(Mapping[str, DriverType]):
         return len(self._entries)
 
 
+@functools.cache
 def installed_types() -> Mapping[str, DriverType]:
-    """The driver types registered in the installed packages' metadata."""
+    """The driver types registered in the installed packages' metadata (read once per process:
+    scanning the metadata of every installed package is not free)."""
     return InstalledDriverTypes()
 
 
@@ -81,7 +84,7 @@ def driver_config(
         raise ConfigError(f"{prefix.rstrip('.')}: expected a table")
     rest = dict(table)
     name = rest.pop("type", DEFAULT_TYPE)
-    kind = _lookup(name, types, prefix)
+    kind = driver_type(name, types, prefix)
     settings = build_dataclass(kind.config, rest, prefix)
     try:
         kind.check(settings, prefix)
@@ -94,7 +97,7 @@ def driver_config(
 
 def make_driver(cfg: DriverConfig, types: Mapping[str, DriverType] | None = None) -> Driver:
     """Construct (not start) the configured driver; ValueError names a bad key."""
-    kind = _lookup(cfg.type, types, "driver.")
+    kind = driver_type(cfg.type, types, "driver.")
     settings = kind.config() if cfg.settings is None else cfg.settings
     driver = kind.make(settings)
     if not isinstance(driver, Driver):
@@ -102,12 +105,11 @@ def make_driver(cfg: DriverConfig, types: Mapping[str, DriverType] | None = None
     return driver
 
 
-def settings_class(cfg: DriverConfig, types: Mapping[str, DriverType] | None = None) -> type[Any]:
-    """The config class of ``cfg``'s type (for help and example files)."""
-    return _lookup(cfg.type, types, "driver.").config
-
-
-def _lookup(name: Any, types: Mapping[str, DriverType] | None, prefix: str) -> DriverType:
+def driver_type(
+    name: Any, types: Mapping[str, DriverType] | None = None, prefix: str = "driver."
+) -> DriverType:
+    """The registered type ``name``; ConfigError listing the registered ones (or saying that
+    none are, and why)."""
     types = installed_types() if types is None else types
     if not types:
         raise ConfigError(
@@ -127,7 +129,7 @@ __all__ = [
     "DriverConfig",
     "InstalledDriverTypes",
     "driver_config",
+    "driver_type",
     "installed_types",
     "make_driver",
-    "settings_class",
 ]

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.driver import Driver, DriverType
-from agent.extras import missing_extras, missing_message
 from drivers.bridge.config import BridgeDriverSettings
 from drivers.bridge.config import check_settings as check_bridge
 from drivers.sim.config import SimDriverSettings, cell_config
 from drivers.sim.config import check_settings as check_sim
+from plumbing.extras import missing_extras, missing_message
 
 
 def _make_sim(s: SimDriverSettings) -> Driver:
@@ -75,7 +75,9 @@ SIM = DriverType(
     SimDriverSettings, _make_sim, check_sim, "the pybullet sim cell (needs the [sim] extra)"
 )
 BRIDGE = DriverType(BridgeDriverSettings, _make_bridge, check_bridge, "a robot bridge process")
-IMPORT = DriverType(ImportDriverSettings, _make_import, _check_import, "factory= 'module:callable'")
+IMPORT = DriverType(
+    ImportDriverSettings, _make_import, _check_import, "any factory = 'package.module:callable'"
+)
 
 BUILTIN: dict[str, DriverType] = {"sim": SIM, "bridge": BRIDGE, "import": IMPORT}
 """Every type above by its ``[driver] type`` name (the entry points list the same)."""

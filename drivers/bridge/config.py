@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.config import is_loopback_endpoint
 from drivers.camera import CameraConfig, check_config
+from plumbing.curve import require_curve
 
 WATCHDOG_S = 10.0
 """systemd WatchdogSec of robot-agent.service: one grasp's bridge calls must fit well inside."""
@@ -109,8 +109,5 @@ def check_settings(s: BridgeDriverSettings, prefix: str = "driver.") -> None:
     for key, why in client_problems(s.bridge)[:1]:
         raise ValueError(f"{prefix}bridge.{key} = {getattr(s.bridge, key)!r}: {why}")
     check_config(s.camera, f"{prefix}camera.")
-    if not is_loopback_endpoint(s.bridge.endpoint) and not s.bridge.curve_server_public:
-        raise ValueError(
-            f"{prefix}bridge.endpoint = {s.bridge.endpoint!r} is not a loopback address; reaching "
-            f"it needs CURVE keys ({prefix}bridge.curve_server_public and curve_client_secret)"
-        )
+    has_keys = bool(s.bridge.curve_server_public)
+    require_curve(f"{prefix}bridge.endpoint", s.bridge.endpoint, has_keys, server=False)

@@ -258,7 +258,7 @@ def test_stats_flood_on_a_big_log_keeps_watchdog_and_grasp_rate(tmp_path: Path) 
     import socket
 
     from agent.grasplog import GraspLog
-    from agent.notify import Notifier
+    from plumbing.sd_notify import Notifier
 
     cfg = agent_config(
         tmp_path,
