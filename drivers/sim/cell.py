@@ -22,13 +22,11 @@ import numpy.typing as npt
 
 from agent.driver import GraspOutcome, Observation, StartClose, StepResult
 from agent.spec import Spec
-from drivers.sim import effects
+from drivers.sim import look
 from drivers.sim.camera import Camera, Frame, Lighting
 from drivers.sim.conditions import (
-    Checkerboard,
     Condition,
     ExtendGripper,
-    HarshLighting,
     OffsetGripper,
     Transparent,
     make_condition,
@@ -160,7 +158,16 @@ class SimCell(StartClose):
         self._require_started()
         frame = self._render()
         self._last_frame = frame
-        return Observation(image=self._apply_image_effects(frame), step=0, timestamp=time.time())
+        image = look.apply_effects(
+            self._condition,
+            frame,
+            self._camera,
+            self._objects,
+            self._tray,
+            self._background,
+            self._shade_ref,
+        )
+        return Observation(image=image, step=0, timestamp=time.time())
 
     def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
         """Run one full grasp attempt at the normalised ``action``."""
@@ -274,24 +281,10 @@ class SimCell(StartClose):
             p.resetBasePositionAndOrientation(body, pos, orn, physicsClientId=c)
             p.resetBaseVelocity(body, lin, ang, physicsClientId=c)
 
-    def _lighting(self) -> Lighting:
-        c = self._condition
-        if isinstance(c, HarshLighting) and c.intensity > 0:
-            az, el = math.radians(c.light_azimuth_deg), math.radians(c.light_elevation_deg)
-            k = c.intensity
-            return Lighting(
-                direction=(math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)),
-                ambient=0.6 - 0.45 * k,
-                diffuse=0.45 + 0.75 * k,
-                specular=0.05 + 0.4 * k,
-                shadow=True,
-            )
-        return Lighting()
-
     def _render(self) -> Frame:
         assert self._gripper is not None
         self._gripper.teleport(HOME, HOME_YAW)
-        return self._camera.render(self._p, self._client, self._lighting())
+        return self._camera.render(self._p, self._client, look.lighting(self._condition))
 
     def _refresh_condition_cache(self) -> None:
         """Render what the image effects need (empty-bin background, floor brightness)."""
@@ -308,37 +301,6 @@ class SimCell(StartClose):
         neutral = self._camera.render(p, c, Lighting())
         floor = neutral.seg == self._tray
         self._shade_ref = float(neutral.rgb[floor].mean()) if floor.any() else 150.0
-
-    def _apply_image_effects(self, frame: Frame) -> npt.NDArray[np.uint8]:
-        cond = self._condition
-        rgb = frame.rgb
-        cam = self._camera
-        if isinstance(cond, Transparent) and self._background is not None:
-            mask = np.isin(frame.seg, np.asarray(self._objects, dtype=np.int32))
-            rgb = effects.see_through(
-                rgb, self._background, mask, cond.opacity, cond.edge_highlight
-            )
-        if isinstance(cond, Checkerboard):
-            rgb = effects.checker_floor(
-                rgb,
-                frame.seg == self._tray,
-                cam.floor_x,
-                cam.floor_y,
-                cond.square_cm / 100,
-                cond.contrast,
-                self._shade_ref,
-            )
-        if isinstance(cond, HarshLighting):
-            rgb = effects.glare(
-                rgb,
-                cam.floor_x,
-                cam.floor_y,
-                cond.spot_x,
-                cond.spot_y,
-                cond.spot_radius_m,
-                cond.intensity,
-            )
-        return rgb
 
     def _reset_objects(self) -> None:
         """A fresh set of objects dropped into a fresh world (see :meth:`_build_world`)."""
