@@ -20,10 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,8 @@ from agent.spec import (
     ONNX_Q_OUTPUT,
     Spec,
 )
+from plumbing import names
+from plumbing.atomic import replacing_dir
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
@@ -80,9 +79,6 @@ REASONS: dict[str, str] = {
     "internal": "an unexpected error while checking the bundle",
 }
 """Every reason code a bundle can be refused with, and what it means."""
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 
 class BundleError(ValueError):
@@ -131,7 +127,7 @@ def bundle_id(model_sha: str, weights_sha: str) -> str:
 
 def is_bundle_id(text: str) -> bool:
     """True for a well-formed bundle id (16 lower-case hex digits): safe as a file name."""
-    return bool(_HEX16.match(text))
+    return names.is_bundle_id(text)
 
 
 def write_bundle(
@@ -164,21 +160,13 @@ def write_bundle(
             "files": {MODEL_FILE: model_sha, WEIGHTS_FILE: weights_sha},
         }
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bid}.", dir=dest_root))
-    try:
+    with replacing_dir(final) as tmp:  # fsyncs every file before the rename
         for name, data in (
             (MODEL_FILE, model_onnx),
             (WEIGHTS_FILE, weights_safetensors),
             (META_FILE, json.dumps(full, indent=2, sort_keys=True).encode()),
         ):
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / name).write_bytes(data)
     return final
 
 
@@ -251,7 +239,7 @@ def check_meta(meta: dict[str, Any], spec: Spec, path: Path) -> tuple[str, dict[
     if (
         not isinstance(files, dict)
         or set(files) != {MODEL_FILE, WEIGHTS_FILE}
-        or not all(isinstance(v, str) and _HEX64.match(v) for v in files.values())
+        or not all(names.is_sha256_hex(v) for v in files.values())
     ):
         raise BundleError(
             "bad_meta", f"{path}: meta.files must map {MODEL_FILE} and {WEIGHTS_FILE} to sha256"

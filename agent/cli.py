@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.commands import COMMANDS
-from agent.config import AgentConfig, ConfigError, example_toml, load_config
-from agent.extras import run_entry
+from agent.config import AgentConfig, example_toml, load_config
+from plumbing.config_loader import ConfigError
+from plumbing.extras import run_entry
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -29,12 +30,12 @@ if TYPE_CHECKING:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.signals import StopSignals
+    from plumbing.signals import StopSignals
 
     # first, before anything slow: a SIGTERM during start-up stops it cleanly (no READY=1)
     signals = StopSignals().install()
     from agent.daemon import Daemon
-    from agent.drivers import make_driver
+    from agent.driver_types import make_driver
 
     try:
         cfg = load_config(args.config) if args.config else AgentConfig()
@@ -105,7 +106,7 @@ NO_TRAINER = "no trainer configured ([trainer] endpoint): no fine-tune job can b
 
 def _ctl(args: argparse.Namespace) -> int:
     from agent.ctl import CtlError, format_reply, help_text, request
-    from agent.transport import ClientKeys
+    from plumbing.curve import ClientKeys
 
     if args.command == "help":
         print(help_text())
@@ -156,11 +157,11 @@ def _bundle_arg(value: str) -> str:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    import re
-
     import zmq.auth
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.name):
+    from plumbing.names import is_safe_name
+
+    if not is_safe_name(args.name):
         print(f"robot-agent keygen: bad --name {args.name!r}", file=sys.stderr)
         return 2
     out = Path(args.out)

@@ -23,6 +23,7 @@ import numpy as np
 from agent import lifecycle as lc
 from agent.lifecycle import LifecycleError
 from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode, peek_field
+from plumbing.names import SAFE_NAME_NO_DOTDOT, SAFE_NAME_RULE
 
 if TYPE_CHECKING:
     from agent.queries import Queries
@@ -70,10 +71,10 @@ class ControlCore(Protocol):
 Change = Callable[[ControlCore], dict[str, Any]]
 
 
-NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+NAME_PATTERN = SAFE_NAME_NO_DOTDOT
 """A condition name or a policy id: 1-64 of [A-Za-z0-9._-], starting alphanumeric, no "..";
 safe as a single directory name under data_dir."""
-NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"
+NAME_RULE = f"{SAFE_NAME_RULE}, no '..'"
 TEXT_PATTERN = r"[^\x00-\x08\x0a-\x1f\x7f]*"
 """Free text (notes, reasons): anything but control characters (tab allowed)."""
 REQUEST_FIELDS = frozenset({"id", "command", "args"})

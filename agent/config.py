@@ -3,64 +3,35 @@
 Each component owns one dataclass; :class:`AgentConfig` composes them, one TOML
 table per component (``[policy]``, ``[cem]``, ...). Unknown keys, wrong types
 and values outside their allowed set are rejected with a message naming the
-key and what is allowed. The defaults run the sim cell on loopback out of the box.
+key and what is allowed (:mod:`plumbing.config_loader`). The ``[driver]`` table
+belongs to the driver type it names, which builds and checks it
+(:mod:`agent.driver_types`). The defaults run the sim cell on loopback out of the box.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import itertools
 import os
-import re
-import tomllib
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.cem import CemParams
-from drivers.bridge.config import BridgeClientConfig, client_problems
-from drivers.camera import Camera, CameraConfig
+from agent.driver import DriverType
+from agent.driver_types import DriverConfig, driver_config, driver_type, installed_types
+from plumbing.config_loader import ConfigError, build_dataclass, check_scheme, load_toml, toml_table
+from plumbing.config_loader import need as _need
+from plumbing.curve import check_server_exposure, require_curve
+from plumbing.names import SAFE_NAME_RULE, is_safe_name
+
+KEYGEN_HINT = "; `robot-agent keygen` makes them"
+"""Added to a refusal to bind off loopback: where the key files come from."""
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 OnAlarm = Literal["mark", "alert"]
 ThresholdMethod = Literal["markov", "simulate"]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the allowed values."""
-
-
-@dataclass(frozen=True)
-class SimDriverConfig:
-    """The sim cell's own settings (``[driver.sim]``)."""
-
-    schedule: tuple[tuple[int, str], ...] = ()
-    """Conditions by grasp count since the cell started: [[0, "baseline"], [300, "transparent"]]."""
-
-
-@dataclass(frozen=True)
-class DriverConfig:
-    """Which robot to drive; each type reads its own sub-table (``[driver.sim]``, ...)."""
-
-    type: Literal["sim", "bridge", "import"] = "sim"
-    """"sim" (pybullet cell), "bridge" (a robot bridge process) or "import" (see `factory`)."""
-    factory: str = ""
-    """For type "import": "package.module:callable" returning a Driver (called with `options`)."""
-    condition: str = "baseline"
-    """Sim cell condition to start in (sim only)."""
-    seed: int = 0
-    """Seed for the driver's randomness (sim and import)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Sim: SimConfig overrides (split, n_objects...); import: the factory's keyword arguments."""
-    sim: SimDriverConfig = field(default_factory=SimDriverConfig)
-    """Settings of type "sim"."""
-    bridge: BridgeClientConfig = field(default_factory=BridgeClientConfig)
-    """Settings of type "bridge": endpoint, timeouts, reconnect backoff, CURVE keys."""
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    """Type "bridge": a camera on this computer to observe with instead of the bridge's."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +229,7 @@ class AgentConfig:
     agent: DaemonConfig = field(default_factory=DaemonConfig)
     """The control loop."""
     driver: DriverConfig = field(default_factory=DriverConfig)
-    """Which robot to drive."""
+    """Which robot to drive: a registered driver type and its own settings."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """Policy store and ONNX Runtime."""
     cem: CemParams = field(default_factory=CemParams)
@@ -283,102 +254,27 @@ class AgentConfig:
         return p if p.is_absolute() else Path(root.split(":")[0]) / p
 
 
-def load_config(path: Path | str) -> AgentConfig:
-    """Read and validate a TOML file; raises ConfigError naming the bad key."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return config_from_dict(raw)
+def load_config(path: Path | str, drivers: Mapping[str, DriverType] | None = None) -> AgentConfig:
+    """Read and validate a TOML file; raises ConfigError naming the bad key.
+
+    ``drivers``: the driver types ``[driver] type`` may name (default: the installed ones,
+    :func:`agent.driver_types.installed_types`)."""
+    return config_from_dict(load_toml(path), drivers)
 
 
-def config_from_dict(raw: dict[str, Any]) -> AgentConfig:
-    """Build and validate an AgentConfig from nested dicts (the parsed TOML)."""
-    cfg = build_dataclass(AgentConfig, raw)
+def config_from_dict(
+    raw: dict[str, Any], drivers: Mapping[str, DriverType] | None = None
+) -> AgentConfig:
+    """Build and validate an AgentConfig from nested dicts (the parsed TOML).
+
+    The ``[driver]`` table is built by the driver type it names (see :func:`load_config`)."""
+    rest = dict(raw)
+    table = rest.pop("driver", {})
+    cfg = build_dataclass(AgentConfig, rest)
     assert isinstance(cfg, AgentConfig)
+    cfg = dataclasses.replace(cfg, driver=driver_config(table, drivers))
     validate(cfg)
     return cfg
-
-
-def build_dataclass(cls: type[Any], raw: Any, prefix: str = "") -> Any:
-    """A (frozen) dataclass ``cls`` from a parsed TOML table: nested tables become nested
-    dataclasses, values are checked against the field types (Literal, dict, tuple, ...);
-    raises ConfigError naming the key (``prefix`` + name) on an unknown key or bad value.
-    Shared by the agent's and the trainer service's configs."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # a settings class that checks itself (e.g. CemParams)
-        raise ConfigError(str(exc)) from exc
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return build_dataclass(tp, value, key + ".")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{key} = {value!r} is not allowed; allowed values: "
-                + ", ".join(repr(a) for a in allowed)
-            )
-        return value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported union type")  # none are used yet
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if origin is tuple:  # a TOML array: tuple[X, ...] or a fixed tuple[X, Y]
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be an array, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must be an array of {len(args)} items, got {value!r}")
-        return tuple(
-            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
-        )
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
-
-
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 def validate(cfg: AgentConfig) -> None:
@@ -429,11 +325,7 @@ def validate(cfg: AgentConfig) -> None:
     _need(g.busy_timeout_ms >= 0, "grasp_log.busy_timeout_ms: must be >= 0")
     s = cfg.sockets
     for key in ("command_endpoint", "event_endpoint"):
-        ep = getattr(s, key)
-        _need(
-            ep.startswith(("tcp://", "ipc://", "inproc://")),
-            f"sockets.{key} = {ep!r}: allowed schemes: tcp://, ipc://, inproc://",
-        )
+        check_scheme(f"sockets.{key}", getattr(s, key))
     _need(s.max_message_bytes >= 1024, "sockets.max_message_bytes: must be >= 1024")
     _need(
         s.max_frame_bytes >= s.max_message_bytes,
@@ -454,57 +346,24 @@ def validate(cfg: AgentConfig) -> None:
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "sockets.curve_server_secret and sockets.curve_clients_dir must be set together",
     )
-    validate_driver(cfg.driver)
     _need(cfg.agent.max_grasps >= 0, "agent.max_grasps: must be >= 0")
     _need(cfg.agent.idle_sleep_s > 0, "agent.idle_sleep_s: must be > 0")
     validate_trainer(cfg.trainer)
 
 
-def validate_driver(dr: DriverConfig) -> None:
-    """Checks of the [driver] table and its sub-tables; raises ConfigError naming the key."""
-    from drivers.sim.schedule import parse_schedule
-
-    _need(
-        dr.type != "import" or ":" in dr.factory,
-        f"driver.factory = {dr.factory!r}: type 'import' needs 'package.module:callable'",
-    )
-    try:
-        parse_schedule(dr.sim.schedule, "driver.sim.schedule")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    for key, why in client_problems(dr.bridge)[:1]:
-        raise ConfigError(f"driver.bridge.{key} = {getattr(dr.bridge, key)!r}: {why}")
-    try:
-        Camera(dr.camera)  # checks its settings; opens nothing
-    except ValueError as exc:
-        raise ConfigError(f"driver.camera.{exc}") from exc
-    _need(
-        dr.type != "bridge"
-        or is_loopback_endpoint(dr.bridge.endpoint)
-        or bool(dr.bridge.curve_server_public),
-        f"driver.bridge.endpoint = {dr.bridge.endpoint!r} is not a loopback address; reaching it "
-        "needs CURVE keys (driver.bridge.curve_server_public and curve_client_secret)",
-    )
-
-
 def validate_trainer(t: TrainerConfig) -> None:
     """Checks of the [trainer] table; raises ConfigError naming the key."""
-    _need(
-        not t.endpoint or t.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
-        f"trainer.endpoint = {t.endpoint!r}: allowed schemes: tcp://, ipc://, inproc://",
-    )
+    if t.endpoint:
+        check_scheme("trainer.endpoint", t.endpoint)
     _need(
         bool(t.curve_server_public) == bool(t.curve_client_secret),
         "trainer.curve_server_public and trainer.curve_client_secret must be set together",
     )
+    if t.endpoint:
+        require_curve("trainer.endpoint", t.endpoint, bool(t.curve_server_public), server=False)
     _need(
-        not t.endpoint or is_loopback_endpoint(t.endpoint) or bool(t.curve_server_public),
-        f"trainer.endpoint = {t.endpoint!r} is not a loopback address; reaching it needs CURVE "
-        "keys (set trainer.curve_server_public and trainer.curve_client_secret)",
-    )
-    _need(
-        not t.agent_id or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", t.agent_id) is not None,
-        f"trainer.agent_id = {t.agent_id!r}: letters, digits, '.', '_', '-' (<= 64, no '/')",
+        not t.agent_id or is_safe_name(t.agent_id),
+        f"trainer.agent_id = {t.agent_id!r}: {SAFE_NAME_RULE}, no '/'",
     )
     _need(4096 <= t.chunk_bytes <= 64 << 20, "trainer.chunk_bytes: must be in [4096, 64 MiB]")
     _need(t.heartbeat_s > 0, "trainer.heartbeat_s: must be > 0")
@@ -520,30 +379,13 @@ def validate_trainer(t: TrainerConfig) -> None:
     )
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for ipc/inproc endpoints and tcp endpoints bound to a loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # an interface name or '*': not loopback
-
-
 def check_exposure(cfg: SocketsConfig) -> None:
     """Refuse a non-loopback bind without CURVE keys; raises ConfigError saying why.
 
-    Every ``*_endpoint`` field of the sockets table is checked, so a socket added later is
-    covered without touching this function.
+    Every ``*_endpoint`` field of the sockets table is checked (the one rule,
+    :func:`plumbing.curve.check_server_exposure`), so a socket added later is covered.
     """
-    for f in dataclasses.fields(cfg):
-        if f.name.endswith("_endpoint"):
-            check_endpoint_exposure(
-                f"sockets.{f.name}", getattr(cfg, f.name), bool(cfg.curve_server_secret)
-            )
+    check_server_exposure(cfg, "sockets", KEYGEN_HINT)
 
 
 def check_paths(cfg: AgentConfig) -> None:
@@ -559,68 +401,20 @@ def check_paths(cfg: AgentConfig) -> None:
         )
 
 
-def check_endpoint_exposure(key: str, endpoint: str, curve: bool) -> None:
-    """Refuse to bind ``endpoint`` (named ``key`` in messages) off loopback without CURVE."""
-    if not curve and not is_loopback_endpoint(endpoint):
-        raise ConfigError(
-            f"{key} = {endpoint!r} is not a loopback address; binding it needs CURVE keys "
-            "(set sockets.curve_server_secret and sockets.curve_clients_dir; "
-            "`robot-agent keygen` makes them), refusing to start"
-        )
+def example_toml(drivers: Mapping[str, DriverType] | None = None) -> str:
+    """A TOML file listing every key with its default and help line (for docs and `--print`).
 
-
-def example_toml() -> str:
-    """A TOML file listing every key with its default and help line (for docs and `--print`)."""
+    ``[driver]`` shows the default type's keys; the other registered types are named."""
+    types = installed_types() if drivers is None else drivers
+    default = DriverConfig()
+    kind = driver_type(default.type, types)
     lines: list[str] = []
+    hints = typing.get_type_hints(AgentConfig)
     for top in dataclasses.fields(AgentConfig):
-        tables = [(top.name, typing.get_type_hints(AgentConfig)[top.name])]
-        while tables:  # a nested dataclass field is a sub-table ([driver.bridge]) after its parent
-            name, sub = tables.pop(0)
-            lines.append(f"[{name}]")
-            docs = field_docs(sub)
-            hints = typing.get_type_hints(sub)
-            for f in dataclasses.fields(sub):
-                if dataclasses.is_dataclass(hints[f.name]):
-                    tables.append((f"{name}.{f.name}", hints[f.name]))
-                    continue
-                default = getattr(sub(), f.name)
-                lines.append(f"# {docs.get(f.name, '')}")
-                lines.append(f"{f.name} = {_toml_value(default)}")
-            lines.append("")
+        if top.name != "driver":
+            lines += toml_table(top.name, hints[top.name])
+            continue
+        others = ", ".join(f'"{n}" ({types[n].summary})' for n in types if n != default.type)
+        doc = f'"{default.type}" ({kind.summary}); or {others}, with their own keys'
+        lines += toml_table("driver", kind.config, [("type", doc, default.type)])
     return "\n".join(lines)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, dict):
-        return (
-            "{}"
-            if not v
-            else "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-        )
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def field_docs(cls: type[Any]) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) read from the source."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for a, b in itertools.pairwise(body):
-        if (
-            isinstance(a, ast.AnnAssign)
-            and isinstance(a.target, ast.Name)
-            and isinstance(b, ast.Expr)
-            and isinstance(b.value, ast.Constant)
-            and isinstance(b.value.value, str)
-        ):
-            docs[a.target.id] = b.value.value.strip()
-    return docs

@@ -11,8 +11,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from agent.commands import COMMANDS, REPLY_MAX_BYTES
-from agent.transport import ClientKeys
 from agent.wire import WireError, decode, encode
+from plumbing.curve import ClientKeys
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH

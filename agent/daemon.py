@@ -45,18 +45,18 @@ from agent.command_thread import CommandContext, CommandThread
 from agent.commands import Change, CommandError
 from agent.config import AgentConfig, check_exposure
 from agent.decision_guard import MARKER_FILE, DecisionGuard, clear_marker, read_marker
+from agent.driver import Driver, DriverUnavailable
 from agent.effects import record_step
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog, GraspRecord, LogReader, TransitionRecord, is_disk_full
 from agent.held import HeldWrites
 from agent.loader import LoadResult, PolicyLoader
-from agent.notify import Notifier
 from agent.policy import Policy, PolicyFault
 from agent.queries import Queries
-from agent.signals import EXIT_SECOND_SIGNAL, StopSignals
 from agent.transport import EventPublisher, Security
 from agent.watch import Judgement, OutcomeWatch
-from drivers.base import Driver, DriverUnavailable
+from plumbing.sd_notify import Notifier
+from plumbing.signals import EXIT_SECOND_SIGNAL, StopSignals
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from plumbing import atomic
+
 log = logging.getLogger(__name__)
 
 EXIT_HUNG = 3
@@ -175,12 +177,9 @@ class DecisionGuard:
 
     def _write_marker(self, policy_id: str, active: float) -> None:
         """Called with the lock held: write-then-rename, so a reader sees all or nothing."""
-        tmp = self.marker.with_suffix(".tmp")
+        mark = {"policy": policy_id, "since": time.time() - active, "active_s": active}
         try:
-            tmp.write_text(
-                json.dumps({"policy": policy_id, "since": time.time() - active, "active_s": active})
-            )
-            os.replace(tmp, self.marker)
+            atomic.write_text(self.marker, json.dumps(mark))
             self._marked = True
         except OSError as exc:  # a full disk must not stop the guard
             log.warning("cannot write decision marker %s: %s", self.marker, exc)

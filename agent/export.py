@@ -22,9 +22,6 @@ appears atomically (written aside, then renamed).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ import numpy as np
 
 from agent.grasplog import LogQueries, decode_image
 from agent.spec import Spec
+from plumbing.atomic import replacing_dir
 
 DATASET_FORMAT = "robot-agent-dataset"
 DATASET_VERSION = 1
@@ -109,17 +107,11 @@ def export_condition(
             for k, v in arrays.items()
         },
     }
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with replacing_dir(dest) as tmp:
         for k, v in arrays.items():
             np.save(tmp / f"{k}.npy", v, allow_pickle=False)
         (tmp / "grasps.json").write_text(json.dumps(list(grasps.values())))
         (tmp / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.wire import WireError
+from plumbing.atomic import publish
+from plumbing.names import SAFE_NAME, is_safe_name, is_sha256_hex
 
 PROTOCOL = 1
 """Job protocol version, negotiated in ``hello``."""
@@ -36,8 +37,6 @@ MAX_RANGES = 512
 """Most missing-chunk ranges listed in one reply (the rest is asked for again later)."""
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Chunk size the agent proposes."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 AGENT_TO_TRAINER = (
     "hello",
@@ -71,9 +70,9 @@ TRAINER_TO_AGENT = (
 
 def check_name(key: str, value: Any) -> str:
     """``value`` if it is one safe path component (letters, digits, ``._-``); else WireError."""
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    if not is_safe_name(value, allow_dotdot=False):
         raise WireError(
-            "bad_request", f"{key} = {value!r}: must match {_NAME.pattern} and contain no '..'"
+            "bad_request", f"{key} = {value!r}: must match {SAFE_NAME} and contain no '..'"
         )
     return value
 
@@ -169,7 +168,7 @@ class Manifest:
             if not isinstance(f, dict):
                 raise WireError("bad_request", "manifest file entries must be objects")
             sha = f.get("sha256")
-            if not isinstance(sha, str) or not _SHA.match(sha):
+            if not is_sha256_hex(sha):
                 raise WireError("bad_request", "manifest sha256 must be 64 lowercase hex digits")
             files.append(
                 FileEntry(check_name("file", f.get("name")), check_int("size", f.get("size")), sha)
@@ -278,7 +277,7 @@ class PartFile:
             self.part.stat().st_size == self.entry.size and file_sha(self.part) == self.entry.sha256
         )
         if ok:
-            os.replace(self.part, self.final)
+            publish(self.part, self.final)
         else:
             self.part.unlink(missing_ok=True)
         return ok

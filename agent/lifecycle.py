@@ -26,21 +26,17 @@ reject a policy, publish an alarm). Illegal events raise :class:`LifecycleError`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-CONDITION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""Allowed condition names: they become directory names under data_dir (no separators)."""
+from plumbing.names import SAFE_NAME_RULE, is_safe_name
 
 
 def check_condition_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is a safe condition name (see CONDITION_NAME)."""
-    if not CONDITION_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(
-            f"bad condition name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit, without '..'"
-        )
+    """Raise ValueError unless ``name`` is a safe name without '..' (plumbing.names): condition
+    names become directory names under data_dir."""
+    if not is_safe_name(name, allow_dotdot=False):
+        raise ValueError(f"bad condition name {name!r}: use {SAFE_NAME_RULE}, without '..'")
 
 
 class Phase(StrEnum):

@@ -1,10 +1,11 @@
-"""ZeroMQ adapters: CURVE security, the command ROUTER, the event PUB, and client keys.
+"""ZeroMQ adapters of the agent: the command ROUTER, the event PUB, and their CURVE security.
 
 Sockets are opened in ``bind``, used from one thread (the control thread) and closed in
-``close``. Every server socket binds through :meth:`Security.bind`, which refuses a
-non-loopback endpoint unless CURVE keys are loaded (a socket added later, e.g. a trainer
-link, gets the same rule by binding through it), turns CURVE on, and sets the ZAP domain that
-the authenticator checks client keys in. Every socket sets ``ZMQ_MAXMSGSIZE``.
+``close``. Every server socket binds through :meth:`Security.bind` (:mod:`plumbing.curve`,
+the project's one CURVE rule), which refuses a non-loopback endpoint unless CURVE keys are
+loaded (a socket added later gets the same rule by binding through it), turns CURVE on, and
+sets the ZAP domain that the authenticator checks client keys in. Every socket sets
+``ZMQ_MAXMSGSIZE``.
 
 Command socket rules (see docs/agent.md, "Operator commands"):
 
@@ -27,21 +28,18 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
-from agent.config import ConfigError, SocketsConfig, check_endpoint_exposure, check_exposure
+from agent.config import KEYGEN_HINT, SocketsConfig
 from agent.ratelimit import RateLimiter, TokenBucket
 from agent.wire import ERROR_CODES, MAX_MESSAGE_BYTES, WireError, encode
+from plumbing import curve
 
 log = logging.getLogger(__name__)
 
@@ -50,150 +48,16 @@ ZAP_DOMAIN = "robot-agent"
 """ZAP domain of the agent's server sockets; client keys are only accepted in it."""
 SUBSCRIPTION_MAX_BYTES = 4096
 """ZMQ_MAXMSGSIZE of the PUB socket, whose only inbound messages are subscriptions."""
-HANDSHAKE_MS = 5000
-"""A connection that has not completed its (CURVE) handshake by then is closed."""
 READ_BURST = 64
 """Requests the command socket may read at once before its read rate applies."""
 
 
-class CurveSettings(Protocol):
-    """Where a server's CURVE keys are (``[sockets]`` has these; a trainer config can too)."""
+class Security(curve.Security):
+    """The agent's server security: :class:`plumbing.curve.Security` for the ``[sockets]``
+    table in the agent's ZAP domain (every ``*_endpoint`` of the table checked at start)."""
 
-    @property
-    def curve_server_secret(self) -> str: ...
-    @property
-    def curve_clients_dir(self) -> str: ...
-
-
-class Security:
-    """CURVE server keys and the ZAP authenticator shared by all server sockets of a process.
-
-    Without ``curve_server_secret`` it does nothing but refuse non-loopback binds. With it,
-    :meth:`start` loads the server key and every ``*.key`` in ``curve_clients_dir`` and starts
-    a ``zmq.auth`` ThreadAuthenticator for domain :data:`ZAP_DOMAIN`; a client whose public
-    key is not in that directory fails the handshake and never reaches a socket.
-    """
-
-    def __init__(self, cfg: CurveSettings, domain: str = ZAP_DOMAIN) -> None:
-        self.cfg = cfg
-        self.domain = domain
-        self._auth: Any = None
-        self._keys: tuple[bytes, bytes] | None = None
-        self.client_keys = 0
-        """Authorised client keys loaded by :meth:`start`."""
-
-    @property
-    def enabled(self) -> bool:
-        """True once CURVE keys are loaded (after :meth:`start`)."""
-        return self._keys is not None
-
-    def start(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-        """Load keys and start the authenticator (before any socket binds)."""
-        if isinstance(self.cfg, SocketsConfig):
-            check_exposure(self.cfg)
-        if not self.cfg.curve_server_secret:
-            return
-        self._keys = load_secret_key(self.cfg.curve_server_secret, "curve_server_secret")
-        self.client_keys = len(load_public_keys(self.cfg.curve_clients_dir))
-        if not self.client_keys:
-            log.warning(
-                "no client keys in %s: no client can connect until one is added",
-                self.cfg.curve_clients_dir,
-            )
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("agent.transport.zap"))
-        self._auth.start()
-        self._auth.configure_curve(domain=self.domain, location=self.cfg.curve_clients_dir)
-
-    def reload_clients(self) -> int:
-        """Re-read the client key directory (keys added or removed); returns how many."""
-        if self._auth is None:
-            return 0
-        self.client_keys = len(load_public_keys(self.cfg.curve_clients_dir))
-        self._auth.configure_curve(domain=self.domain, location=self.cfg.curve_clients_dir)
-        return self.client_keys
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Make ``sock`` a CURVE server in this ZAP domain (no-op without keys)."""
-        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-        if self._keys is not None:
-            sock.curve_publickey, sock.curve_secretkey = self._keys
-            sock.curve_server = True
-            sock.zap_domain = self.domain.encode()
-
-    def bind(self, sock: zmq.Socket[bytes], endpoint: str, key: str) -> str:
-        """Secure and bind ``sock``; refuses (ConfigError) off loopback without CURVE keys.
-
-        ``key`` names the endpoint in messages (e.g. ``"sockets.command_endpoint"``).
-        Returns the resolved endpoint (a ``*`` port replaced by the real one).
-        """
-        check_endpoint_exposure(key, endpoint, self.enabled)
-        self.apply(sock)
-        sock.bind(endpoint)
-        return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-
-    def stop(self) -> None:
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-
-
-def load_secret_key(path: str, key: str = "key file") -> tuple[bytes, bytes]:
-    """(public, secret) from a zmq.auth secret certificate; ConfigError saying what is wrong."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{key} = {path!r}: cannot read a CURVE key: {exc}") from exc
-    if secret is None:
-        raise ConfigError(f"{key} = {path!r} holds only a public key; give the *.key_secret file")
-    mode = os.stat(path).st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s: secret key readable by others (mode %o); chmod 600 it", path, mode & 0o777)
-    return public, secret
-
-
-def load_public_keys(directory: str) -> list[bytes]:
-    """Public keys of every ``*.key`` file in ``directory``; ConfigError naming a bad file."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise ConfigError(f"sockets.curve_clients_dir = {directory!r} is not a directory")
-    keys: list[bytes] = []
-    for f in sorted(d.glob("*.key")):
-        try:
-            public, _ = zmq.auth.load_certificate(f)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{f}: not a CURVE public key file: {exc}") from exc
-        keys.append(public)
-    return keys
-
-
-@dataclass(frozen=True)
-class ClientKeys:
-    """A CURVE client's key pair and the server public key it expects."""
-
-    public: bytes
-    """Client public key (z85)."""
-    secret: bytes
-    """Client secret key (z85)."""
-    server_public: bytes
-    """The server's public key (z85): the client refuses any other server."""
-
-    @classmethod
-    def load(cls, client_secret_file: str, server_public_file: str) -> ClientKeys:
-        """Read ``NAME.key_secret`` (client) and ``SERVER.key`` (server public key)."""
-        public, secret = load_secret_key(client_secret_file, "client key")
-        try:
-            server_public, _ = zmq.auth.load_certificate(server_public_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"server key {server_public_file!r}: cannot read a CURVE key: {exc}"
-            ) from exc
-        return cls(public, secret, server_public)
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Make ``sock`` a CURVE client of that server (before connect)."""
-        sock.curve_serverkey = self.server_public
-        sock.curve_publickey = self.public
-        sock.curve_secretkey = self.secret
+    def __init__(self, cfg: SocketsConfig, domain: str = ZAP_DOMAIN) -> None:
+        super().__init__(cfg, domain, table="sockets", hint=KEYGEN_HINT)
 
 
 @dataclass(frozen=True)

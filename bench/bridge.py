@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import numpy.typing as npt
 
+from agent.driver import Driver, GraspOutcome
 from agent.spec import DEFAULT_SPEC
-from drivers.base import Driver, GraspOutcome
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig, BridgeServerConfig
 from drivers.bridge.server import BridgeServer, Grasp
@@ -149,7 +149,8 @@ def sim_comparison(grasps: int) -> dict[str, float]:
 
     Same seed and actions on both sides: the same physics; alternating cancels load drift.
     """
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "drivers.sim.cli", "bridge", "--endpoint", endpoint]

@@ -34,7 +34,8 @@ from agent.spec import DEFAULT_SPEC
 
 
 def _sim_images() -> list[np.ndarray]:
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     cell = SimCell(SimConfig(seed=11))
     cell.start()

@@ -83,7 +83,8 @@ def run_scenes(args: tuple[list[int], str, list[str], int]) -> list[dict[str, An
     from agent.bundle import validate_bundle
     from agent.config import CemConfig, PolicyConfig
     from agent.policy import load_policy
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     cem = CemConfig(samples=64, iterations=CEM_ITERATIONS, init_std=0.5)
     policies = [

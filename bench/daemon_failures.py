@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.daemon import Daemon  # noqa: E402
 from agent.grasplog import GraspLog  # noqa: E402
-from agent.notify import Notifier  # noqa: E402
+from plumbing.sd_notify import Notifier  # noqa: E402
 from tests.agent.conftest import agent_config  # noqa: E402
 from tests.agent.fakes import FakeDriver, make_bundle  # noqa: E402
 from tests.agent.test_crash import Cell, drain  # noqa: E402

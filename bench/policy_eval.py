@@ -38,7 +38,8 @@ def run_seed(
     from agent.bundle import validate_bundle
     from agent.config import CemConfig, PolicyConfig
     from agent.policy import load_policy
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     bundle = validate_bundle(Path(bundle_dir))
     cem = CemConfig(samples=samples, iterations=iterations, init_std=init_std)

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
 from drivers.sim.conditions import CONDITION_NAMES
+from drivers.sim.config import SimConfig
 from drivers.sim.scripted import ScriptedPolicy
 
 

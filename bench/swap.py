@@ -90,7 +90,8 @@ def make_bundles(base: Path, n: int, dest: Path) -> list[Path]:
 
 
 def sim_images(n: int) -> list[np.ndarray]:
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     rng = np.random.default_rng(0)
     images = []

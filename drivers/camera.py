@@ -26,8 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from agent.driver import StartClose
 from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import StartClose
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,16 @@ class Frame:
     """The source's own position or timestamp of the frame, milliseconds (0 when unknown)."""
 
 
+def check_config(cfg: CameraConfig, prefix: str = "") -> None:
+    """ValueError naming the first bad key (``prefix`` + key); opens nothing."""
+    if cfg.crop and (len(cfg.crop) != 4 or min(cfg.crop) < 0):
+        raise ValueError(f"{prefix}crop = {cfg.crop!r}: must be (x, y, width, height) >= 0")
+    if cfg.crop and min(cfg.crop[2:]) == 0:
+        raise ValueError(f"{prefix}crop = {cfg.crop!r}: width and height must be > 0")
+    if cfg.read_timeout_s <= 0:
+        raise ValueError(f"{prefix}read_timeout_s must be > 0")
+
+
 def is_device(source: str) -> bool:
     """A bare integer names a capture device."""
     return source.strip().isdigit()
@@ -84,12 +94,7 @@ class Camera(StartClose):
 
     def __init__(self, cfg: CameraConfig | None = None, spec: Spec = DEFAULT_SPEC) -> None:
         self.cfg = cfg or CameraConfig()
-        if self.cfg.crop and (len(self.cfg.crop) != 4 or min(self.cfg.crop) < 0):
-            raise ValueError(f"crop = {self.cfg.crop!r}: must be (x, y, width, height) >= 0")
-        if self.cfg.crop and min(self.cfg.crop[2:]) == 0:
-            raise ValueError(f"crop = {self.cfg.crop!r}: width and height must be > 0")
-        if self.cfg.read_timeout_s <= 0:
-            raise ValueError("read_timeout_s must be > 0")
+        check_config(self.cfg)
         self.spec = spec
         self._cv: Any = None  # the cv2 module, imported by start(): configs load without it
         self._cap: Any = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.driver import Driver, GraspOutcome, Observation, StepResult
 from agent.spec import Spec
-from drivers.base import Driver, GraspOutcome, Observation, StepResult
 
 
 class DriverContract:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.extras import EXTRA_MODULES, extra_of, missing_extras, missing_message
+from plumbing.extras import EXTRA_MODULES, extra_of, missing_extras, missing_message
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -304,7 +304,7 @@ def test_generated_configs_load_as_the_agent_and_trainer_read_them(tmp_path: Pat
     cfg = config_from_dict(tomllib.loads(dumps_toml(a)))
     assert cfg.lifecycle.on_alarm == "mark" and cfg.lifecycle.exploration_grasps == 321
     assert cfg.agent.max_grasps == 6400 and cfg.agent.data_dir == str(tmp_path / "agent")
-    assert [list(e) for e in cfg.driver.sim.schedule] == plan.schedule()
+    assert [list(e) for e in cfg.driver.settings.sim.schedule] == plan.schedule()
     assert cfg.sockets.event_endpoint == ep.events and cfg.trainer.endpoint == ep.trainer
     with open(REPO / "configs" / "demo-trainer.toml", "rb") as f:
         t_tmpl = tomllib.load(f)

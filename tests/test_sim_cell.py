@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivers.sim.cell import TRAY_HALF, SimCell, SimConfig
+from drivers.sim.cell import TRAY_HALF, SimCell
 from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args
+from drivers.sim.config import SimConfig
 from drivers.sim.objects import N_TRAIN, object_ids
 from drivers.sim.scripted import RandomPolicy, ScriptedPolicy
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
+from drivers.sim.config import SimConfig
 from tests.driver_contract import DriverContract
 
 

@@ -209,7 +209,7 @@ def test_install_script_stages_units_configs_and_is_idempotent(tmp_path: Path) -
     before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     res = _stage(root)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert load_config(conf).driver.seed == 7 and "kept" in res.stdout
+    assert load_config(conf).driver.settings.seed == 7 and "kept" in res.stdout
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
 
 

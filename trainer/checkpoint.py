@@ -8,13 +8,13 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from plumbing.atomic import replacing, write_text
 from trainer.learner import Learner
 
 WEIGHTS = "checkpoint.safetensors"
@@ -37,13 +37,9 @@ def _flatten(learner: Learner) -> dict[str, torch.Tensor]:
 def save_checkpoint(learner: Learner, root: Path, extra: dict[str, Any]) -> None:
     """Write the learner's full training state under ``root`` (atomically per file)."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{WEIGHTS}.tmp"
-    save_file(_flatten(learner), str(tmp))
-    os.replace(tmp, root / WEIGHTS)
-    state = {"steps": learner.steps, **extra}
-    tmpj = root / f".{STATE}.tmp"
-    tmpj.write_text(json.dumps(state, indent=2))
-    os.replace(tmpj, root / STATE)
+    with replacing(root / WEIGHTS) as tmp:
+        save_file(_flatten(learner), str(tmp))
+    write_text(root / STATE, json.dumps({"steps": learner.steps, **extra}, indent=2))
 
 
 def load_checkpoint(learner: Learner, root: Path) -> dict[str, Any] | None:

@@ -141,14 +141,14 @@ def _base_data(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent.signals import StopSignals
+    from plumbing.signals import StopSignals
 
     # installed by main() before anything slow (torch, the runner): a SIGTERM during
     # start-up makes the service stop before READY=1 and exit 0, as a SIGTERM later does
     signals: StopSignals = getattr(args, "stop_signals", None) or StopSignals().install()
     import logging
 
-    from agent.config import ConfigError
+    from plumbing.config_loader import ConfigError
     from trainer.service import serve
     from trainer.service_config import load_service_config, service_config_from_dict
 
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     signals = None
     if words[:1] == ["serve"]:  # before the parser: it imports the recipes, hence torch
-        from agent.signals import StopSignals
+        from plumbing.signals import StopSignals
 
         signals = StopSignals().install()
     args = build_parser().parse_args(words)

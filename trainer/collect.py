@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from plumbing.atomic import replacing
+
 SHARD = 500
 """Grasps per shard file."""
 
@@ -97,7 +99,8 @@ def _policy_actor(cfg: CollectConfig, spec: object) -> ActFn:
 
 def _worker(cfg: CollectConfig, index: int, todo: int, out_dir: str, first_shard: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     seed = cfg.seed * 1000 + index
     rng = np.random.default_rng(seed + 17)
@@ -118,9 +121,8 @@ def _worker(cfg: CollectConfig, index: int, todo: int, out_dir: str, first_shard
                 res = cell.execute(a)
                 images[i], actions[i] = obs.image, a
                 success[i] = int(bool(res.outcome and res.outcome.success))
-            tmp = out / f".w{index}-{shard:05d}.tmp.npz"
-            np.savez(tmp, image=images, action=actions, success=success)
-            os.replace(tmp, out / f"w{index}-{shard:05d}.npz")
+            with replacing(out / f"w{index}-{shard:05d}.npz") as tmp:
+                np.savez(tmp, image=images, action=actions, success=success)
             shard += 1
             done += n
 

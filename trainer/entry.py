@@ -2,7 +2,7 @@
 
 The robot-side install (``pip install .`` without the ``[trainer]`` extra) still ships the
 ``robot-trainer`` command; there it says which extra is missing and exits 2 instead of
-ending in a ModuleNotFoundError traceback (agent.extras, the rule of every console script).
+ending in a ModuleNotFoundError traceback (plumbing.extras, the rule of every console script).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from agent.extras import run_entry
+from plumbing.extras import run_entry
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.bundle import validate_bundle
+from plumbing.atomic import replacing_dir
 from trainer.jobs import Event, Failed, Finished
 
 log = logging.getLogger(__name__)
@@ -204,10 +204,8 @@ def store_bundle(src: Path, bundles: Path) -> str:
     b = validate_bundle(src)
     final = bundles / b.id
     if not final.exists():
-        tmp = bundles / f".tmp-{b.id}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        os.replace(tmp, final)
+        with replacing_dir(final) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
     return b.id
 
 
@@ -239,19 +237,15 @@ def ingest_once(spec: WorkSpec) -> Path:
         raise ValueError(
             f"export is of condition {index.get('condition')!r}, the job names {spec.condition!r}"
         )
-    spec.lineage.mkdir(parents=True, exist_ok=True)
-    tmp = spec.lineage / f".tmp-{spec.key}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    grasps = import_agent_export(spec.export_dir, tmp / "data")
-    source = {
-        "key": spec.key,
-        "agent_job": spec.agent_job,
-        "condition": spec.condition,
-        "grasps": grasps,
-    }
-    (tmp / "source.json").write_text(json.dumps(source, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with replacing_dir(final, replace=True) as tmp:  # a half-ingested earlier try goes
+        grasps = import_agent_export(spec.export_dir, tmp / "data")
+        source = {
+            "key": spec.key,
+            "agent_job": spec.agent_job,
+            "condition": spec.condition,
+            "grasps": grasps,
+        }
+        (tmp / "source.json").write_text(json.dumps(source, indent=1))
     return final
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 
 from agent.bundle import Bundle
 from agent.spec import DEFAULT_SPEC
+from plumbing.atomic import write_text
 from trainer import loop
 from trainer.checkpoint import load_checkpoint
 from trainer.collect import CollectConfig, collect, load_shards
@@ -83,9 +83,7 @@ def _stage(out: Path) -> dict[str, Any]:
 def _mark(out: Path, state: dict[str, Any], stage: str, **extra: Any) -> None:
     state["done"].append(stage)
     state.update(extra)
-    tmp = out / ".state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, out / "state.json")
+    write_text(out / "state.json", json.dumps(state, indent=2))
 
 
 def ingest_shards(

@@ -11,7 +11,6 @@ with ``allow_pickle=False``: no pickle on disk.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from plumbing.atomic import replacing
 from trainer.dataset import EpisodeDataset
 
 FORMAT = 1
@@ -37,15 +37,14 @@ def write_archive(dataset: Path, archive: Path, meta: dict[str, Any]) -> dict[st
         success.append(ep.success)
     full = {**meta, "format": FORMAT, "grasps": len(success), "successes": int(sum(success))}
     archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(archive.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        image=np.stack(images).astype(np.uint8),
-        action=np.stack(actions).astype(np.float32),
-        success=np.asarray(success, np.uint8),
-        meta=np.array(json.dumps(full, sort_keys=True)),
-    )
-    os.replace(tmp, archive)
+    with replacing(archive) as tmp:  # the temporary name keeps .npz: numpy adds none
+        np.savez_compressed(
+            tmp,
+            image=np.stack(images).astype(np.uint8),
+            action=np.stack(actions).astype(np.float32),
+            success=np.asarray(success, np.uint8),
+            meta=np.array(json.dumps(full, sort_keys=True)),
+        )
     return full
 
 

@@ -39,9 +39,9 @@ from agent.jobwire import (
     manifest_of_dir,
     read_chunk,
 )
-from agent.notify import Notifier
-from agent.transport import Security
 from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode, peek_field
+from plumbing.curve import Security
+from plumbing.sd_notify import Notifier
 from trainer import jobs as jl
 from trainer.jobs import CANCELLABLE, FINISHED, Job, JobState
 from trainer.jobstore import JobStore
@@ -577,7 +577,7 @@ def serve(
     the event of stop handlers the caller installed already (before its slow imports);
     without it they are installed here.
     """
-    from agent.signals import StopSignals
+    from plumbing.signals import StopSignals
 
     svc = JobService(cfg, notifier=notifier or Notifier())
     if stop is None:

@@ -9,12 +9,13 @@ types are rejected with a message naming the key (the agent's loader).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, build_dataclass, is_loopback_endpoint
+from plumbing.config_loader import build_dataclass, check_scheme, load_toml
+from plumbing.config_loader import need as _need
+from plumbing.curve import require_curve
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,7 @@ class TrainerServiceConfig:
 
 def load_service_config(path: Path | str) -> TrainerServiceConfig:
     """Read and validate a TOML file; raises ConfigError naming the bad key."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return service_config_from_dict(raw)
+    return service_config_from_dict(load_toml(path))
 
 
 def service_config_from_dict(raw: dict[str, Any]) -> TrainerServiceConfig:
@@ -88,17 +82,9 @@ def service_config_from_dict(raw: dict[str, Any]) -> TrainerServiceConfig:
     return cfg
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
 def validate_service(s: ServiceConfig) -> None:
     """Cross-field checks; raises ConfigError naming the key."""
-    _need(
-        s.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
-        f"service.endpoint = {s.endpoint!r}: allowed schemes: tcp://, ipc://, inproc://",
-    )
+    check_scheme("service.endpoint", s.endpoint)
     _need(
         bool(s.curve_server_secret) == bool(s.curve_clients_dir),
         "service.curve_server_secret and service.curve_clients_dir must be set together",
@@ -117,10 +103,5 @@ def validate_service(s: ServiceConfig) -> None:
 
 
 def check_service_exposure(s: ServiceConfig) -> None:
-    """The agent's rule: refuse a non-loopback bind without CURVE keys, saying why."""
-    if not is_loopback_endpoint(s.endpoint) and not s.curve_server_secret:
-        raise ConfigError(
-            f"service.endpoint = {s.endpoint!r} is not a loopback address; binding it needs CURVE "
-            "keys (set service.curve_server_secret and service.curve_clients_dir), "
-            "refusing to start"
-        )
+    """Refuse a non-loopback bind without CURVE keys, saying why (plumbing.curve's rule)."""
+    require_curve("service.endpoint", s.endpoint, bool(s.curve_server_secret), server=True)

@@ -8,7 +8,7 @@ call waits at most ``timeout_s`` of silence (a heartbeat counts as a sign of
 life) and an execute at most ``execute_timeout_s`` in all; both stay below the
 systemd watchdog (checked by :func:`drivers.bridge.config.check_client`).
 
-A bridge that stops answering raises :class:`drivers.base.DriverUnavailable`:
+A bridge that stops answering raises :class:`agent.driver.DriverUnavailable`:
 the socket is dropped (queued requests die with it, so nothing actuates later)
 and reconnection is attempted on the next call after a backoff that doubles
 from ``reconnect_min_s`` to ``reconnect_max_s``; calls in between fail at once.
@@ -27,13 +27,14 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from agent.driver import DriverUnavailable, Observation, StartClose, StepResult
 from agent.spec import DEFAULT_SPEC, Spec
 from agent.wire import Message, WireError, decode
-from drivers.base import DriverUnavailable, Observation, StartClose, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeClientConfig, check_client
-from drivers.bridge.security import apply_client, client_keys
 from drivers.camera import Camera, CameraError
+from plumbing.backoff import Backoff
+from plumbing.curve import ClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class _Silent(Exception):
 
 
 class BridgeDriver(StartClose):
-    """A :class:`drivers.base.Driver` speaking the bridge protocol to a robot-side process."""
+    """A :class:`agent.driver.Driver` speaking the bridge protocol to a robot-side process."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class BridgeDriver(StartClose):
         self.camera = camera
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
-        self._keys: tuple[bytes, bytes, bytes] | None = None
+        self._keys: ClientKeys | None = None
         self._ids = itertools.count()
         self._client = uuid.uuid4().hex[:12]
         self.session: str | None = None
@@ -70,7 +71,7 @@ class BridgeDriver(StartClose):
         self.hello: dict[str, Any] = {}
         """The bridge's last hello result (robot_id, capabilities, heartbeat_s...)."""
         self.last_error = ""
-        self._backoff = 0.0
+        self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         self._next_try = 0.0
 
     # -- Driver ------------------------------------------------------------------------------
@@ -86,7 +87,12 @@ class BridgeDriver(StartClose):
         """
         if self._ctx is not None:
             return
-        self._keys = client_keys(self.cfg)
+        self._keys = ClientKeys.for_endpoint(
+            "driver.bridge.endpoint",
+            self.cfg.endpoint,
+            self.cfg.curve_server_public,
+            self.cfg.curve_client_secret,
+        )
         if self.camera is not None:
             self.camera.start()  # CameraError: a missing camera is a setup error
         self._ctx = zmq.Context()
@@ -212,7 +218,8 @@ class BridgeDriver(StartClose):
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
-        apply_client(s, self._keys)
+        if self._keys is not None:
+            self._keys.apply(s)
         s.connect(self.cfg.endpoint)
         self._sock = s
         rid = self._new_id()
@@ -220,10 +227,7 @@ class BridgeDriver(StartClose):
         try:
             msg = self._exchange(frames, rid, time.monotonic() + self.cfg.timeout_s)
         except _Silent:
-            self._backoff = min(
-                self.cfg.reconnect_max_s, max(self.cfg.reconnect_min_s, 2 * self._backoff)
-            )
-            self._next_try = time.monotonic() + self._backoff
+            self._next_try = time.monotonic() + self._backoff.next()
             self._drop(f"no hello within {self.cfg.timeout_s} s")
             raise DriverUnavailable(
                 f"bridge {self.cfg.endpoint} did not answer hello within {self.cfg.timeout_s} s"
@@ -233,7 +237,7 @@ class BridgeDriver(StartClose):
         self._verify_hello(res)
         self.hello = dict(res)
         self.session = str(res["session"])
-        self._backoff = 0.0
+        self._backoff.reset()
         self.last_error = ""
         log.info(
             "bridge %s up: robot %s session %s", self.cfg.endpoint, res["robot_id"], res["session"]

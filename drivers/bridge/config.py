@@ -1,8 +1,15 @@
-"""Typed settings of the bridge client (the agent side) and server (the robot side); pure."""
+"""Typed settings of the bridge client (the agent side) and server (the robot side); pure.
+
+:class:`BridgeDriverSettings` is the agent's ``[driver]`` table for ``type = "bridge"``;
+:func:`check_settings` names its first bad key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from drivers.camera import CameraConfig, check_config
+from plumbing.curve import require_curve
 
 WATCHDOG_S = 10.0
 """systemd WatchdogSec of robot-agent.service: one grasp's bridge calls must fit well inside."""
@@ -85,3 +92,22 @@ def check_client(cfg: BridgeClientConfig, prefix: str = "") -> None:
     if problems:
         key, why = problems[0]
         raise ValueError(f"{prefix}{key}: {why}")
+
+
+@dataclass(frozen=True)
+class BridgeDriverSettings:
+    """``[driver]`` with ``type = "bridge"``: a robot bridge process, optionally a local camera."""
+
+    bridge: BridgeClientConfig = field(default_factory=BridgeClientConfig)
+    """Endpoint, timeouts, reconnect backoff and CURVE keys of the bridge."""
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    """A camera on this computer to observe with instead of the bridge's (empty source: none)."""
+
+
+def check_settings(s: BridgeDriverSettings, prefix: str = "driver.") -> None:
+    """ValueError naming the first bad key (``prefix`` + key) and what is allowed."""
+    for key, why in client_problems(s.bridge)[:1]:
+        raise ValueError(f"{prefix}bridge.{key} = {getattr(s.bridge, key)!r}: {why}")
+    check_config(s.camera, f"{prefix}camera.")
+    has_keys = bool(s.bridge.curve_server_public)
+    require_curve(f"{prefix}bridge.endpoint", s.bridge.endpoint, has_keys, server=False)

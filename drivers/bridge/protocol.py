@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.driver import GraspOutcome, Observation, StepResult
 from agent.spec import Spec
 from agent.wire import Message, WireError, encode
-from drivers.base import GraspOutcome, Observation, StepResult
 
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change; ``hello`` refuses a mismatch."""

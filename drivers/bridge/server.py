@@ -27,14 +27,17 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from agent.driver import GraspOutcome, Observation, StepResult
 from agent.spec import Spec
 from agent.wire import Message, WireError, decode
-from drivers.base import GraspOutcome, Observation, StepResult
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeServerConfig
-from drivers.bridge.security import ServerSecurity
+from plumbing.curve import Security
 
 log = logging.getLogger(__name__)
+
+ZAP_DOMAIN = "robot-bridge"
+"""ZAP domain of the bridge socket; agent keys are only accepted in it."""
 
 
 class RobotUnavailable(Exception):
@@ -107,7 +110,7 @@ class BridgeServer:
         self._sock: zmq.Socket[bytes] | None = None
         self._wake_rx: zmq.Socket[bytes] | None = None
         self._wake_tx: zmq.Socket[bytes] | None = None
-        self._security = ServerSecurity(self.cfg)
+        self._security = Security(self.cfg, ZAP_DOMAIN)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._done: queue.Queue[tuple[_Job, list[bytes]]] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -126,10 +129,8 @@ class BridgeServer:
         s = self._ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
-        self._security.apply(s)
-        s.bind(self.cfg.endpoint)
         self._sock = s
-        self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = self._security.bind(s, self.cfg.endpoint, "endpoint")
         addr = f"inproc://bridge-wake-{self.session}"
         self._wake_rx = self._ctx.socket(zmq.PAIR)
         self._wake_rx.bind(addr)

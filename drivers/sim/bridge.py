@@ -11,10 +11,11 @@ import signal
 import threading
 from types import FrameType
 
-from drivers.base import GraspOutcome, Observation
+from agent.driver import GraspOutcome, Observation
 from drivers.bridge.config import BridgeServerConfig
 from drivers.bridge.server import BridgeServer, Grasp
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
+from drivers.sim.config import SimConfig
 
 log = logging.getLogger(__name__)
 

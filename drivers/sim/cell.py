@@ -1,4 +1,4 @@
-"""SimCell: the pybullet grasping cell as a :class:`drivers.base.Driver`.
+"""SimCell: the pybullet grasping cell as a :class:`agent.driver.Driver`.
 
 One grasp attempt = one decision (x, y, yaw): the gripper is placed above
 (x, y) at ``yaw``, descends, closes, lifts and holds; success means an object
@@ -13,28 +13,27 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import GraspOutcome, Observation, StartClose, StepResult
-from drivers.sim import effects
+from agent.driver import GraspOutcome, Observation, StartClose, StepResult
+from agent.spec import Spec
+from drivers.sim import look
 from drivers.sim.camera import Camera, Frame, Lighting
 from drivers.sim.conditions import (
-    Checkerboard,
     Condition,
     ExtendGripper,
-    HarshLighting,
     OffsetGripper,
     Transparent,
     make_condition,
 )
+from drivers.sim.config import SimConfig
 from drivers.sim.gripper import Gripper, GripperGeometry
-from drivers.sim.objects import Split, object_ids, object_urdf
+from drivers.sim.objects import object_ids, object_urdf
 from drivers.sim.schedule import parse_schedule
 
 HOME = (-0.205, 0.0, 0.10)
@@ -49,60 +48,6 @@ TRAY_HALF = 0.21
 
 
 @dataclass(frozen=True)
-class PhysicsConfig:
-    """Physics and motion timing (steps at ``1/hz``)."""
-
-    hz: float = 240.0
-    """Physics rate."""
-    solver_iterations: int = 30
-    """Constraint solver iterations per step."""
-    approach_height_m: float = 0.12
-    """Commanded-frame height above the floor where the descent starts."""
-    descend_steps: int = 36
-    """Steps to descend to the grasp height."""
-    close_steps: int = 30
-    """Steps to close the fingers."""
-    lift_steps: int = 36
-    """Steps to lift."""
-    hold_steps: int = 24
-    """Steps the object must stay up (0.1 s at 240 Hz)."""
-    settle_steps: int = 24
-    """Steps after objects are dropped back."""
-    grasp_clearance_m: float = 0.006
-    """Finger tips stop this far above the floor (stock fingers)."""
-    lift_height_m: float = 0.28
-    """Commanded-frame height at the end of the lift."""
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Configuration of the simulated cell."""
-
-    split: Split = "train"
-    """Which objects fill the bin: train (000-899), test (900-999) or all."""
-    n_objects: int = 5
-    """Objects in the bin."""
-    refresh_every: int = 20
-    """Grasps between loading a fresh set of objects."""
-    seed: int = 0
-    """Seed of the first reset."""
-    condition: str = "baseline"
-    """Initial condition name (see drivers.sim.conditions)."""
-    condition_params: dict[str, float] = field(default_factory=dict)
-    """Severity overrides of the initial condition."""
-    schedule: tuple[tuple[int, str], ...] = ()
-    """(grasp count since start, condition) pairs: the world changes by itself (see schedule.py)."""
-    success_height_m: float = 0.12
-    """An object is lifted when its base is this far above the floor."""
-    step_penalty: float = 0.0
-    """Reward added per step (horizon 1: 0)."""
-    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
-    """Physics and motion timing."""
-    spec: Spec = DEFAULT_SPEC
-    """Observation/action spec."""
-
-
-@dataclass(frozen=True)
 class Privileged:
     """Simulator-only ground truth of the last observation (scripted policy, tests)."""
 
@@ -113,7 +58,7 @@ class Privileged:
 
 
 class SimCell(StartClose):
-    """The pybullet cell; implements :class:`drivers.base.Driver` plus ``set_condition``."""
+    """The pybullet cell; implements :class:`agent.driver.Driver` plus ``set_condition``."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
@@ -213,7 +158,16 @@ class SimCell(StartClose):
         self._require_started()
         frame = self._render()
         self._last_frame = frame
-        return Observation(image=self._apply_image_effects(frame), step=0, timestamp=time.time())
+        image = look.apply_effects(
+            self._condition,
+            frame,
+            self._camera,
+            self._objects,
+            self._tray,
+            self._background,
+            self._shade_ref,
+        )
+        return Observation(image=image, step=0, timestamp=time.time())
 
     def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
         """Run one full grasp attempt at the normalised ``action``."""
@@ -327,24 +281,10 @@ class SimCell(StartClose):
             p.resetBasePositionAndOrientation(body, pos, orn, physicsClientId=c)
             p.resetBaseVelocity(body, lin, ang, physicsClientId=c)
 
-    def _lighting(self) -> Lighting:
-        c = self._condition
-        if isinstance(c, HarshLighting) and c.intensity > 0:
-            az, el = math.radians(c.light_azimuth_deg), math.radians(c.light_elevation_deg)
-            k = c.intensity
-            return Lighting(
-                direction=(math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)),
-                ambient=0.6 - 0.45 * k,
-                diffuse=0.45 + 0.75 * k,
-                specular=0.05 + 0.4 * k,
-                shadow=True,
-            )
-        return Lighting()
-
     def _render(self) -> Frame:
         assert self._gripper is not None
         self._gripper.teleport(HOME, HOME_YAW)
-        return self._camera.render(self._p, self._client, self._lighting())
+        return self._camera.render(self._p, self._client, look.lighting(self._condition))
 
     def _refresh_condition_cache(self) -> None:
         """Render what the image effects need (empty-bin background, floor brightness)."""
@@ -361,37 +301,6 @@ class SimCell(StartClose):
         neutral = self._camera.render(p, c, Lighting())
         floor = neutral.seg == self._tray
         self._shade_ref = float(neutral.rgb[floor].mean()) if floor.any() else 150.0
-
-    def _apply_image_effects(self, frame: Frame) -> npt.NDArray[np.uint8]:
-        cond = self._condition
-        rgb = frame.rgb
-        cam = self._camera
-        if isinstance(cond, Transparent) and self._background is not None:
-            mask = np.isin(frame.seg, np.asarray(self._objects, dtype=np.int32))
-            rgb = effects.see_through(
-                rgb, self._background, mask, cond.opacity, cond.edge_highlight
-            )
-        if isinstance(cond, Checkerboard):
-            rgb = effects.checker_floor(
-                rgb,
-                frame.seg == self._tray,
-                cam.floor_x,
-                cam.floor_y,
-                cond.square_cm / 100,
-                cond.contrast,
-                self._shade_ref,
-            )
-        if isinstance(cond, HarshLighting):
-            rgb = effects.glare(
-                rgb,
-                cam.floor_x,
-                cam.floor_y,
-                cond.spot_x,
-                cond.spot_y,
-                cond.spot_radius_m,
-                cond.intensity,
-            )
-        return rgb
 
     def _reset_objects(self) -> None:
         """A fresh set of objects dropped into a fresh world (see :meth:`_build_world`)."""

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.extras import run_entry
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
 from drivers.sim.conditions import CONDITION_NAMES, parse_param_args
+from drivers.sim.config import SimConfig
 from drivers.sim.scripted import RandomPolicy, ScriptedPolicy
+from plumbing.extras import run_entry
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

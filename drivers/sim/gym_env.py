@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
+from drivers.sim.config import SimConfig
 
 
 class GraspEnv(gym.Env[npt.NDArray[np.uint8], npt.NDArray[np.float32]]):

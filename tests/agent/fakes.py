@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.bundle import write_bundle
+from agent.driver import GraspOutcome, Observation, StartClose, StepResult
 from agent.spec import DEFAULT_SPEC, Spec
-from drivers.base import GraspOutcome, Observation, StartClose, StepResult
 
 
 class FakeDriver(StartClose):

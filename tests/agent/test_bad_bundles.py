@@ -47,7 +47,8 @@ Images = list[np.ndarray]
 
 @pytest.fixture(scope="module")
 def images() -> Images:
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     cell = SimCell(SimConfig(seed=3))
     cell.start()

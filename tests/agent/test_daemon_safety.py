@@ -22,7 +22,7 @@ import pytest
 
 from agent.ctl import request
 from agent.daemon import Daemon
-from drivers.base import Observation
+from agent.driver import Observation
 from tests.agent.conftest import Running, agent_config
 from tests.agent.fakes import FakeDriver, make_bundle, tiny_model
 from tests.agent.test_daemon import wait_match
@@ -258,7 +258,7 @@ def test_stats_flood_on_a_big_log_keeps_watchdog_and_grasp_rate(tmp_path: Path) 
     import socket
 
     from agent.grasplog import GraspLog
-    from agent.notify import Notifier
+    from plumbing.sd_notify import Notifier
 
     cfg = agent_config(
         tmp_path,
@@ -373,7 +373,7 @@ def test_stop_while_disk_full_writes_everything_if_space_returns_in_time(
 def test_status_reports_the_driver_down_and_not_actuating_while_unreachable(
     start_daemon: Start,
 ) -> None:
-    from drivers.base import DriverUnavailable
+    from agent.driver import DriverUnavailable
 
     r = start_daemon(grasp_time_s=0.005)
     st = r.wait_for(lambda s: s["grasps"] >= 3)

@@ -14,10 +14,12 @@ import zmq
 import zmq.auth
 
 from agent.cli import main
-from agent.config import ConfigError, SocketsConfig, config_from_dict
+from agent.config import SocketsConfig, config_from_dict
 from agent.ctl import CtlError, request
-from agent.transport import ClientKeys, EventPublisher, Security
+from agent.transport import EventPublisher, Security
 from agent.wire import encode
+from plumbing.config_loader import ConfigError
+from plumbing.curve import ClientKeys
 from tests.agent.conftest import Running
 from tests.agent.edge_fakes import RecordingControl, ServerThread
 

@@ -11,10 +11,12 @@ import zmq
 import zmq.auth
 
 from agent.commands import dispatch
-from agent.config import ConfigError, SocketsConfig, config_from_dict
+from agent.config import SocketsConfig, config_from_dict
 from agent.ratelimit import RateLimiter, TokenBucket
-from agent.transport import ClientKeys, CommandLimits, CommandServer, Security
+from agent.transport import CommandLimits, CommandServer, Security
 from agent.wire import decode, encode
+from plumbing.config_loader import ConfigError
+from plumbing.curve import ClientKeys
 from tests.agent.edge_fakes import RecordingControl, ServerThread, dealer
 
 pytestmark = pytest.mark.timeout(60)

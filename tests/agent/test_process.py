@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier
 from tests.agent.fakes import make_bundle
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,19 +111,3 @@ def test_refuses_non_loopback_bind_without_curve(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "not a loopback address" in out.stderr and "CURVE" in out.stderr
     assert not (tmp_path / "data" / "grasps.db").exists()
-
-
-def test_notifier_abstract_namespace() -> None:
-    name = f"robot-agent-test-{os.getpid()}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("\0" + name)
-    sock.settimeout(5)
-    n = Notifier(env={"NOTIFY_SOCKET": "@" + name})
-    n.ready("hello")
-    n.ready("twice")  # READY=1 only once
-    n.status("x")
-    assert sock.recv(1024).decode().split("\n")[0] == "READY=1"
-    assert sock.recv(1024).decode() == "STATUS=x"
-    n.close()
-    sock.close()
-    assert not Notifier(env={}).send(READY="1")

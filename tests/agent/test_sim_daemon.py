@@ -12,7 +12,7 @@ pytest.importorskip("pybullet")
 
 from agent.ctl import request
 from agent.daemon import Daemon
-from agent.drivers import make_driver
+from agent.driver_types import make_driver
 from tests.agent.conftest import agent_config
 from tests.agent.fakes import make_bundle
 

@@ -396,7 +396,7 @@ def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
     ],
 )
 def test_trainer_config_refuses_unsafe_values(trainer_table: dict[str, Any], needle: str) -> None:
-    from agent.config import ConfigError
+    from plumbing.config_loader import ConfigError
 
     with pytest.raises(ConfigError, match=needle):
         config_from_dict({"trainer": trainer_table})

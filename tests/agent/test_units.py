@@ -10,17 +10,11 @@ import pytest
 
 from agent import lifecycle as lc
 from agent.cem import Cem, CemParams
-from agent.config import (
-    AgentConfig,
-    ConfigError,
-    check_exposure,
-    config_from_dict,
-    example_toml,
-    load_config,
-)
+from agent.config import check_exposure, config_from_dict, example_toml, load_config
 from agent.detector import SuccessDropDetector, arl_markov, arl_simulate, design_cusum
 from agent.probation import ProbationTest, design_probation, operating_characteristic
 from agent.wire import WireError, decode, encode
+from plumbing.config_loader import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,7 +77,7 @@ def test_wire_refuses_pickle_dtypes() -> None:
 def test_config_defaults_and_example_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "c.toml"
     p.write_text(example_toml())
-    assert load_config(p) == AgentConfig()
+    assert load_config(p) == config_from_dict({})
 
 
 @pytest.mark.parametrize(

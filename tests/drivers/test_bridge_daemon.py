@@ -13,7 +13,7 @@ pytest.importorskip("pybullet")
 
 from agent.ctl import request
 from agent.daemon import Daemon
-from agent.drivers import make_driver
+from agent.driver_types import make_driver
 from drivers.bridge.client import BridgeDriver
 from tests.agent.conftest import Subscriber, agent_config
 from tests.agent.fakes import make_bundle

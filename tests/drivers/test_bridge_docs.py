@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.base import DriverUnavailable
+from agent.driver import DriverUnavailable
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig
 from tests.drivers.bridges import free_port

@@ -13,9 +13,9 @@ import numpy.typing as npt
 import pytest
 import zmq
 
+from agent.driver import DriverUnavailable, GraspOutcome
 from agent.spec import DEFAULT_SPEC, Spec
 from agent.wire import decode
-from drivers.base import DriverUnavailable, GraspOutcome
 from drivers.bridge import protocol as proto
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig, BridgeServerConfig, check_client

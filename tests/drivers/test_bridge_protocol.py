@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.driver import GraspOutcome, Observation, StepResult
 from agent.spec import DEFAULT_SPEC
 from agent.wire import decode, encode
-from drivers.base import GraspOutcome, Observation, StepResult
 from drivers.bridge import protocol as proto
 
 

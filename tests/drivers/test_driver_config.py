@@ -1,23 +1,33 @@
-"""Driver selection by `type` with a typed table per driver type; typos name the key."""
+"""Driver selection by `type` with a typed table per driver type; typos name the key.
+
+The driver types come from the entry-point group (the installed metadata) unless a test
+passes them explicitly (drivers.registry.BUILTIN, or a fake type)."""
 
 from __future__ import annotations
 
+import importlib
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import ConfigError, config_from_dict, load_config
-from agent.drivers import make_driver
+from agent.config import AgentConfig, config_from_dict, example_toml, load_config
+from agent.driver import DriverType
+from agent.driver_types import ENTRY_POINT_GROUP, InstalledDriverTypes, make_driver
 from drivers.bridge.client import BridgeDriver
+from drivers.registry import BUILTIN
 from drivers.sim.cell import SimCell
+from plumbing.config_loader import ConfigError
+from tests.agent.fakes import FakeDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_sim_config_still_loads_and_builds_a_sim_cell() -> None:
     cfg = load_config(ROOT / "configs" / "sim.toml")
-    assert cfg.driver.type == "sim" and cfg.driver.sim.schedule == ()
+    assert cfg.driver.type == "sim" and cfg.driver.settings.sim.schedule == ()
     cell = make_driver(cfg.driver)
     assert isinstance(cell, SimCell) and cell.config.split == "test"
 
@@ -51,11 +61,20 @@ def test_bridge_type_builds_a_bridge_driver_with_its_table() -> None:
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ({"bridge": {"endpont": "x"}}, "unknown key driver.bridge.endpont"),
+        ({"type": "bridge", "bridge": {"endpont": "x"}}, "unknown key driver.bridge.endpont"),
         ({"sim": {"schedul": []}}, "unknown key driver.sim.schedul"),
-        ({"type": "ros"}, "'sim', 'bridge', 'import'"),
-        ({"bridge": {"timeout_s": "1"}}, "driver.bridge.timeout_s must be a number"),
-        ({"bridge": {"execute_timeout_s": 9.5}}, "driver.bridge.execute_timeout_s"),
+        (
+            {"type": "bridge", "bridge": {"timeout_s": "1"}},
+            "driver.bridge.timeout_s must be a number",
+        ),
+        (
+            {"type": "bridge", "bridge": {"execute_timeout_s": 9.5}},
+            "driver.bridge.execute_timeout_s",
+        ),
+        ({"bridge": {"timeout_s": 1.0}}, "unknown key driver.bridge; allowed keys here: condition"),
+        ({"condition": "fog"}, "driver.condition = 'fog': unknown condition"),
+        ({"type": "import", "factory": "nocolon"}, "type 'import' needs 'package.module:callable'"),
+        ({"type": "import", "condition": "x"}, "unknown key driver.condition"),
         ({"sim": {"schedule": [[0, "fog"]]}}, "driver.sim.schedule[0]: unknown condition 'fog'"),
         (
             {"sim": {"schedule": [[0, "baseline", 1]]}},
@@ -77,10 +96,64 @@ def test_driver_config_errors_name_the_key(raw: dict[str, Any], needle: str) -> 
     assert needle in str(ei.value)
 
 
-def test_bad_sim_option_names_the_key() -> None:
-    cfg = config_from_dict({"driver": {"options": {"splt": "test"}}})
-    with pytest.raises(ValueError, match=r"driver\.options\.splt.*allowed: .*split"):
-        make_driver(cfg.driver)
+def test_bad_sim_option_names_the_key_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match=r"driver\.options\.splt.*allowed: .*split"):
+        config_from_dict({"driver": {"options": {"splt": "test"}}})
+
+
+def test_unknown_driver_type_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({"driver": {"type": "ros"}})
+    msg = str(ei.value)
+    assert "driver.type = 'ros' is not allowed; allowed values:" in msg
+    assert all(repr(name) in msg for name in ("sim", "bridge", "import"))
+    fake = {"fake": DriverType(AgentConfig, lambda s: FakeDriver())}  # any dataclass will do
+    with pytest.raises(ConfigError, match=r"allowed values: 'fake'$"):
+        config_from_dict({"driver": {"type": "sim"}}, fake)
+
+
+def test_a_driver_type_passed_in_is_built_without_the_entry_points() -> None:
+    @dataclass(frozen=True)
+    class FakeSettings:
+        successes: int = 1
+        """Grasps that succeed."""
+
+    made: list[FakeSettings] = []
+
+    def make(s: FakeSettings) -> FakeDriver:
+        made.append(s)
+        return FakeDriver()
+
+    types = {"fake": DriverType(FakeSettings, make)}
+    cfg = config_from_dict({"driver": {"type": "fake", "successes": 3}}, types)
+    assert isinstance(make_driver(cfg.driver, types), FakeDriver) and made == [FakeSettings(3)]
+    with pytest.raises(ConfigError, match=r"unknown key driver\.sim; allowed keys here: successes"):
+        config_from_dict({"driver": {"type": "fake", "sim": {}}}, types)
+
+
+def test_no_registered_driver_types_says_to_reinstall() -> None:
+    with pytest.raises(ConfigError, match=r"no driver types are registered.*pip install -e \."):
+        config_from_dict({}, InstalledDriverTypes("robot_agent.no_such_group"))
+
+
+def test_entry_points_of_pyproject_name_every_builtin_type() -> None:
+    """pyproject.toml's group and drivers.registry agree, and the installed metadata (the
+    lookup the agent uses) resolves each name to the same DriverType."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        eps = tomllib.load(f)["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert set(eps) == set(BUILTIN)
+    for name, value in eps.items():
+        module, _, attr = value.partition(":")
+        assert getattr(importlib.import_module(module), attr) is BUILTIN[name]
+    installed = InstalledDriverTypes()
+    assert set(installed) == set(BUILTIN) and all(installed[n] is BUILTIN[n] for n in BUILTIN)
+
+
+def test_example_toml_lists_the_default_driver_keys_and_names_the_others() -> None:
+    text = example_toml(BUILTIN)
+    assert '[driver]\n# "sim" (' in text and '"bridge" (a robot bridge process)' in text
+    assert "[driver.sim]\n" in text and "[driver.bridge]" not in text
+    assert config_from_dict(tomllib.loads(text), BUILTIN).driver == config_from_dict({}).driver
 
 
 def test_bridge_with_a_local_camera_from_config(tmp_path: Path) -> None:
@@ -110,5 +183,5 @@ def test_bridge_with_a_local_camera_from_config(tmp_path: Path) -> None:
 )
 def test_camera_config_errors_name_the_key(raw: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError) as ei:
-        config_from_dict({"driver": {"camera": raw}})
+        config_from_dict({"driver": {"type": "bridge", "camera": raw}})
     assert needle in str(ei.value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
+from drivers.sim.config import SimConfig
 from drivers.sim.schedule import Schedule, parse_schedule
 
 

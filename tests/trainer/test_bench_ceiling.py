@@ -37,7 +37,8 @@ def test_ceiling_scores_the_same_bin_under_both_conditions() -> None:
 
 def test_ceiling_candidates_are_six_grasps_per_visible_object() -> None:
     ceiling = _ceiling()
-    from drivers.sim.cell import SimCell, SimConfig
+    from drivers.sim.cell import SimCell
+    from drivers.sim.config import SimConfig
 
     with SimCell(SimConfig(split="test", seed=7001)) as cell:
         cell.observe()

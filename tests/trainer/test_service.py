@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError
 from agent.jobwire import (
     AGENT_TO_TRAINER,
     TRAINER_TO_AGENT,
@@ -25,6 +24,7 @@ from agent.jobwire import (
     to_ranges,
 )
 from agent.wire import WireError
+from plumbing.config_loader import ConfigError
 from tests.trainer.jobsupport import (
     REPO,
     TINY_FINETUNE,

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.bundle import BundleError, validate_bundle
-from agent.config import ConfigError, config_from_dict
+from agent.config import config_from_dict
 from drivers.sim.conditions import CONDITION_NAMES
+from plumbing.config_loader import ConfigError
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,

@@ -41,10 +41,10 @@ from typing import IO, Any
 
 import zmq
 
-from agent.config import field_docs
 from agent.ctl import CtlError, request
-from agent.extras import run_entry
 from agent.wire import WireError, decode
+from plumbing.config_loader import field_docs
+from plumbing.extras import run_entry
 from trainer.demo.analysis import summarise, summary_text
 from trainer.demo.checks import check
 from trainer.demo.live import LiveView

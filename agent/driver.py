@@ -1,5 +1,9 @@
 """The Driver protocol: what the agent needs from a robot (real or simulated).
 
+The agent owns this contract; the drivers (``drivers/``) implement it and register
+themselves as a :class:`DriverType` (see :mod:`agent.driver_types`), so no agent module
+imports a driver.
+
 A driver owns the hardware (or simulator). It is opened by ``start()`` (or a
 ``with`` block), never in its constructor. One grasp attempt is
 ``observe() -> execute(action)`` repeated ``spec.horizon`` times; the last
@@ -10,9 +14,10 @@ A driver owns the hardware (or simulator). It is opened by ``start()`` (or a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -141,3 +146,23 @@ class StartClose:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class DriverType:
+    """One kind of driver as the agent finds it: what a driver package registers under the
+    entry-point group :data:`agent.driver_types.ENTRY_POINT_GROUP` (name = the ``type`` key).
+
+    The agent builds ``config`` from the ``[driver]`` table (every key but ``type``) with the
+    config loader, so unknown keys and wrong types are named like any other key; ``check``
+    then does the checks across fields and ``make`` constructs the driver (not started).
+    """
+
+    config: type[Any]
+    """The driver's own settings: a frozen dataclass, one field per key of ``[driver]``."""
+    make: Callable[[Any], Driver]
+    """Construct (not start) the driver from an instance of ``config``; ValueError names a key."""
+    check: Callable[[Any, str], None] = lambda cfg, prefix: None
+    """Checks across fields of a built ``config``; ValueError naming the key (``prefix`` + key)."""
+    summary: str = ""
+    """One line for the help (``robot-agent config``)."""
