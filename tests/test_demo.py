@@ -18,11 +18,14 @@ from PIL import Image
 from agent.config import SocketsConfig, config_from_dict
 from agent.grasplog import GraspLog, GraspRecord
 from agent.transport import EventPublisher, Security
-from trainer.demo.analysis import Event, Grasp, rolling, summarise, summary_text, wilson
+from trainer.demo.analysis import rolling, summarise, wilson
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
+from trainer.demo.options import DemoOptions, build_parser
 from trainer.demo.plot import COLOURS, LANES, plot_data, write_png
-from trainer.demo.run import Demo, DemoOptions, EventStream, build_parser, free_ports, main
+from trainer.demo.procs import EventStream, free_ports
+from trainer.demo.report import summary_text
+from trainer.demo.run import Demo, main
 from trainer.demo.setup import (
     SCHEDULES,
     Endpoints,
@@ -32,6 +35,7 @@ from trainer.demo.setup import (
     parse_conditions,
     trainer_config,
 )
+from trainer.demo.timeline import Event, Grasp
 from trainer.service_config import service_config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.trainer.jobsupport import TrainerProcess, free_port, write_service_config
-from trainer.demo.run import EventStream
+from trainer.demo.procs import EventStream
 from trainer.demo.setup import dumps_toml
 
 pytestmark = pytest.mark.timeout(240)

@@ -13,7 +13,7 @@ from agent.policy import load_policy
 from trainer.action_shift import ShiftSearch, search_shift
 from trainer.dataset import Batch
 from trainer.export import load_qnet, make_bundle
-from trainer.finetune import keep_shift
+from trainer.finetune.selection import keep_shift
 from trainer.qnet import QNet, QNetConfig
 
 TINY = QNetConfig(

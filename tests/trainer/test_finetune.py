@@ -18,7 +18,8 @@ from trainer.cli import main
 from trainer.dataset import Episode, EpisodeWriter, Step
 from trainer.early_stop import Candidate, Trade, auc, choose, eligible
 from trainer.export import make_bundle
-from trainer.finetune import FinetuneConfig, _open_data, finetune
+from trainer.finetune import FinetuneConfig, finetune
+from trainer.finetune.data import open_data
 from trainer.pretrain import PretrainConfig
 from trainer.qnet import QNet, QNetConfig
 
@@ -85,7 +86,7 @@ def test_recipe_batches_are_half_prior_half_new(tmp_path: Path) -> None:
         _dataset(tmp_path / "base", 90, 2, True, "baseline"),
         _dataset(tmp_path / "c0", 30, 3, True, "old"),
     ]
-    data = _open_data(FinetuneConfig(batch_size=128), [new], prior)
+    data = open_data(FinetuneConfig(batch_size=128), [new], prior)
     sampler = data.sampler
     names = [ds.name for ds in sampler.sources]
     is_prior = np.array(["new" not in n for n in names])
@@ -99,7 +100,7 @@ def test_recipe_batches_are_half_prior_half_new(tmp_path: Path) -> None:
 
 def test_no_prior_data_means_all_new(tmp_path: Path) -> None:
     new = _dataset(tmp_path / "new", 40, 1, True, "c")
-    data = _open_data(FinetuneConfig(), [new], [])
+    data = open_data(FinetuneConfig(), [new], [])
     assert data.sampler.weights.sum() == pytest.approx(1.0)
     assert data.counts["batch_shares"]["prior"] == 0.0
 

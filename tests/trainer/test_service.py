@@ -335,7 +335,7 @@ def test_abandoned_upload_is_failed_and_its_files_deleted(tmp_path: Path) -> Non
         incoming = svc.store.incoming_dir(str(head["key"]), "export")
         assert any(incoming.iterdir())
         time.sleep(0.7)
-        svc._next_expiry = 0.0  # the next loop turn checks now, not in a minute
+        svc.desk.next_expiry = 0.0  # the next loop turn checks now, not in a minute
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             st = c.request("status", {"key": head["key"]}).header
@@ -354,7 +354,7 @@ def test_abandoned_upload_is_failed_and_its_files_deleted(tmp_path: Path) -> Non
 def test_progress_with_non_finite_values_is_made_json_ready() -> None:
     """Regression: a fine-tune progress dict with a NaN score crashed the service loop."""
     from agent.wire import encode
-    from trainer.service import json_ready
+    from trainer.service.server import json_ready
 
     info = {"step": 3, "val": {"score_new": float("nan"), "loss": float("inf")}, "ok": [1.5]}
     clean = json_ready(info)
@@ -436,7 +436,7 @@ def test_bad_version_reply_echoes_the_request_rid(service: JobService) -> None:
 def test_protocol_lists_match_the_service_and_the_manual(service: JobService) -> None:
     """jobwire's request list is what the service handles, and the manual's request table
     lists each request and only reply types from jobwire's list."""
-    assert set(AGENT_TO_TRAINER) == set(service._handlers())
+    assert set(AGENT_TO_TRAINER) == set(service.requests.table())
     manual = (REPO / "docs" / "trainer-service.md").read_text()
     table = manual[manual.index("| request (agent -> trainer)") :].split("\n\n")[0]
     rows = [re.split(r"(?<!\\)\|", r) for r in table.splitlines()[2:]]  # "\|" is a cell's

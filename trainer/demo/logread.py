@@ -1,5 +1,5 @@
 """Read a run's grasps and events from the agent's grasp log, read-only (the adapter of
-:mod:`trainer.demo.analysis`; the schema is :mod:`agent.grasplog`'s)."""
+:mod:`trainer.demo.timeline`; the schema is :mod:`agent.grasplog`'s)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from trainer.demo.analysis import Event, Grasp
+from trainer.demo.timeline import Event, Grasp
 
 
 def read_run(db: Path, busy_timeout_ms: int = 5000) -> tuple[list[Grasp], list[Event]]:

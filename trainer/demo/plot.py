@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.demo.analysis import Grasp, Marker, Segment, Summary, rolling
+from trainer.demo.analysis import Segment, Summary, rolling
+from trainer.demo.timeline import Grasp, Marker
 
 DRAWN = (
     "alarm",

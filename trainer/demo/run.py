@@ -23,247 +23,38 @@ What it does, in order (everything under ``--out``, default ``runs/demo``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import zmq
-
 from agent.ctl import CtlError, request
-from agent.wire import WireError, decode
-from plumbing.config_loader import field_docs
 from plumbing.extras import run_entry
-from trainer.demo.analysis import summarise, summary_text
+from trainer.demo.analysis import summarise
 from trainer.demo.checks import check
 from trainer.demo.live import LiveView
 from trainer.demo.logread import read_run
+from trainer.demo.options import EXIT_CODES, DemoOptions, build_parser, options_from_args
 from trainer.demo.plot import plot_data, write_png
+from trainer.demo.procs import Child, Console, EventStream, free_ports, last_line
+from trainer.demo.report import summary_text
 from trainer.demo.setup import Endpoints, agent_config, dumps_toml, trainer_config
 
 REPO = Path(__file__).resolve().parents[2]
 """The checkout this module lives in (templates and the base policy are found there too)."""
-STOP_WAIT_S = 60.0
-"""How long a child may take to stop after SIGTERM before it is killed."""
-STATUS_EVERY_S = 5.0
-"""Status line interval when the output is not a terminal (a log file)."""
-EXIT_CODES = {
-    0: "complete: the agent ran its whole schedule and the report was written",
-    1: "stopped early: a child process (base data, trainer or agent) failed",
-    2: "nothing started: an option, path or template is wrong",
-    3: "stopped early: the time limit (--time-limit) was reached",
-    130: "stopped early: interrupted (Ctrl-C or SIGTERM)",
-}
-"""robot-demo's exit statuses; every early stop also writes its report, saying so."""
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """One run of the demo (the CLI's flags; each field's docstring is its --help)."""
-
-    out: Path = Path("runs/demo")
-    """Run directory (everything the run writes goes here)."""
-    schedule: str = "default"
-    """The world's conditions in order: "default" (baseline -> harsh_lighting -> transparent
-    -> checkerboard), "paper" (adds extend_gripper -> offset_gripper) or a comma-separated
-    list of conditions (the first is the start)."""
-    baseline_grasps: int = 300
-    """Grasps under the first condition (at least the detector's reference, 200)."""
-    grasps_per_condition: int = 800
-    """Grasps under each later condition (more than the exploration)."""
-    exploration_grasps: int | None = None
-    """Grasps the agent explores after an alarm (default: the agent template's, 400)."""
-    base_grasps: int | None = None
-    """Base replay grasps: default the shipped archive (--base-archive, 4,000 grasps, made in
-    seconds) when it fits --bundle, else 4,000 collected; 0: none; N: collect N."""
-    base_archive: Path = Path("policies/base-replay.npz")
-    """The shipped base replay archive (robot-trainer base-data --write-archive makes one)."""
-    time_limit_s: float = 60 * 60.0
-    """Stop the run this long after the agent starts (base data not counted; 0: no limit);
-    the report is still written and says the run stopped early (exit 3)."""
-    summary_json: Path | None = None
-    """Also write summary.json here."""
-    agent_template: Path = Path("configs/demo-agent.toml")
-    """The agent's config template."""
-    trainer_template: Path = Path("configs/demo-trainer.toml")
-    """The trainer's config template."""
-    bundle: Path = Path("policies/base")
-    """The policy the agent starts with (and the trainer's base bundle)."""
-    window: int = 50
-    """Grasps in the rolling success rate (terminal and PNG)."""
-    agent_command: tuple[str, ...] = ()
-    """The agent's command line before ``--config PATH`` (empty: ``python -m agent.cli run``)."""
-    agent_nice: int = 10
-    """Niceness of the agent process: the trainer gets the CPU first while a job trains, as
-    it would on its own machine (0: equal shares)."""
-    pause_while_training: bool = True
-    """Pause the agent (robot-agent ctl pause) while a job is with the trainer: on two shared
-    cores the trainer then gets them; a robot with its own trainer machine keeps grasping."""
-    report_only: bool = False
-    """Only (re)write the PNG and summary of the run already in ``out``."""
 
 
 def _existing(path: Path) -> Path:
     """``path`` as given if it exists, else the same path inside the checkout."""
     return path if path.exists() or path.is_absolute() else REPO / path
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound and released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Child:
-    """A child process with its output in a log file; :meth:`stop` is SIGTERM, wait, kill."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, nice: int = 0) -> None:
-        self.name = name
-        self.argv = argv
-        self.log = log
-        self.nice = nice
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._file: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._file = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
-        # own session: a Ctrl-C in the terminal reaches the demo only, which stops the
-        # children in order
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
-        )
-
-    def poll(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self, wait_s: float = STOP_WAIT_S) -> int | None:
-        """SIGTERM, wait up to ``wait_s``, then SIGKILL; returns the exit status."""
-        if self.proc is None:
-            return None
-        self.signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        return code
-
-
-class EventStream:
-    """SUB socket on the agent's PUB endpoint (connects before the agent binds: ZeroMQ
-    reconnects by itself)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self.bad = 0
-        """Messages that did not decode."""
-
-    def start(self) -> None:
-        self._ctx = zmq.Context()
-        s = self._ctx.socket(zmq.SUB)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
-        s.setsockopt(zmq.SUBSCRIBE, b"agent.")
-        s.connect(self.endpoint)
-        self._sock = s
-
-    def poll(self, timeout_ms: int) -> list[tuple[str, dict[str, Any]]]:
-        """Every event waiting (after up to ``timeout_ms`` for the first)."""
-        assert self._sock is not None
-        out: list[tuple[str, dict[str, Any]]] = []
-        if not self._sock.poll(timeout_ms):
-            return out
-        while True:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return out
-            try:
-                msg = decode(frames[1:])
-            except (WireError, IndexError):
-                self.bad += 1
-                continue
-            data = msg.header.get("data")
-            out.append((str(msg.header.get("topic", "")), data if isinstance(data, dict) else {}))
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-
-
-class Console:
-    """Event lines, and a status line redrawn in place on a terminal (every
-    :data:`STATUS_EVERY_S` otherwise)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._shown = False
-        self._last = 0.0
-
-    def line(self, text: str) -> None:
-        if self._shown:
-            self.stream.write("\r\033[K")
-            self._shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def status(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.tty:
-            if force or now - self._last >= 0.2:
-                width = shutil.get_terminal_size((160, 20)).columns - 1
-                self.stream.write("\r\033[K" + text[:width])
-                self.stream.flush()
-                self._shown, self._last = True, now
-        elif force or now - self._last >= STATUS_EVERY_S:
-            self.line(text)
-            self._last = now
-
-    def end(self) -> None:
-        if self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = False
 
 
 class Demo:
@@ -342,7 +133,7 @@ class Demo:
         t0 = time.monotonic()
         while child.poll() is None and not self.stop.is_set():
             time.sleep(0.2)
-            last = _last_line(log, start) or "starting (importing torch)"
+            last = last_line(log, start) or "starting (importing torch)"
             self.console.status(f"base data: {last} | {time.monotonic() - t0:.0f} s")
         self.console.end()
         code = child.stop()
@@ -351,7 +142,7 @@ class Demo:
         if self.stop.is_set():
             return None
         if code != 0:
-            tail = _last_line(log, start)
+            tail = last_line(log, start)
             raise ChildFailed(f"robot-trainer base-data exited {code} ({tail}); see {log}")
         self.say(f"base replay data ready in {time.monotonic() - t0:.0f} s: {path}")
         return path
@@ -588,20 +379,6 @@ class ChildFailed(RuntimeError):
     """A child process the run needs exited with an error."""
 
 
-def _last_line(log: Path, start: int = 0) -> str:
-    """The last progress line a child wrote to ``log`` after offset ``start`` ("\r" counts
-    as a line end: collection progress redraws one line)."""
-    try:
-        with open(log, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(start, size - 2000))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [x.strip() for x in tail.replace("\r", "\n").split("\n") if x.strip()]
-    return lines[-1][:120] if lines else ""
-
-
 def _jsonable(value: Any) -> Any:
     """Options as JSON types: paths as strings, tuples as lists, the rest as they are."""
     if isinstance(value, dict):
@@ -613,95 +390,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _help(name: str) -> str:
-    """A DemoOptions field's docstring, as --help text."""
-    return " ".join(FIELD_HELP[name].split()).replace("%", "%%")
-
-
-FIELD_HELP = field_docs(DemoOptions)
-"""DemoOptions' field docstrings: the --help texts."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = DemoOptions()
-    p = argparse.ArgumentParser(
-        prog="robot-demo",
-        description="The whole loop on the simulated cell: the world changes by itself, the "
-        "agent detects each change, explores, has the trainer fine-tune its policy and swaps "
-        "the child in. Live progress in the terminal; at the end a PNG and a summary under "
-        "--out (docs/demo.md).",
-        epilog="exit status: "
-        + "; ".join(f"{k}: {v}" for k, v in EXIT_CODES.items()).replace("%", "%%"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", type=Path, default=d.out, help=_help("out"))
-    p.add_argument("--schedule", default=d.schedule, help=_help("schedule"))
-    p.add_argument(
-        "--baseline-grasps", type=int, default=d.baseline_grasps, help=_help("baseline_grasps")
-    )
-    p.add_argument(
-        "--grasps-per-condition",
-        type=int,
-        default=d.grasps_per_condition,
-        help=_help("grasps_per_condition"),
-    )
-    p.add_argument("--exploration-grasps", type=int, default=None, help=_help("exploration_grasps"))
-    p.add_argument("--base-grasps", type=int, default=None, help=_help("base_grasps"))
-    p.add_argument("--base-archive", type=Path, default=d.base_archive, help=_help("base_archive"))
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        default=d.time_limit_s / 60,
-        metavar="MIN",
-        help=_help("time_limit_s") + " In minutes.",
-    )
-    p.add_argument("--summary-json", type=Path, default=None, help=_help("summary_json"))
-    p.add_argument(
-        "--agent-template", type=Path, default=d.agent_template, help=_help("agent_template")
-    )
-    p.add_argument(
-        "--trainer-template", type=Path, default=d.trainer_template, help=_help("trainer_template")
-    )
-    p.add_argument("--bundle", type=Path, default=d.bundle, help=_help("bundle"))
-    p.add_argument("--window", type=int, default=d.window, help=_help("window"))
-    p.add_argument("--agent-nice", type=int, default=d.agent_nice, help=_help("agent_nice"))
-    p.add_argument(
-        "--no-pause-while-training",
-        action="store_true",
-        help="Keep the agent grasping while a job trains (by default it is paused: the agent "
-        "and the trainer share the machine's cores).",
-    )
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="Only redraw the PNG and summary of the run in --out (give the same schedule "
-        "options as the run).",
-    )
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status (:data:`EXIT_CODES`)."""
     a = build_parser().parse_args(argv)
     try:
-        opts = DemoOptions(
-            out=a.out,
-            schedule=a.schedule,
-            baseline_grasps=a.baseline_grasps,
-            grasps_per_condition=a.grasps_per_condition,
-            exploration_grasps=a.exploration_grasps,
-            base_grasps=a.base_grasps,
-            base_archive=a.base_archive,
-            time_limit_s=a.time_limit * 60,
-            summary_json=a.summary_json,
-            agent_template=a.agent_template,
-            trainer_template=a.trainer_template,
-            bundle=a.bundle,
-            window=a.window,
-            agent_nice=a.agent_nice,
-            pause_while_training=not a.no_pause_while_training,
-            report_only=a.report_only,
-        )
+        opts = options_from_args(a)
         demo = Demo(opts)
     except ValueError as exc:
         print(f"robot-demo: {exc}", file=sys.stderr)

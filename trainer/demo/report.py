@@ -1,0 +1,95 @@
+"""The demo's summary as text: what the terminal shows at the end and summary.txt holds."""
+
+from __future__ import annotations
+
+from trainer.demo.analysis import Summary
+
+
+def summary_text(s: Summary) -> str:
+    """The summary as a few lines for the terminal and summary.txt."""
+    lines = []
+    if s.stopped is not None:
+        lines.append(s.stopped.text().upper()[:1] + s.stopped.text()[1:])
+        if s.not_reached:
+            lines.append(f"never reached: {', '.join(s.not_reached)}")
+    lines.append(f"{s.grasps} grasps, overall success {s.overall.text()}")
+    for seg in s.segments:
+        lines.append(f"{seg.condition}: grasps {seg.start}-{seg.end - 1}")
+        if seg.before is None:
+            lines.append(f"  success           {seg.between.text()}")
+            lines.append(f"  false alarms      {seg.false_alarms}")
+        else:
+            lines.append(f"  before the change {seg.before.text()}")
+            lines.append(f"  change -> swap    {seg.between.text()}")
+            after = seg.after.text() if seg.after else "   -   (no swap)"
+            lines.append(f"  after the swap    {after}")
+            delay = seg.detection_delay
+            lines.append(
+                f"  alarm after {delay} grasps (at {seg.alarm})"
+                if delay is not None
+                else "  no alarm"
+            )
+        for a in seg.carried:
+            lines.append(
+                f"  the exploration begun at {a.marked} under {a.world} was still running at "
+                f"this change ({a.marked}-{a.submitted if a.submitted is not None else '...'})"
+                f": its job trained on both conditions"
+            )
+        for a in seg.explorations:
+            lines.append("  " + a.story())
+        extra = [i for i in seg.alarms if not any(a.marked == i for a in seg.explorations)]
+        if seg.before is not None and seg.alarm in extra:
+            extra.remove(seg.alarm)  # already printed as the segment's alarm
+        if extra:
+            lines.append(
+                f"  {len(extra)} alarm(s) the agent did not act on (exploring, training or "
+                f"on probation): at {', '.join(map(str, extra[:8]))}"
+                + (" ..." if len(extra) > 8 else "")
+            )
+        if seg.swap is not None and seg.swap_from and seg.swap_from != seg.condition:
+            lines.append(
+                f"  the swap at {seg.swap} came from the exploration under {seg.swap_from}"
+            )
+        if seg.rollbacks:
+            lines.append(f"  rollbacks at {', '.join(map(str, seg.rollbacks))}")
+        rec = seg.recovered
+        if rec is not None:
+            lines.append(f"  recovered {rec:.0%} of the drop")
+    changes = s.segments[1:]
+    if changes:
+        found = [seg.condition for seg in changes if seg.alarm is not None]
+        missed = [seg.condition for seg in changes if seg.missed]
+        inside = [seg.condition for seg in changes if seg.alarm is None and seg.carried]
+        quiet = [
+            seg for seg in changes if seg.alarm is None and not seg.dropped and not seg.carried
+        ]
+        small = [
+            seg
+            for seg in changes
+            if seg.alarm is None and seg.small_drop and not seg.carried and seg.before is not None
+        ]
+        lines.append(
+            f"changes detected (an alarm in the segment): {len(found)} of {len(changes)}"
+            + (f"; missed (a drop with no alarm): {', '.join(missed)}" if missed else "")
+            + (
+                f"; inside an exploration begun earlier (no alarm of its own): {', '.join(inside)}"
+                if inside
+                else ""
+            )
+            + "".join(
+                f"; no drop to detect: {q.condition} ({q.between.text().split('[')[0].strip()}"
+                f" after the change vs {q.before.text().split('[')[0].strip()} before)"
+                for q in quiet
+                if q.before is not None
+            )
+            + "".join(
+                f"; a drop below the detector's min_drop ({q.min_drop:.0%}), not alarmed by"
+                f" design: {q.condition} ({q.between.text().split('[')[0].strip()} after the"
+                f" change vs {q.before.text().split('[')[0].strip()} before)"
+                for q in small
+                if q.before is not None
+            )
+        )
+    if s.stopped is not None:
+        lines.append(s.stopped.text())
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Which fine-tuned network ships, if any: pure decisions over validation curves (no I/O).
+
+A fine-tune job validates its training arm every ``eval_every`` steps; each
+validation is a curve entry (``step``, ``score_new``, ``score_prior``,
+``prior_slack``, ``new`` and ``prior`` summaries; see
+:func:`trainer.finetune.data.score_candidate`) and so a candidate. The parent
+is candidate zero (:data:`PARENT_STEP`): a child ships only when it beats the
+parent, so the trainer never hands back a worse policy than the robot runs.
+
+- The forgetting rule (:func:`eligible`): a candidate's prior-slice score may
+  fall below the parent's by at most the largest of ``prior_tolerance``, its
+  noise allowance and the trade (``prior_trade`` x its new-data gain, capped at
+  ``prior_trade_cap``); its prior-slice BCE may rise at most to
+  ``prior_bce_ratio`` x the parent's.
+- The winner (:func:`best`, then :func:`choose`): the eligible candidate with
+  the best held-out new-data score ships when its gain over the parent exceeds
+  ``max(min_gain, se_margin x SE)`` and its new-data AUC reaches ``min_auc``.
+- The shift guard (:func:`keep_shift`): an adopted action shift stays only when
+  its arm scores at least as well as plain fine-tuning over the probe steps.
+- The augmentation probe (:func:`keep_augment`): the better arm continues.
+
+The measures and the rule's arithmetic live in :mod:`trainer.early_stop`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from trainer import early_stop
+from trainer.early_stop import Candidate
+from trainer.finetune.config import FinetuneConfig
+
+PARENT_STEP = -1
+"""Step number of the parent (candidate zero) in the selection; step 0 is "shift only"."""
+
+Curve = Sequence[dict[str, Any]]
+"""Validation entries of one arm, in step order."""
+
+
+def trade(cfg: FinetuneConfig) -> early_stop.Trade:
+    """The prior-for-new trade ``cfg`` allows (``prior_trade`` capped at ``prior_trade_cap``)."""
+    return early_stop.Trade(cfg.prior_trade, cfg.prior_trade_cap)
+
+
+def eligible(cfg: FinetuneConfig, cand: Candidate, parent: Candidate) -> bool:
+    """Whether ``cand`` passes the forgetting rule against ``parent`` (see the module doc)."""
+    return early_stop.eligible(cand, parent, cfg.prior_tolerance, cfg.prior_bce_ratio, trade(cfg))
+
+
+def candidates(curve: Curve) -> list[Candidate]:
+    """The candidates a curve's entries describe (prior BCE 0 when there was no prior data)."""
+    return [
+        Candidate(
+            e["step"],
+            e["score_new"],
+            e["score_prior"],
+            e["prior_slack"],
+            float(e["prior"]["bce"]) if "prior" in e else 0.0,
+            float(e["new"]["auc"]),
+        )
+        for e in curve
+    ]
+
+
+def best(cfg: FinetuneConfig, curve: Curve, parent: Candidate) -> Candidate:
+    """The eligible candidate with the best new-data score (earliest on ties), or ``parent``
+    when none scores above it. Its gain still has to pass :func:`choose` to ship."""
+    return early_stop.best_candidate(
+        candidates(curve), parent, cfg.prior_tolerance, cfg.prior_bce_ratio, trade(cfg)
+    )
+
+
+def choose(cfg: FinetuneConfig, curve: Curve, parent: Candidate, se: float) -> Candidate | None:
+    """The candidate that ships, or None (keep the parent).
+
+    ``se`` is the paired bootstrap SE of the :func:`best` candidate's new-data score
+    minus the parent's on the held-out new grasps. The winner is :func:`best`'s pick
+    when it is not the parent, its gain exceeds ``max(min_gain, se_margin x se)`` and
+    its new-data AUC is at least ``min_auc``.
+    """
+    return early_stop.choose(
+        candidates(curve),
+        parent,
+        cfg.prior_tolerance,
+        cfg.min_gain,
+        se,
+        cfg.se_margin,
+        cfg.prior_bce_ratio,
+        cfg.min_auc,
+        trade(cfg),
+    )
+
+
+def rule_text(cfg: FinetuneConfig) -> str:
+    """The selection rule in words with ``cfg``'s numbers (recorded in the child's meta)."""
+    return (
+        "best held-out new-data score among candidates whose prior-slice score fell "
+        f"at most max({cfg.prior_tolerance}, {cfg.se_margin} x its bootstrap SE, "
+        f"min({cfg.prior_trade_cap}, {cfg.prior_trade} x its new-score gain)) and "
+        f"whose prior-slice BCE is at most {cfg.prior_bce_ratio} x the parent's; wins "
+        f"if gain > max({cfg.min_gain}, {cfg.se_margin} x SE) and its AUC >= "
+        f"{cfg.min_auc}"
+    )
+
+
+def best_score(curve: Curve, until: int) -> float:
+    """The best held-out new-data score among the entries up to step ``until`` (-inf: none)."""
+    scores = [float(e["score_new"]) for e in curve if e["step"] <= until]
+    return max(scores) if scores else float("-inf")
+
+
+def keep_shift(shifted: Curve, plain: Curve, until: int) -> tuple[bool, float, float]:
+    """(keep, best shifted score, best unshifted score) over the two probe curves' entries up
+    to step ``until``: the shift stays when its arm scores at least as well (ties: shift)."""
+    a, b = best_score(shifted, until), best_score(plain, until)
+    return a >= b, a, b
+
+
+def keep_augment(aug: float, noaug: float) -> bool:
+    """Whether training continues with augmentation, given each probe arm's best score
+    (ties keep it: it is the recipe's default)."""
+    return aug >= noaug
