@@ -26,7 +26,7 @@ from plumbing.extras import run_entry
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
-    from agent.trainer_link import TrainerLink
+    from agent.link import TrainerLink
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None
         )
         daemon.set_export_hook(lambda job, path: _keep_export(daemon, job, path))
         return None
-    from agent.trainer_link import TrainerLink
+    from agent.link import TrainerLink
 
     link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
 

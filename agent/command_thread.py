@@ -11,6 +11,7 @@ connection, the driver or a policy.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from typing import Any
 
 import zmq
 
-from agent.commands import Change, dispatch
+from agent import lifecycle as lc
+from agent.commands import Change, CommandError, ControlCore, dispatch
 from agent.config import SocketsConfig
+from agent.grasplog import is_disk_full
 from agent.queries import Queries
 from agent.transport import CommandServer, Security
 
@@ -125,3 +128,55 @@ class CommandThread:
         finally:
             queries.close()
             server.close()
+
+
+class ChangeQueue:
+    """Ticketed changes: queued from the command thread, applied on the control thread.
+
+    ``post(fn)`` hands ``fn`` to the control thread; ``done(reply)`` gets each change's
+    reply there (the daemon records and publishes it as ``agent.command``). Applying never
+    raises: an operator error answers its own code, a lifecycle conflict ``conflict``, a
+    full disk ``storage_full`` and anything else ``internal``.
+    """
+
+    def __init__(
+        self,
+        post: Callable[[Callable[[], None]], None],
+        core: ControlCore,
+        done: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self._post = post
+        self._core = core
+        self._done = done
+        self._tickets = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Changes queued and not applied yet (any thread)."""
+        with self._lock:
+            return self._pending
+
+    def enqueue(self, command: str, change: Change) -> int:
+        """Queue ``change`` (any thread); returns its ticket."""
+        ticket = next(self._tickets)
+        with self._lock:
+            self._pending += 1
+        self._post(lambda: self._apply(ticket, command, change))
+        return ticket
+
+    def _apply(self, ticket: int, command: str, change: Change) -> None:
+        with self._lock:
+            self._pending -= 1
+        reply: dict[str, Any] = {"ticket": ticket, "command": command}
+        try:
+            reply |= {"ok": True, "result": change(self._core)}
+        except CommandError as exc:
+            reply |= {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except lc.LifecycleError as exc:
+            reply |= {"ok": False, "error": {"code": "conflict", "message": str(exc)}}
+        except Exception as exc:
+            code = "storage_full" if is_disk_full(exc) else "internal"
+            reply |= {"ok": False, "error": {"code": code, "message": f"{exc}"}}
+        self._done(reply)

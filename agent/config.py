@@ -194,7 +194,7 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The link to the trainer's job service (agent.trainer_link; docs/trainer-service.md)."""
+    """The link to the trainer's job service (agent.link; docs/trainer-service.md)."""
 
     endpoint: str = ""
     """Job socket of `robot-trainer serve`, e.g. "tcp://127.0.0.1:5570"; empty: no trainer."""

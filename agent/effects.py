@@ -18,6 +18,7 @@ from typing import Any
 from agent import lifecycle as lc
 from agent.grasplog import GraspLog
 from agent.policy import Policy
+from agent.topics import Topic
 
 Event = tuple[str, dict[str, Any], float]
 """(topic, data, time) of one event."""
@@ -82,31 +83,32 @@ def _record(
     if isinstance(eff, lc.NewCondition):
         rec.condition_id = log.add_condition(eff.name, eff.note, eff.source, old.policy)
         data = {"condition": eff.name, "note": eff.note, "source": eff.source}
-        rec.events.append(("agent.condition", {**data, "previous": old.condition}, now))
+        rec.events.append((Topic.CONDITION, {**data, "previous": old.condition}, now))
     elif isinstance(eff, lc.SubmitJob):
         cond = log.condition(eff.condition)
         job = log.add_job(int(cond["id"]) if cond else condition_id, eff.parent, "")
         rec.state, _ = lc.step(new, lc.JobSubmitted(job))
         job_data: dict[str, Any] = {"job": job, "status": "exporting"}
         job_data |= {"condition": eff.condition, "parent": eff.parent}
-        rec.events.append(("agent.job", job_data, now))
+        rec.events.append((Topic.JOB, job_data, now))
         rec.export = (job, eff.condition)
     elif isinstance(eff, lc.CancelJob):
         log.update_job(eff.job, "cancelled")
         rec.cancelled.append(eff.job)
-        rec.events.append(("agent.job", {"job": eff.job, "status": "cancelled"}, now))
+        rec.events.append((Topic.JOB, {"job": eff.job, "status": "cancelled"}, now))
     elif isinstance(eff, lc.RaiseAlarm):
         data = {"kind": eff.kind, "reason": eff.reason}
         where = {"condition": old.condition, "policy": old.policy}
-        rec.events.append(("agent.alarm", {**data, **where, **details}, now))
+        rec.events.append((Topic.ALARM, {**data, **where, **details}, now))
     elif isinstance(eff, lc.RejectPolicy):
         log.upsert_policy(eff.policy, "", "rejected", reason=eff.reason[:500])
         data = {"policy": eff.policy, "reason": eff.reason}
-        rec.events.append(("agent.policy.rejected", data, now))
+        rec.events.append((Topic.POLICY_REJECTED, data, now))
         rec.rejected.append(eff.policy)
     elif isinstance(eff, lc.SwapPolicy):
         log.activate_policy(eff.policy, eff.reason)
-        topic = "agent.policy.rolled_back" if eff.reason in BACK_REASONS else "agent.policy.swapped"
+        back = eff.reason in BACK_REASONS
+        topic = Topic.POLICY_ROLLED_BACK if back else Topic.POLICY_SWAPPED
         swap: dict[str, Any] = {
             "policy": eff.policy,
             "previous": old.policy,

@@ -269,6 +269,13 @@ class LogQueries:
         rows = self._rows("SELECT * FROM jobs WHERE id = ?", [job_id])
         return rows[0] if rows else None
 
+    def job_ids(self, status: str) -> list[int]:
+        """Ids of the jobs with this status, oldest first."""
+        return [
+            int(r["id"])
+            for r in self._rows("SELECT id FROM jobs WHERE status = ? ORDER BY id", [status])
+        ]
+
     def count_grasps(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM grasps").fetchone()[0])
 

@@ -10,7 +10,7 @@ Usage: python bench/swap.py [--bundles 20] [--rate 200] [--cem-iterations 2] [--
    recorded sim images at a fixed rate (deadline pacing), checking each decision (finite Q in
    [0, 1], finite action, no PolicyFault); between two decisions it polls the
    ``PolicyLoader`` and, when a bundle is ready, swaps the reference, keeps the previous one
-   as the warm fallback and drops the one before (as ``agent.active.WarmPolicies.keep``).
+   as the warm fallback and drops the one before (as ``agent.policies.WarmPolicies.keep``).
 3. All bundles are submitted at once to the loader thread (full validation, probe on the sim
    images, import into a store, warm-up; the latency comparison with the serving policy only
    with ``--latency-check``). The control thread is pinned to the first CPU, the loader and
@@ -47,11 +47,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from agent.active import WarmPolicies  # noqa: E402
 from agent.bundle import validate_bundle  # noqa: E402
 from agent.cem import CemParams  # noqa: E402
 from agent.config import PolicyConfig  # noqa: E402
 from agent.loader import PolicyLoader  # noqa: E402
+from agent.policies import WarmPolicies  # noqa: E402
 from agent.policy import Policy, PolicyFault, load_policy  # noqa: E402
 from agent.spec import DEFAULT_SPEC  # noqa: E402
 
@@ -198,7 +198,7 @@ def run(
             if res.policy is None:
                 refused.append(f"{res.source}: {res.reason} {res.error}")
             else:
-                if reaper is not None:  # the daemon's path: agent.active.WarmPolicies
+                if reaper is not None:  # the daemon's path: agent.policies.WarmPolicies
                     warm.put(res.policy)
                     warm.keep(res.policy.id, active.id)  # the one before is reaped off-thread
                     fallback, active = active, res.policy

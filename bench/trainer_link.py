@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.config import config_from_dict
-from agent.trainer_link import TrainerLink
+from agent.link import TrainerLink
 from tests.trainer.jobsupport import (
     TrainerProcess,
     free_port,

@@ -18,7 +18,7 @@ import pytest
 
 from agent.bundle import validate_bundle
 from agent.config import config_from_dict
-from agent.trainer_link import TrainerLink
+from agent.link import TrainerLink
 from tests.trainer.jobsupport import (
     Proxy,
     TrainerProcess,
@@ -406,7 +406,7 @@ def test_download_rejects_bad_chunks_and_refetches_a_file_failing_its_whole_chec
     tmp_path: Path,
 ) -> None:
     from agent.jobwire import FileEntry, Manifest, chunk_sha, manifest_of_dir
-    from agent.link_transfer import BundleDownload
+    from agent.link.transfer import BundleDownload
 
     src = tmp_path / "src"
     src.mkdir()
@@ -472,26 +472,25 @@ def test_result_never_imported_is_offered_again_at_start_a_bounded_number_of_tim
 ) -> None:
     import json
 
-    from agent.trainer_link import MAX_OFFERS, JobRecord
+    from agent.link.jobs import MAX_OFFERS, LinkJob, Phase
 
     root, store = tmp_path / "agent", tmp_path / "agent" / "policies"
     store.mkdir(parents=True)
     staged = root / "trainer-link" / "staging" / "job-9" / "abc123"
     staged.mkdir(parents=True)
-    rec = JobRecord(
+    rec = LinkJob(
         9,
         "/gone",
         "p0",
         "c",
-        phase="done",
+        phase=Phase.DONE,
         key="k",
-        outcome="improved",
         bundle_id="abc123",
         offers=1,
     )
     (root / "trainer-link" / "jobs").mkdir(parents=True)
     path = root / "trainer-link" / "jobs" / "job-9.json"
-    path.write_text(json.dumps(rec.__dict__))
+    path.write_text(json.dumps(rec.to_json()))
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # no trainer: nothing to talk about
     calls = []
     for _ in range(MAX_OFFERS + 1):
@@ -504,18 +503,17 @@ def test_result_never_imported_is_offered_again_at_start_a_bounded_number_of_tim
     assert json.loads(path.read_text())["offers"] == MAX_OFFERS
     assert not staged.exists()  # given up on: the staging copy is dropped
     # Once the daemon has imported it, a start neither offers it nor keeps the staging copy.
-    rec2 = JobRecord(
+    rec2 = LinkJob(
         10,
         "/gone",
         "p0",
         "c",
-        phase="done",
+        phase=Phase.DONE,
         key="k2",
-        outcome="improved",
         bundle_id="def456",
         offers=1,
     )
-    (root / "trainer-link" / "jobs" / "job-10.json").write_text(json.dumps(rec2.__dict__))
+    (root / "trainer-link" / "jobs" / "job-10.json").write_text(json.dumps(rec2.to_json()))
     staged2 = root / "trainer-link" / "staging" / "job-10" / "def456"
     staged2.mkdir(parents=True)
     (store / "def456").mkdir()

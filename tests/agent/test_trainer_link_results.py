@@ -25,7 +25,7 @@ from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
-from agent.trainer_link import TrainerLink
+from agent.link import TrainerLink
 from agent.wire import WireError, decode, encode
 from tests.agent.conftest import agent_config
 from tests.agent.fakes import FakeDriver, broken_bundle, make_bundle

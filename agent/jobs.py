@@ -1,0 +1,262 @@
+"""The agent's one owner of a fine-tune job's status: one row of the ``jobs`` table per job.
+
+Contract (control thread only):
+
+- A job's row is created by the lifecycle step that asks for it
+  (:func:`agent.effects.record_step`, status ``queued``, in the step's transaction) and
+  cancelled the same way (``cancelled``). Every later status is written here, and only
+  here: the export (:meth:`Jobs.exported`), what the trainer link reports
+  (:meth:`Jobs.reported`) and the fate of the result bundle (:meth:`Jobs.result_served`,
+  :meth:`Jobs.result_late`, :meth:`Jobs.result_refused`).
+- A verdict stands: once ``done``, ``failed``, ``no_improvement`` or ``cancelled``, a later
+  report is published but does not change the status.
+- The lifecycle follows the job's end (``JobFailed``, ``JobNoImprovement``, ``JobKept``);
+  the link follows the job's effects through three hooks, each called on the control
+  thread and each expected to return at once: ``export_hook(job, export_dir)``
+  (send it), ``cancel_hook(job)`` (tell the trainer to stop it) and ``result_hook(job)``
+  (the result was imported or refused: drop the staged copy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent import lifecycle as lc
+from agent.bundle import is_bundle_id
+from agent.exporter import ExportDone, Exporter
+from agent.grasplog import GraspLog
+from agent.journal import Journal
+from agent.policies import PolicySlot, Trained
+from agent.topics import Topic
+
+if TYPE_CHECKING:
+    from agent.outcomes import Outcomes
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(StrEnum):
+    """The status column of a job's row."""
+
+    QUEUED = "queued"
+    """Asked for; exported (once ``export_path`` is set) and waiting for the trainer."""
+    WAITING = "waiting"
+    """The trainer is unreachable; the export waits on disk."""
+    UPLOADING = "uploading"
+    RECEIVING = "receiving"
+    """The trainer's states while it takes the data and trains."""
+    TRAINING = "training"
+    DOWNLOADING = "downloading"
+    """The result bundle is being fetched."""
+    IMPROVED = "improved"
+    """The result bundle was handed to the daemon (being validated and loaded)."""
+    DONE = "done"
+    """The result was loaded (``result_policy_id``)."""
+    NO_IMPROVEMENT = "no_improvement"
+    """The trainer found no better policy; the parent serves on."""
+    FAILED = "failed"
+    KEPT = "kept"
+    """No trainer configured: the export stays on disk, the parent serves on."""
+    CANCELLED = "cancelled"
+    """Abandoned by the daemon (a new condition, a promote or a rollback)."""
+
+
+VERDICTS = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.NO_IMPROVEMENT})
+"""Statuses a later report does not change (with CANCELLED)."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One row of the ``jobs`` table."""
+
+    id: int
+    condition_id: int
+    parent_policy_id: str
+    status: JobStatus
+    export_path: str
+    result_policy_id: str
+    detail: str
+    """The latest detail, as JSON text."""
+
+    @classmethod
+    def from_db(cls, row: dict[str, Any]) -> JobRow:
+        return cls(
+            int(row["id"]),
+            int(row["condition_id"]),
+            str(row["parent_policy_id"] or ""),
+            JobStatus(str(row["status"])),
+            str(row["export_path"] or ""),
+            str(row["result_policy_id"] or ""),
+            str(row["detail"] or ""),
+        )
+
+
+ExportHook = Callable[[int, Path], None]
+JobHook = Callable[[int], None]
+
+
+class Host(Protocol):
+    """What the job owner asks of the daemon (control thread)."""
+
+    @property
+    def state(self) -> lc.State: ...
+    def try_step(self, event: lc.Event, details: dict[str, Any] | None = None) -> None: ...
+    @property
+    def journal(self) -> Journal: ...
+    @property
+    def outcomes(self) -> Outcomes: ...
+    @property
+    def slot(self) -> PolicySlot: ...
+    @property
+    def exporter(self) -> Exporter: ...
+
+
+class Jobs:
+    """Reads and writes the ``jobs`` rows and calls the link's hooks."""
+
+    def __init__(self, glog: GraspLog, host: Host, store: Path) -> None:
+        self.log = glog
+        self.host = host
+        self.store = store
+        self.export_hook: ExportHook | None = None
+        self.cancel_hook: JobHook | None = None
+        self.result_hook: JobHook | None = None
+
+    def row(self, job: int) -> JobRow | None:
+        row = self.log.job(job)
+        return None if row is None else JobRow.from_db(row)
+
+    def _set(self, job: int, status: JobStatus, **kw: Any) -> None:
+        self.log.update_job(job, str(status), **kw)
+
+    # -- start-up ---------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Go on with the job the lifecycle waits for: export it, send it, load its result
+        or end it, by where its row stands; and tell the link again which jobs are
+        cancelled (a cancel handed to it just before a crash was never recorded there)."""
+        for old in self.log.job_ids(JobStatus.CANCELLED.value):
+            self.abandoned(old)
+        job = self.host.state.job
+        row = None if job is None else self.row(job)
+        if job is None or row is None:
+            return
+        if not row.export_path:
+            self.host.exporter.submit(job, self.host.state.condition)
+        elif row.status is JobStatus.QUEUED:
+            self._export_hook(job, Path(row.export_path))
+        elif row.status is JobStatus.IMPROVED and is_bundle_id(row.result_policy_id):
+            # the result was handed on; if it reached the store the daemon stopped before
+            # swapping it in: load it from there (the link offers only a staged copy again)
+            if (self.store / row.result_policy_id).is_dir():
+                log.warning(
+                    "job %s: result %s is in the store; loading it", job, row.result_policy_id
+                )
+                self.host.slot.load(self.store / row.result_policy_id, Trained(job))
+        elif row.status is JobStatus.FAILED:  # stopped before the step
+            self.host.try_step(lc.JobFailed(job, (row.detail or "failed")[:500]))
+
+    # -- the export ---------------------------------------------------------------------------
+    def exported(self, done: ExportDone) -> None:
+        """The exporter finished a job's dataset (or failed to)."""
+        if done.path is None:
+            self._set(done.job, JobStatus.FAILED, detail={"error": done.error})
+            self.host.journal.emit(
+                Topic.JOB, {"job": done.job, "status": "failed", "error": done.error}
+            )
+            self.host.try_step(lc.JobFailed(done.job, f"export failed: {done.error}"))
+            return
+        row = self.row(done.job)
+        current = self.host.state.job == done.job
+        status = JobStatus.QUEUED if current or row is None else row.status
+        self._set(done.job, status, export_path=str(done.path))
+        self.host.journal.emit(
+            Topic.JOB,
+            {
+                "job": done.job,
+                "status": str(status),
+                "condition": done.condition,
+                "export": str(done.path),
+                "transitions": done.index.get("transitions", 0),
+                "grasps": done.index.get("grasps", 0),
+            },
+        )
+        if current:
+            self._export_hook(done.job, done.path)
+
+    def _export_hook(self, job: int, path: Path) -> None:
+        if self.export_hook is not None:
+            self._call("export_hook", self.export_hook, job, path)
+
+    # -- the trainer's reports ------------------------------------------------------------------
+    def reported(self, job: int, status: JobStatus, detail: dict[str, Any]) -> None:
+        """A status from the trainer link; ``failed``, ``no_improvement`` and ``kept`` end the
+        job in the lifecycle."""
+        row = self.row(job)
+        if row is not None and row.status is JobStatus.CANCELLED:
+            # the link was told to stop it; the row stays cancelled and the event says so
+            self._set(job, JobStatus.CANCELLED, detail={"trainer": str(status), **detail})
+            self.host.journal.emit(
+                Topic.JOB, {"job": job, "status": str(status), "detail": detail, "cancelled": True}
+            )
+            return
+        if row is not None and row.status in VERDICTS:
+            # a verdict stands: the link reports "improved" after handing the result on, when
+            # the loader may have swapped it in or refused it already; later reports are news
+            self.host.journal.emit(
+                Topic.JOB, {"job": job, "status": str(row.status), "detail": detail}
+            )
+            return
+        bid = detail.get("bundle_id") if status is JobStatus.IMPROVED else None
+        result = bid if isinstance(bid, str) and is_bundle_id(bid) else None
+        self._set(job, status, detail=detail, result_policy_id=result)
+        self.host.journal.emit(Topic.JOB, {"job": job, "status": str(status), "detail": detail})
+        if status is JobStatus.FAILED:
+            self.host.try_step(lc.JobFailed(job, str(detail.get("error", "trainer failed"))))
+        elif status is JobStatus.NO_IMPROVEMENT:
+            self.host.try_step(lc.JobNoImprovement(job, str(detail.get("reason", ""))))
+            self.host.outcomes.reset_detector()  # serving again: at the serving ARL0
+        elif status is JobStatus.KEPT:  # no trainer: the export waits, the parent serves on
+            self.host.try_step(lc.JobKept(job))
+            self.host.outcomes.reset_detector()
+
+    # -- the result -----------------------------------------------------------------------------
+    def result_served(self, job: int, policy_id: str) -> None:
+        """The job's result was swapped in (lineage: the job's result is this policy)."""
+        self._set(job, JobStatus.DONE, result_policy_id=policy_id)
+        self._result_hook(job)
+
+    def result_late(self, job: int, policy_id: str) -> None:
+        """The result arrived after its job ended: kept as a candidate, status unchanged."""
+        row = self.row(job)
+        if row is not None:
+            self._set(job, row.status, result_policy_id=policy_id)
+        self._result_hook(job)
+
+    def result_refused(self, job: int, why: str) -> None:
+        """The job's result was refused: the job failed (its row is not left "improved"),
+        the parent serves on and the lifecycle leaves TRAINING."""
+        row = self.row(job)
+        if row is not None and row.status is not JobStatus.CANCELLED:
+            self._set(job, JobStatus.FAILED, detail={"error": why})
+        self.host.try_step(lc.JobFailed(job, why))
+        self._result_hook(job)
+
+    def abandoned(self, job: int) -> None:
+        """The job was cancelled (its row says so already): the trainer is told."""
+        if self.cancel_hook is not None:
+            self._call("cancel_hook", self.cancel_hook, job)
+
+    def _result_hook(self, job: int) -> None:
+        if self.result_hook is not None:
+            self._call("result_hook", self.result_hook, job)
+
+    def _call(self, name: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.host.journal.error(name, exc)
