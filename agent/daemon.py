@@ -31,13 +31,13 @@ from agent import lifecycle as lc
 from agent.command_thread import ChangeQueue, CommandContext, CommandThread
 from agent.config import AgentConfig, check_exposure
 from agent.decision_guard import MARKER_FILE, DecisionGuard
+from agent.driver import Driver, DriverUnavailable
 from agent.effects import record_step
 from agent.exporter import Exporter
 from agent.grasp import Outage, grasp
 from agent.grasplog import GraspLog
 from agent.jobs import ExportHook, JobHook, Jobs, JobStatus
 from agent.journal import EXIT_UNWRITTEN, Journal
-from plumbing.sd_notify import Notifier
 from agent.outcomes import Outcomes
 from agent.policies import PURPOSES, PolicySlot, Trained
 from agent.policy import Policy, PolicyFault
@@ -45,7 +45,7 @@ from agent.queries import Queries
 from agent.status import Status
 from agent.topics import Topic
 from agent.transport import EventPublisher, Security
-from agent.driver import Driver, DriverUnavailable
+from plumbing.sd_notify import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import numpy as np
 
 from agent.decision_guard import DecisionGuard
+from agent.driver import Driver
 from agent.grasplog import GraspRecord, TransitionRecord
 from agent.policy import Policy, PolicyFault
-from agent.driver import Driver
 
 
 def grasp(

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import lifecycle as lc
-from plumbing.sd_notify import Notifier
 from agent.watch import OutcomeWatch
+from plumbing.sd_notify import Notifier
 
 if TYPE_CHECKING:
     from agent.journal import Journal

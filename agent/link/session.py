@@ -87,7 +87,7 @@ class Session:
         s.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
         s.setsockopt(zmq.RECONNECT_IVL, 200)
         if self.cfg.curve_server_public:
-            from agent.transport import ClientKeys
+            from plumbing.curve import ClientKeys
 
             ClientKeys.load(self.cfg.curve_client_secret, self.cfg.curve_server_public).apply(s)
         s.connect(self.cfg.endpoint)
