@@ -254,6 +254,12 @@ def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start
         wait_for(lambda: first.snapshot()["phase"] == "training", 20, "the job")
         snap = first.snapshot()
         job, old = int(snap["job"]), str(snap["policy"])
+
+        def exported() -> bool:  # a trainer has a job's result only after its export
+            rows = query(first.db_path, "SELECT export_path FROM jobs WHERE id = ?", job)
+            return bool(rows) and bool(rows[0]["export_path"])
+
+        wait_for(exported, 20, "the job's export")
         child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
         shutil.copytree(child, first.store / child.name)  # the loader's import, then the crash
         first.job_update(job, "improved", {"bundle_id": child.name, "path": str(child)})
