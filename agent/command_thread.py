@@ -23,7 +23,7 @@ import zmq
 from agent import lifecycle as lc
 from agent.commands import Change, CommandError, ControlCore, dispatch
 from agent.config import SocketsConfig
-from agent.grasplog import is_disk_full
+from agent.logrecords import is_disk_full
 from agent.queries import Queries
 from agent.transport import CommandServer, Security
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.grasplog import LogQueries, decode_image
+from agent.logreader import LogQueries
+from agent.logrecords import decode_image
 from agent.spec import Spec
 from plumbing.atomic import replacing_dir
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.export import export_condition
-from agent.grasplog import LogReader
+from agent.logreader import LogReader
 from agent.spec import Spec
 
 log = logging.getLogger(__name__)

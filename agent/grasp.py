@@ -17,7 +17,7 @@ import numpy as np
 
 from agent.decision_guard import DecisionGuard
 from agent.driver import Driver
-from agent.grasplog import GraspRecord, TransitionRecord
+from agent.logrecords import GraspRecord, TransitionRecord
 from agent.policy import Policy, PolicyFault
 
 

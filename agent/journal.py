@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.config import GraspLogConfig
-from agent.grasplog import GraspLog, GraspRecord, is_disk_full
+from agent.grasplog import GraspLog
+from agent.logrecords import GraspRecord, is_disk_full
 from agent.topics import Topic
 from agent.transport import EventPublisher
 

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from agent import lifecycle as lc
 from agent.config import AgentConfig
 from agent.decision_guard import clear_marker, read_marker
-from agent.grasplog import GraspLog, LogReader
+from agent.grasplog import GraspLog
 from agent.journal import FLUSH_RETRY_S, Journal
 from agent.loader import LoadResult, PolicyLoader
+from agent.logreader import LogReader
 from agent.policy import Policy
 from agent.spec import Spec
 from agent.topics import Topic

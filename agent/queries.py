@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.grasplog import LogReader
+from agent.logreader import LogReader
 
 
 class Queries:

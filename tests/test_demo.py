@@ -16,7 +16,8 @@ import zmq
 from PIL import Image
 
 from agent.config import SocketsConfig, config_from_dict
-from agent.grasplog import GraspLog, GraspRecord
+from agent.grasplog import GraspLog
+from agent.logrecords import GraspRecord
 from agent.transport import EventPublisher, Security
 from trainer.demo.analysis import rolling, summarise, wilson
 from trainer.demo.live import LiveView

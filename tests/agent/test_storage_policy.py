@@ -15,8 +15,9 @@ from agent.bundle import BundleError, validate_bundle
 from agent.cem import CemParams
 from agent.config import CemConfig, PolicyConfig, config_from_dict
 from agent.export import export_condition, load_dataset
-from agent.grasplog import GraspLog, GraspRecord, TransitionRecord, decode_image, encode_image
+from agent.grasplog import GraspLog
 from agent.loader import PolicyLoader
+from agent.logrecords import GraspRecord, TransitionRecord, decode_image, encode_image
 from agent.policy import load_policy
 from agent.spec import DEFAULT_SPEC
 from plumbing.config_loader import ConfigError

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.export import export_condition
-from agent.grasplog import GraspLog, GraspRecord, TransitionRecord
+from agent.grasplog import GraspLog
+from agent.logrecords import GraspRecord, TransitionRecord
 from agent.spec import DEFAULT_SPEC
 from trainer.dataset import EpisodeDataset
 from trainer.ingest import import_agent_export
