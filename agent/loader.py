@@ -40,18 +40,18 @@ from agent.bundle import (
     BUNDLE_FILES,
     META_FILE,
     Bundle,
-    BundleError,
     copy_bundle_files,
     is_bundle_id,
-    probe_images,
     read_meta,
     scan_bundle_dir,
     sha256_file,
     validate_bundle,
     verify_bundle,
 )
+from agent.bundle_errors import BundleError
 from agent.cem import CemParams
 from agent.config import PolicyConfig
+from agent.onnxcheck import probe_images
 from agent.policy import Policy, PolicyLoadError, load_policy
 from agent.spec import Spec
 
@@ -75,7 +75,7 @@ class LoadResult:
     error: str
     """Why it failed ('' on success)."""
     reason: str = ""
-    """Machine-readable code of the failure (agent.bundle.REASONS; '' on success)."""
+    """Machine-readable code of the failure (agent.bundle_errors.REASONS; '' on success)."""
     policy_id: str = ""
     """The bundle's id as its meta.json claims it ('' when unreadable), also on failure."""
     parent_id: str | None = None

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.bundle import Bundle, check_q, probe_images
+from agent.bundle import Bundle
 from agent.cem import Cem, CemParams, CemResult
 from agent.config import PolicyConfig
+from agent.onnxcheck import check_q, probe_images
 from agent.spec import ONNX_ACTIONS_INPUT, ONNX_IMAGE_INPUT, ONNX_Q_OUTPUT, Spec
 
 log = logging.getLogger(__name__)

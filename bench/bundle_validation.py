@@ -108,7 +108,7 @@ def main() -> None:
 
 
 def _corpus(root: Path, images: list[np.ndarray]) -> dict[str, object]:
-    from agent.bundle import BundleError
+    from agent.bundle_errors import BundleError
     from agent.policy import PolicyLoadError
     from tests.agent.test_bad_bundles import CEM, CORPUS, PCFG, _model, _write
 

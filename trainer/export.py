@@ -84,7 +84,7 @@ def make_bundle(
 
     ``meta`` supplies condition, training, data and validation entries; the
     network config is recorded under ``meta["network"]``. Raises
-    ``agent.bundle.BundleError`` if the written bundle fails validation.
+    ``agent.bundle_errors.BundleError`` if the written bundle fails validation.
     """
     full = dict(meta)
     full["parent_id"] = parent_id

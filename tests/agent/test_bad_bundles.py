@@ -19,15 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.bundle import (
-    META_FILE,
-    MODEL_FILE,
-    REASONS,
-    WEIGHTS_FILE,
-    BundleError,
-    validate_bundle,
-    write_bundle,
-)
+from agent.bundle import META_FILE, MODEL_FILE, WEIGHTS_FILE, validate_bundle, write_bundle
+from agent.bundle_errors import REASONS, BundleError
 from agent.cem import CemParams
 from agent.config import PolicyConfig
 from agent.loader import IMPORT_PREFIX, PolicyLoader, load_bundle, load_stored

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundle import BundleError, validate_bundle
+from agent.bundle import validate_bundle
+from agent.bundle_errors import BundleError
 from agent.cem import CemParams
 from agent.config import CemConfig, PolicyConfig, config_from_dict
 from agent.export import export_condition, load_dataset

@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from agent.bundle import BundleError, validate_bundle
+from agent.bundle import validate_bundle
+from agent.bundle_errors import BundleError
 from agent.spec import ONNX_ACTIONS_INPUT, ONNX_IMAGE_INPUT, ONNX_Q_OUTPUT
 from trainer.export import export_onnx, load_qnet, load_weights, make_bundle, weights_bytes
 from trainer.qnet import PixelMapping, QNet, QNetConfig

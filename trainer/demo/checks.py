@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import BundleError, validate_bundle
+from agent.bundle import validate_bundle
+from agent.bundle_errors import BundleError
 from agent.config import config_from_dict
 from drivers.sim.conditions import CONDITION_NAMES
 from plumbing.config_loader import ConfigError
