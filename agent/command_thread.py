@@ -5,7 +5,7 @@ it until closed. Each request runs through :func:`agent.commands.dispatch`
 against a :class:`CommandContext`: read-only commands are answered from the
 control thread's latest snapshot and from this thread's own read-only SQLite
 connection; changes are queued for the control thread (see
-:class:`agent.commands.AgentControl`). Nothing here touches the writer
+:class:`agent.command_base.AgentControl`). Nothing here touches the writer
 connection, the driver or a policy.
 """
 
@@ -21,7 +21,8 @@ from typing import Any
 import zmq
 
 from agent import lifecycle as lc
-from agent.commands import Change, CommandError, ControlCore, dispatch
+from agent.command_base import Change, CommandError, ControlCore
+from agent.commands import dispatch
 from agent.config import SocketsConfig
 from agent.logrecords import is_disk_full
 from agent.queries import Queries
