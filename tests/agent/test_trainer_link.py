@@ -20,6 +20,7 @@ from agent.bundle import validate_bundle
 from agent.config import config_from_dict
 from agent.link import TrainerLink
 from tests.trainer.jobsupport import (
+    TINY_FINETUNE,
     Proxy,
     TrainerProcess,
     free_port,
@@ -91,9 +92,11 @@ def make_link(
     return link, rec
 
 
-def trainer(tmp_path: Path, name: str = "trainer") -> TrainerProcess:
+def trainer(
+    tmp_path: Path, name: str = "trainer", finetune: dict[str, Any] | None = None
+) -> TrainerProcess:
     port = free_port()
-    cfg = write_service_config(tmp_path / f"{name}.toml", tmp_path / name, port)
+    cfg = write_service_config(tmp_path / f"{name}.toml", tmp_path / name, port, finetune)
     return TrainerProcess(cfg, tmp_path / f"{name}.log", port)
 
 
@@ -248,7 +251,7 @@ def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
 def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None:
     import zmq.auth
 
-    from tests.trainer.jobsupport import TINY_FINETUNE, Client
+    from tests.trainer.jobsupport import Client
     from trainer.service import JobService
     from trainer.service_config import service_config_from_dict
 
@@ -330,7 +333,10 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
             outcome = type(res.outcome)(success=ok, sensed_by="fake", detail={})
             return type(res)(reward=float(ok), done=True, outcome=outcome, duration_s=0.0)
 
-    tr = trainer(tmp_path).start()
+    # this test is about the wiring, not the recipe's verdict: 80 grasps of a learnable
+    # driver returned "no improvement" once in a clean CI run (the held-out 20 grasps could
+    # not show the gain), so any validated child ships
+    tr = trainer(tmp_path, finetune={**TINY_FINETUNE, "min_gain": -1.0, "min_auc": 0.0}).start()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
     cfg = agent_config(
