@@ -19,6 +19,7 @@ Contract (control thread only):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ class JobRow:
     result_policy_id: str
     detail: str
     """The latest detail, as JSON text."""
+
+    def result_id(self) -> str:
+        """The result's bundle id: ``result_policy_id``, or for a row written before that
+        column was filled on ``improved``, the ``bundle_id`` of its detail."""
+        if self.result_policy_id:
+            return self.result_policy_id
+        try:
+            bid = json.loads(self.detail).get("bundle_id") if self.detail else None
+        except (ValueError, AttributeError):
+            return ""
+        return bid if isinstance(bid, str) else ""
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> JobRow:
@@ -149,14 +161,12 @@ class Jobs:
             self.host.exporter.submit(job, self.host.state.condition)
         elif row.status is JobStatus.QUEUED:
             self._export_hook(job, Path(row.export_path))
-        elif row.status is JobStatus.IMPROVED and is_bundle_id(row.result_policy_id):
+        elif row.status is JobStatus.IMPROVED and is_bundle_id(result := row.result_id()):
             # the result was handed on; if it reached the store the daemon stopped before
             # swapping it in: load it from there (the link offers only a staged copy again)
-            if (self.store / row.result_policy_id).is_dir():
-                log.warning(
-                    "job %s: result %s is in the store; loading it", job, row.result_policy_id
-                )
-                self.host.slot.load(self.store / row.result_policy_id, Trained(job))
+            if (self.store / result).is_dir():
+                log.warning("job %s: result %s is in the store; loading it", job, result)
+                self.host.slot.load(self.store / result, Trained(job))
         elif row.status is JobStatus.FAILED:  # stopped before the step
             self.host.try_step(lc.JobFailed(job, (row.detail or "failed")[:500]))
 

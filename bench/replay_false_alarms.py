@@ -7,8 +7,8 @@ A stream is what ``bench/loop_false_alarms.py`` saves per run (success, policy, 
 grasp; the sim loads a fresh object set every ``refresh_every`` grasps from grasp 0). With
 ``on_alarm = "alert"`` the outcomes do not depend on the detector, so the daemon's detector
 is replayed exactly: the child's first grasps are its probation (``--probation`` grasps,
-then ``OutcomeWatch.reset`` with the child's record so far, as ``_reset_detector`` does), and
-after each alarm the watch recalibrates on the ``reference_grasps`` outcomes that follow.
+then ``OutcomeWatch.reset`` with the child's record so far, as ``Outcomes.reset_detector``
+does), and after each alarm the watch recalibrates on the ``reference_grasps`` outcomes that follow.
 
 ``as_recorded``: the child's stream as it came. ``resampled``: a long stream of the child's
 whole object sets drawn with replacement from the recorded ones (the clustering kept, sets

@@ -1,6 +1,6 @@
 """Per-job transfer state of the trainer link: the upload's credit window, the bundle download.
 
-No sockets: :class:`agent.link.session.TrainerLink` sends what these hand out and feeds
+No sockets: :class:`agent.link.TrainerLink` sends what these hand out and feeds
 them the trainer's replies. The download writes only under its own staging directory.
 """
 

@@ -309,3 +309,19 @@ def test_outcome_watch_probation_then_detector() -> None:
     skipped = w.start_probation([], [])
     assert skipped is not None and skipped.kind == "pass"
     assert "no parent" in skipped.details["skipped"]
+
+
+def test_an_improved_job_row_from_before_the_result_column_still_names_its_result() -> None:
+    """Regression (review of the carve): restart recovery of a job left at ``improved`` reads
+    ``result_policy_id``, which rows written by the older daemon leave empty: their result's
+    id is in the detail, and without it the daemon would wait in TRAINING for good."""
+    import dataclasses
+    import json
+
+    from agent.jobs import JobRow, JobStatus
+
+    old = JobRow(1, 1, "p", JobStatus.IMPROVED, "/x", "", json.dumps({"bundle_id": "0" * 16}))
+    assert old.result_id() == "0" * 16
+    assert dataclasses.replace(old, result_policy_id="f" * 16).result_id() == "f" * 16
+    assert dataclasses.replace(old, detail="not json").result_id() == ""
+    assert dataclasses.replace(old, detail="[1]").result_id() == ""
