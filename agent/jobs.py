@@ -183,6 +183,10 @@ class Jobs:
         row = self.row(done.job)
         current = self.host.state.job == done.job
         status = JobStatus.QUEUED if current or row is None else row.status
+        if row is not None and row.status not in (JobStatus.QUEUED, JobStatus.WAITING):
+            # a report that came in while the dataset was being written (a result handed
+            # over directly) is not set back to queued, and the job is not submitted again
+            status, current = row.status, False
         self._set(done.job, status, export_path=str(done.path))
         self.host.journal.emit(
             Topic.JOB,
