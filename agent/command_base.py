@@ -9,6 +9,7 @@ become operator error replies. The commands themselves are :mod:`agent.commands`
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from agent import lifecycle as lc
+from agent.diskfull import is_disk_full
+from agent.loads import OperatorLoad
 from plumbing.names import SAFE_NAME_NO_DOTDOT, SAFE_NAME_RULE
 
 if TYPE_CHECKING:
@@ -29,6 +32,20 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def operator_error(exc: Exception) -> tuple[str, str] | None:
+    """The error code and message an operator gets for a domain exception: the command's
+    own :class:`CommandError`, ``conflict`` for a lifecycle refusal, ``storage_full`` for a
+    full disk. None for anything else: a bug, answered ``internal`` and logged with its
+    traceback by the caller."""
+    if isinstance(exc, CommandError):
+        return exc.code, exc.message
+    if isinstance(exc, lc.LifecycleError):
+        return "conflict", str(exc)
+    if is_disk_full(exc):
+        return "storage_full", str(exc)
+    return None
 
 
 class AgentControl(Protocol):
@@ -54,7 +71,7 @@ class ControlCore(Protocol):
     @property
     def state(self) -> lc.State: ...
     def step(self, event: lc.Event) -> lc.State: ...
-    def load(self, source: Path, purpose: str) -> None: ...
+    def load(self, source: Path, request: OperatorLoad) -> None: ...
     def warm(self, policy_id: str) -> bool: ...
     def set_paused(self, paused: bool, reason: str) -> None: ...
 
@@ -113,6 +130,13 @@ class Command:
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def render(cls, result: dict[str, Any]) -> str:
+        """The result for a person (``robot-agent ctl``): one ``key: value`` line each."""
+        return "\n".join(
+            f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items()
+        )
 
     @classmethod
     def help(cls) -> str:

@@ -20,11 +20,9 @@ from typing import Any
 
 import zmq
 
-from agent import lifecycle as lc
-from agent.command_base import Change, CommandError, ControlCore
+from agent.command_base import Change, ControlCore, operator_error
 from agent.commands import dispatch
 from agent.config import SocketsConfig
-from agent.logrecords import is_disk_full
 from agent.queries import Queries
 from agent.transport import CommandServer, Security
 
@@ -173,11 +171,10 @@ class ChangeQueue:
         reply: dict[str, Any] = {"ticket": ticket, "command": command}
         try:
             reply |= {"ok": True, "result": change(self._core)}
-        except CommandError as exc:
-            reply |= {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-        except lc.LifecycleError as exc:
-            reply |= {"ok": False, "error": {"code": "conflict", "message": str(exc)}}
         except Exception as exc:
-            code = "storage_full" if is_disk_full(exc) else "internal"
-            reply |= {"ok": False, "error": {"code": code, "message": f"{exc}"}}
+            known = operator_error(exc)
+            if known is None:
+                log.exception("%s (ticket %d) failed", command, ticket)
+                known = "internal", f"{type(exc).__name__}: {exc}"
+            reply |= {"ok": False, "error": {"code": known[0], "message": known[1]}}
         self._done(reply)

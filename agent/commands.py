@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent import lifecycle as lc
+from agent import loads
 from agent.command_base import (
     MAX_ID_CHARS,
     NAME_PATTERN,
@@ -30,8 +31,8 @@ from agent.command_base import (
     ControlCore,
     Param,
     name_param,
+    operator_error,
 )
-from agent.lifecycle import LifecycleError
 from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode, peek_field
 
 if TYPE_CHECKING:
@@ -176,6 +177,16 @@ class Policies(Command):
             "policies": agent.queries.policies(),
         }
 
+    @classmethod
+    def render(cls, result: dict[str, Any]) -> str:
+        lines = [f"{'id':<18}{'parent':<18}{'status':<10}reason"]
+        for p in result.get("policies", []):
+            lines.append(
+                f"{p['id']:<18}{p.get('parent_id') or '-':<18}{p['status']:<10}"
+                f"{p.get('reason') or ''}"
+            )
+        return "\n".join(lines)
+
 
 class Rollback(Command):
     """Go back to earlier policy ID (one that served before); no probation.
@@ -191,7 +202,7 @@ class Rollback(Command):
         pid = args["id"].strip()
         row = agent.queries.policy(pid) if pid else None
         if row is None:
-            raise KeyError(f"unknown policy {pid!r}")
+            raise CommandError("not_found", f"unknown policy {pid!r}")
         if row["status"] not in ("retired", "active"):
             raise CommandError(
                 "conflict",
@@ -206,7 +217,7 @@ class Rollback(Command):
             if core.warm(pid):
                 core.step(lc.Rollback(pid))
                 return {"policy": pid, "swapped": True}
-            core.load(path, "rollback")
+            core.load(path, loads.Rollback())
             return {"loading": pid}
 
         return _queued(agent.enqueue(self.name, change), loading=pid)
@@ -244,15 +255,16 @@ class Promote(Command):
         elif Path(pid).is_absolute() and Path(pid).is_dir():
             source = Path(pid)
         else:
-            raise KeyError(
-                f"unknown policy {pid!r} (neither a known id nor an absolute bundle directory)"
+            raise CommandError(
+                "not_found",
+                f"unknown policy {pid!r} (neither a known id nor an absolute bundle directory)",
             )
 
         def change(core: ControlCore) -> dict[str, Any]:
             if row is not None and core.warm(pid):
                 core.step(lc.Promote(pid))
                 return {"policy": pid, "swapped": True}
-            core.load(source, "promote")
+            core.load(source, loads.Promote())
             return {"loading": pid}
 
         return _queued(agent.enqueue(self.name, change), loading=pid)
@@ -279,6 +291,19 @@ class Stats(Command):
             "latency_ms": {**pct, "n": int(lat.size)},
             "grasps": agent.snapshot().get("grasps", 0),
         }
+
+    @classmethod
+    def render(cls, result: dict[str, Any]) -> str:
+        lines = [f"{'condition':<24}{'policy':<18}{'mode':<9}{'grasps':>7}{'rate':>7}"]
+        for r in result.get("table", []):
+            rate = r["success_rate"]
+            lines.append(
+                f"{r['condition']:<24}{r['policy']:<18}{r['mode']:<9}{r['grasps']:>7}"
+                f"{'' if rate is None else f'{rate:.3f}':>7}"
+            )
+        lat = result.get("latency_ms", {})
+        lines.append("decision latency ms: " + ", ".join(f"{k}={v}" for k, v in lat.items()))
+        return "\n".join(lines)
 
 
 COMMANDS: dict[str, type[Command]] = {
@@ -346,17 +371,12 @@ def handle(agent: AgentControl, header: dict[str, Any]) -> dict[str, Any]:
     req_id, name = header.get("id"), cls.name
     try:
         result = cls().run(agent, args)
-    except CommandError as exc:
-        return error_reply(req_id, exc.code, exc.message)
-    except LifecycleError as exc:
-        return error_reply(req_id, "conflict", str(exc))
-    except KeyError as exc:
-        return error_reply(req_id, "not_found", str(exc.args[0]) if exc.args else "not found")
-    except ValueError as exc:
-        return error_reply(req_id, "bad_args", str(exc))
     except Exception as exc:
-        log.exception("command %s failed", name)
-        return error_reply(req_id, "internal", f"{type(exc).__name__}: {exc}")
+        known = operator_error(exc)
+        if known is None:
+            log.exception("command %s failed", name)
+            known = "internal", f"{type(exc).__name__}: {exc}"
+        return error_reply(req_id, *known)
     return {"id": req_id, "ok": True, "result": result}
 
 

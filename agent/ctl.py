@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from agent.command_base import Command
 from agent.commands import COMMANDS, REPLY_MAX_BYTES
 from agent.wire import WireError, decode, encode
 from plumbing.curve import ClientKeys
@@ -100,29 +100,8 @@ def format_reply(command: str, reply: dict[str, Any]) -> str:
     if not reply.get("ok"):
         err = reply.get("error", {})
         return f"error [{err.get('code')}]: {err.get('message')}"
-    result = reply.get("result", {})
-    if command == "stats":
-        lines = [f"{'condition':<24}{'policy':<18}{'mode':<9}{'grasps':>7}{'rate':>7}"]
-        for r in result.get("table", []):
-            rate = r["success_rate"]
-            lines.append(
-                f"{r['condition']:<24}{r['policy']:<18}{r['mode']:<9}{r['grasps']:>7}"
-                f"{'' if rate is None else f'{rate:.3f}':>7}"
-            )
-        lat = result.get("latency_ms", {})
-        lines.append("decision latency ms: " + ", ".join(f"{k}={v}" for k, v in lat.items()))
-        return "\n".join(lines)
-    if command == "policies":
-        lines = [f"{'id':<18}{'parent':<18}{'status':<10}reason"]
-        for p in result.get("policies", []):
-            lines.append(
-                f"{p['id']:<18}{p.get('parent_id') or '-':<18}{p['status']:<10}"
-                f"{p.get('reason') or ''}"
-            )
-        return "\n".join(lines)
-    return "\n".join(
-        f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items()
-    )
+    cls = COMMANDS.get(command, Command)  # each command renders its own result
+    return cls.render(reply.get("result", {}))
 
 
 def help_text() -> str:

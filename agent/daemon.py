@@ -38,8 +38,9 @@ from agent.grasp import Outage, grasp
 from agent.grasplog import GraspLog
 from agent.jobs import ExportHook, JobHook, Jobs, JobStatus
 from agent.journal import EXIT_UNWRITTEN, Journal
+from agent.loads import OperatorLoad, Trained
 from agent.outcomes import Outcomes
-from agent.policies import PURPOSES, PolicySlot, Trained
+from agent.policies import PolicySlot
 from agent.policy import Policy, PolicyFault
 from agent.queries import Queries
 from agent.status import Status
@@ -360,10 +361,9 @@ class Daemon:
         """True when ``policy_id`` is loaded and warm (a swap to it needs no load)."""
         return policy_id in self.slot.warm
 
-    def load(self, source: Path, purpose: str) -> None:
-        """Queue a bundle for validation and loading; ``purpose`` ("promote" or "rollback")
-        says what its arrival does."""
-        self.slot.load(source, PURPOSES[purpose])
+    def load(self, source: Path, request: OperatorLoad) -> None:
+        """Queue a bundle for validation and loading; ``request`` says what its arrival does."""
+        self.slot.load(source, request)
 
     def set_paused(self, paused: bool, reason: str) -> None:
         self.paused, self.pause_reason = paused, reason if paused else ""

@@ -32,7 +32,8 @@ from agent.bundle import is_bundle_id
 from agent.exporter import ExportDone, Exporter
 from agent.grasplog import GraspLog
 from agent.journal import Journal
-from agent.policies import PolicySlot, Trained
+from agent.loads import Trained
+from agent.policies import PolicySlot
 from agent.topics import Topic
 
 if TYPE_CHECKING:

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.config import GraspLogConfig
+from agent.diskfull import is_disk_full
 from agent.grasplog import GraspLog
-from agent.logrecords import GraspRecord, is_disk_full
+from agent.logrecords import GraspRecord
 from agent.topics import Topic
 from agent.transport import EventPublisher
 

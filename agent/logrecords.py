@@ -7,7 +7,6 @@ and the test for a full disk (``SQLITE_FULL``) that the writers share.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,11 +77,3 @@ def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
     if bgr is None:
         raise ValueError("OpenCV could not decode an image")
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True when a SQLite error means the disk (or the page cap) is full."""
-    return (
-        isinstance(exc, sqlite3.OperationalError)
-        and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    )

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import lifecycle as lc
 from agent.config import AgentConfig
+from agent.diskfull import is_disk_full
 from agent.grasplog import GraspLog
 from agent.journal import Journal
-from agent.logrecords import is_disk_full
 from agent.topics import Topic
 from agent.watch import Judgement, OutcomeWatch
 

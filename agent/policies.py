@@ -7,7 +7,7 @@ Contract (control thread, apart from the loader's own thread):
   persisted "last good" pointers). The slot holds only the warmed
   :class:`agent.policy.Policy` objects (:class:`WarmPolicies`): the active one and the
   fallback, so a swap, a rollback or a fault is a change of reference between two grasps.
-- **A load says what its arrival does** (:data:`LoadRequest`): ``Initial`` and
+- **A load says what its arrival does** (:data:`agent.loads.LoadRequest`): ``Initial`` and
   ``Promote`` swap it in (on probation unless nothing serves), ``Rollback`` swaps it in
   trusted, ``Trained(job)`` swaps the job's result in on probation against its parent if
   the lifecycle still waits for that job (else it stays a candidate), ``Warm`` only
@@ -26,9 +26,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import lifecycle as lc
 from agent.config import AgentConfig
@@ -36,6 +35,7 @@ from agent.decision_guard import clear_marker, read_marker
 from agent.grasplog import GraspLog
 from agent.journal import FLUSH_RETRY_S, Journal
 from agent.loader import LoadResult, PolicyLoader
+from agent.loads import Initial, LoadRequest, Rollback, Trained, Warm
 from agent.logreader import LogReader
 from agent.policy import Policy
 from agent.spec import Spec
@@ -45,49 +45,6 @@ if TYPE_CHECKING:
     from agent.jobs import Jobs
 
 log = logging.getLogger(__name__)
-
-
-# -- what a load is for ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Initial:
-    """The configured first policy (``policy.bundle``), with nothing served yet."""
-
-    purpose: ClassVar[str] = "initial"
-
-
-@dataclass(frozen=True)
-class Promote:
-    """An operator's ``promote``: on probation against the active policy."""
-
-    purpose: ClassVar[str] = "promote"
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """An operator's ``rollback`` to a policy that served before: trusted."""
-
-    purpose: ClassVar[str] = "rollback"
-
-
-@dataclass(frozen=True)
-class Trained:
-    """The trainer's result for ``job`` (None: whatever job the lifecycle waits for)."""
-
-    job: int | None
-    purpose: ClassVar[str] = "trained"
-
-
-@dataclass(frozen=True)
-class Warm:
-    """A reload of a stored policy the lifecycle names (active or fallback)."""
-
-    purpose: ClassVar[str] = "warm"
-
-
-LoadRequest = Initial | Promote | Rollback | Trained | Warm
-
-PURPOSES: dict[str, LoadRequest] = {"promote": Promote(), "rollback": Rollback()}
-"""The operator's load requests by name (commands say ``core.load(path, "promote")``)."""
 
 
 # -- the warm set ---------------------------------------------------------------------------

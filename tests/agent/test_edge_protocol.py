@@ -203,6 +203,73 @@ def test_handler_exception_becomes_internal_reply() -> None:
     ctx.term()
 
 
+def test_a_bug_inside_a_command_answers_internal_with_its_traceback_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a KeyError or ValueError from a bug is not the operator's doing: never not_found/bad_args
+    for exc in (KeyError("policy"), ValueError("shape"), RuntimeError("bug")):
+
+        class Broken(RecordingControl):
+            def policies(self, _exc: Exception = exc) -> list[dict[str, Any]]:
+                raise _exc
+
+        caplog.clear()
+        with caplog.at_level("ERROR", logger="agent.commands"):
+            reply = decode(dispatch(Broken(), _cmd("policies"), 4096)).header
+        assert reply["error"]["code"] == "internal", reply
+        assert any(r.exc_info for r in caplog.records), "no traceback logged"
+
+
+def test_operator_errors_come_from_domain_exceptions_only() -> None:
+    import sqlite3
+
+    from agent import lifecycle as lc
+    from agent.command_base import CommandError, operator_error
+
+    assert operator_error(CommandError("not_found", "x")) == ("not_found", "x")
+    assert operator_error(lc.LifecycleError("no"))[0] == "conflict"  # type: ignore[index]
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # as sqlite3 raises it
+    assert operator_error(full) == ("storage_full", "database or disk is full")
+    assert operator_error(KeyError("x")) is None and operator_error(ValueError("x")) is None
+
+
+def test_a_queued_change_that_hits_a_bug_answers_internal_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from agent.command_thread import ChangeQueue
+
+    posted: list[Any] = []
+    replies: list[dict[str, Any]] = []
+    queue = ChangeQueue(posted.append, RecordingControl(), replies.append)  # type: ignore[arg-type]
+
+    def change(core: Any) -> dict[str, Any]:
+        raise KeyError("a bug")
+
+    queue.enqueue("promote", change)
+    with caplog.at_level("ERROR", logger="agent.command_thread"):
+        posted[0]()
+    assert replies[0]["error"]["code"] == "internal" and replies[0]["ticket"] == 1
+    assert any(r.exc_info for r in caplog.records)
+
+
+def test_each_command_renders_its_own_result_for_ctl() -> None:
+    from agent.ctl import format_reply
+
+    stats = {"table": [], "latency_ms": {"p50": 1.5, "n": 3}, "grasps": 0}
+    assert "decision latency ms: p50=1.5, n=3" in format_reply(
+        "stats", {"ok": True, "result": stats}
+    )
+    pol = {"policies": [{"id": "a1", "parent_id": None, "status": "active"}]}
+    table = format_reply("policies", {"ok": True, "result": pol}).splitlines()
+    assert table[0].startswith("id") and table[1].split()[:3] == ["a1", "-", "active"]
+    assert format_reply("status", {"ok": True, "result": {"phase": "serving", "x": [1]}}) == (
+        "phase: serving\nx: [1]"
+    )
+    err = {"ok": False, "error": {"code": "conflict", "message": "busy"}}
+    assert format_reply("finetune", err) == "error [conflict]: busy"
+
+
 def test_every_error_code_is_documented() -> None:
     used: set[str] = set()
     for path in sorted((ROOT / "agent").glob("*.py")):
