@@ -200,16 +200,7 @@ class Rollback(Command):
             )
         if pid == agent.snapshot().get("policy"):
             raise CommandError("conflict", f"policy {pid} is already active")
-        path = Path(row["path"])
-
-        def change(core: ControlCore) -> dict[str, Any]:
-            if core.warm(pid):
-                core.step(lc.Rollback(pid))
-                return {"policy": pid, "swapped": True}
-            core.load(path, "rollback")
-            return {"loading": pid}
-
-        return _queued(agent.enqueue(self.name, change), loading=pid)
+        return _switch(agent, self.name, pid, Path(row["path"]), lc.Rollback(pid), known=True)
 
 
 class Promote(Command):
@@ -247,15 +238,29 @@ class Promote(Command):
             raise KeyError(
                 f"unknown policy {pid!r} (neither a known id nor an absolute bundle directory)"
             )
+        return _switch(agent, self.name, pid, source, lc.Promote(pid), known=row is not None)
 
-        def change(core: ControlCore) -> dict[str, Any]:
-            if row is not None and core.warm(pid):
-                core.step(lc.Promote(pid))
-                return {"policy": pid, "swapped": True}
-            core.load(source, "promote")
-            return {"loading": pid}
 
-        return _queued(agent.enqueue(self.name, change), loading=pid)
+def _switch(
+    agent: AgentControl,
+    command: str,
+    pid: str,
+    source: Path,
+    event: lc.Promote | lc.Rollback,
+    known: bool,
+) -> dict[str, Any]:
+    """Queue the switch to policy ``pid`` for the control thread: a known policy kept warm is
+    swapped in at once (``event``); any other is loaded from ``source`` off the control thread
+    first (the load's reason is ``command``)."""
+
+    def change(core: ControlCore) -> dict[str, Any]:
+        if known and core.warm(pid):
+            core.step(event)
+            return {"policy": pid, "swapped": True}
+        core.load(source, command)
+        return {"loading": pid}
+
+    return _queued(agent.enqueue(command, change), loading=pid)
 
 
 class Stats(Command):
