@@ -212,15 +212,7 @@ class Rollback(Command):
         if pid == agent.snapshot().get("policy"):
             raise CommandError("conflict", f"policy {pid} is already active")
         path = Path(row["path"])
-
-        def change(core: ControlCore) -> dict[str, Any]:
-            if core.warm(pid):
-                core.step(lc.Rollback(pid))
-                return {"policy": pid, "swapped": True}
-            core.load(path, loads.Rollback())
-            return {"loading": pid}
-
-        return _queued(agent.enqueue(self.name, change), loading=pid)
+        return _switch(agent, self.name, pid, path, lc.Rollback(pid), loads.Rollback(), known=True)
 
 
 class Promote(Command):
@@ -259,15 +251,31 @@ class Promote(Command):
                 "not_found",
                 f"unknown policy {pid!r} (neither a known id nor an absolute bundle directory)",
             )
+        known = row is not None
+        return _switch(agent, self.name, pid, source, lc.Promote(pid), loads.Promote(), known)
 
-        def change(core: ControlCore) -> dict[str, Any]:
-            if row is not None and core.warm(pid):
-                core.step(lc.Promote(pid))
-                return {"policy": pid, "swapped": True}
-            core.load(source, loads.Promote())
-            return {"loading": pid}
 
-        return _queued(agent.enqueue(self.name, change), loading=pid)
+def _switch(
+    agent: AgentControl,
+    command: str,
+    pid: str,
+    source: Path,
+    event: lc.Promote | lc.Rollback,
+    load: loads.OperatorLoad,
+    known: bool,
+) -> dict[str, Any]:
+    """Queue the switch to policy ``pid`` for the control thread: a known policy kept warm is
+    swapped in at once (``event``); any other is loaded from ``source`` off the control thread
+    first (``load`` says what its arrival does)."""
+
+    def change(core: ControlCore) -> dict[str, Any]:
+        if known and core.warm(pid):
+            core.step(event)
+            return {"policy": pid, "swapped": True}
+        core.load(source, load)
+        return {"loading": pid}
+
+    return _queued(agent.enqueue(command, change), loading=pid)
 
 
 class Stats(Command):

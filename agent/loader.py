@@ -54,6 +54,7 @@ from agent.config import PolicyConfig
 from agent.onnxcheck import probe_images
 from agent.policy import Policy, PolicyLoadError, load_policy
 from agent.spec import Spec
+from plumbing.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,9 @@ def load_bundle(
         if final.exists():
             shutil.rmtree(tmp)
         else:
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(store)
+            fsync_dir(store)
         policy.bundle = dataclasses.replace(policy.bundle, path=final)
         return policy
     finally:
@@ -271,14 +272,6 @@ def _same_dir(a: Path, b: Path) -> bool:
         return a.resolve(strict=True) == b.resolve(strict=True)
     except OSError:
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _claimed(source: Path) -> tuple[str, str | None]:

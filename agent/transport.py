@@ -150,11 +150,7 @@ class CommandServer:
         s.setsockopt(zmq.ROUTER_MANDATORY, 0)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 100)
-        try:
-            self.endpoint = security.bind(s, self.endpoint, "sockets.command_endpoint")
-        except BaseException:
-            s.close(0)
-            raise
+        self.endpoint = security.bind(s, self.endpoint, "sockets.command_endpoint")
         self._sock = s
         self._poller.register(s, zmq.POLLIN)
         return self.endpoint
@@ -273,11 +269,7 @@ class EventPublisher:
         s.setsockopt(zmq.LINGER, 500)
         s.setsockopt(zmq.SNDHWM, 10000)
         s.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
-        try:
-            self.endpoint = security.bind(s, self.endpoint, "sockets.event_endpoint")
-        except BaseException:
-            s.close(0)
-            raise
+        self.endpoint = security.bind(s, self.endpoint, "sockets.event_endpoint")
         self._sock = s
         return self.endpoint
 

@@ -19,7 +19,12 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 """ZeroMQ transports a configured endpoint may use."""
@@ -126,6 +131,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def from_options(cls: type[T], options: object, **given: Any) -> T:
+    """``cls`` built from the command-line options (an ``argparse.Namespace``) named like its
+    fields, ``given`` over them; an option that is absent or None leaves the field's default
+    (a flag defined with ``default=None`` means "not given")."""
+    values = {
+        f.name: getattr(options, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(options, f.name, None) is not None
+    }
+    return cls(**{**values, **given})
 
 
 def field_docs(cls: type[Any]) -> dict[str, str]:

@@ -159,11 +159,16 @@ class Security:
         """Secure and bind ``sock``; refuses (ConfigError) off loopback without CURVE keys.
 
         ``key`` names the endpoint in messages (e.g. ``"sockets.command_endpoint"``).
-        Returns the resolved endpoint (a ``*`` port replaced by the real one).
+        Returns the resolved endpoint (a ``*`` port replaced by the real one). On any failure
+        ``sock`` is closed before the error propagates: a caller never holds an unbound one.
         """
-        require_curve(key, endpoint, self.enabled, server=True, hint=self.hint)
-        self.apply(sock)
-        sock.bind(endpoint)
+        try:
+            require_curve(key, endpoint, self.enabled, server=True, hint=self.hint)
+            self.apply(sock)
+            sock.bind(endpoint)
+        except BaseException:
+            sock.close(0)
+            raise
         return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def stop(self) -> None:

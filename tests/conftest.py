@@ -41,6 +41,7 @@ FILES: dict[str, str] = {
     "plumbing/test_names.py": "unit",
     "test_layers.py": "unit",
     "plumbing/test_curve.py": "contract",
+    "plumbing/test_router.py": "contract",
     "plumbing/test_sd_notify.py": "contract",
     "plumbing/test_signals.py": "contract",
     "agent/test_edge_protocol.py": "contract",

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from plumbing.config_loader import from_options
+
 # torch (seconds to import) is imported by the parser and the subcommands, not here: for
 # ``serve`` the stop handler comes first, so a SIGTERM during start-up stops it cleanly
 # instead of killing it.
@@ -51,18 +53,12 @@ def _export_random(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import dataclasses
     import shutil
 
     from agent.bundle import validate_bundle
     from trainer.pretrain import PretrainConfig, pretrain
 
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(PretrainConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    cfg = PretrainConfig(**overrides)
+    cfg = from_options(PretrainConfig, args)
     bundle = pretrain(cfg, Path(args.out))
     if args.ship:
         ship = Path(args.ship)
@@ -87,12 +83,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from trainer.finetune import FinetuneConfig, finetune
 
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(FinetuneConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    cfg = FinetuneConfig(**overrides)
+    cfg = from_options(FinetuneConfig, args)
 
     def progress(p: dict[str, object]) -> None:
         val = p.get("val")

@@ -59,9 +59,15 @@ CREATE TABLE IF NOT EXISTS files_done (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_JOB_COLS = (
-    "key, agent, agent_job, condition, parent_id, state, seq, attempts, outcome, bundle_id, detail"
-)
+_MOVING = ("state", "seq", "attempts", "outcome", "bundle_id", "detail")
+"""The columns of a job that change as it moves (what :meth:`JobStore.save` writes)."""
+_JOB_COLS = ", ".join(("key", "agent", "agent_job", "condition", "parent_id", *_MOVING))
+_SET_MOVING = ", ".join(f"{c}=?" for c in _MOVING)
+
+
+def _moving(job: Job) -> tuple[Any, ...]:
+    """The values of :data:`_MOVING`, in that order."""
+    return (job.state.value, job.seq, job.attempts, job.outcome, job.bundle_id, job.detail)
 
 
 def _job(row: tuple[Any, ...]) -> Job:
@@ -129,12 +135,7 @@ class JobStore:
                 job.agent_job,
                 job.condition,
                 job.parent_id,
-                job.state.value,
-                job.seq,
-                job.attempts,
-                job.outcome,
-                job.bundle_id,
-                job.detail,
+                *_moving(job),
                 json.dumps(export.to_json()),
                 None if parent is None else json.dumps(parent.to_json()),
                 now,
@@ -153,21 +154,9 @@ class JobStore:
             else None
         )
         self.conn.execute(
-            "UPDATE jobs SET state=?, seq=?, attempts=?, outcome=?, bundle_id=?, detail=?, "
-            "updated_at=?, started_at=COALESCE(?, started_at), "
+            f"UPDATE jobs SET {_SET_MOVING}, updated_at=?, started_at=COALESCE(?, started_at), "
             "finished_at=COALESCE(?, finished_at) WHERE key=?",
-            (
-                job.state.value,
-                job.seq,
-                job.attempts,
-                job.outcome,
-                job.bundle_id,
-                job.detail,
-                now,
-                started,
-                finished,
-                job.key,
-            ),
+            (*_moving(job), now, started, finished, job.key),
         )
 
     def get(self, key: str) -> Job | None:

@@ -33,6 +33,7 @@ from agent.wire import Message, WireError, decode
 from drivers.bridge import protocol as proto
 from drivers.bridge.config import BridgeServerConfig
 from plumbing.curve import Security
+from plumbing.router import waiting
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +184,7 @@ class BridgeServer:
                 self._wake_rx.recv()
         self._finish_jobs()
         if self._sock in ready:
-            for _ in range(64):
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in waiting(self._sock):
                 self._on_frames(frames)
         self._beat()
 

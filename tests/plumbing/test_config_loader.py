@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from plumbing.config_loader import (
     build_dataclass,
     check_scheme,
     field_docs,
+    from_options,
     load_toml,
     toml_table,
     toml_value,
@@ -114,3 +116,9 @@ def test_endpoint_schemes() -> None:
     check_scheme("s.endpoint", "ipc:///tmp/x")
     with pytest.raises(ConfigError, match=r"s\.endpoint = 'http://x': allowed schemes: tcp://"):
         check_scheme("s.endpoint", "http://x")
+
+
+def test_from_options_keeps_the_default_of_an_option_not_given() -> None:
+    args = argparse.Namespace(name="y", n=None, rate=2.0, unrelated=1)
+    cfg = from_options(Outer, args, rate=3.0)
+    assert cfg == Outer(name="y", n=Outer().n, rate=3.0)  # None: default; given wins

@@ -88,6 +88,25 @@ def test_a_bare_server_refuses_to_start_or_bind_off_loopback() -> None:
     ctx.term()
 
 
+def test_a_refused_or_failed_bind_closes_its_socket() -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sec = Security(Server(), "test")
+    sec.start(ctx)
+    refused = ctx.socket(zmq.ROUTER)
+    with pytest.raises(ConfigError):
+        sec.bind(refused, "tcp://0.0.0.0:*", "endpoint")
+    assert refused.closed
+    taken = ctx.socket(zmq.ROUTER)
+    taken.setsockopt(zmq.LINGER, 0)
+    ep = sec.bind(taken, "tcp://127.0.0.1:*", "endpoint")
+    second = ctx.socket(zmq.ROUTER)
+    with pytest.raises(zmq.ZMQError):
+        sec.bind(second, ep, "endpoint")  # address in use
+    assert second.closed
+    taken.close(0)
+    ctx.term()  # returns: no socket was left open behind a failed bind
+
+
 def test_only_an_authorised_client_is_answered(keys: Keys) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sec = Security(Server("tcp://0.0.0.0:1", keys.server_secret, keys.clients), "test")

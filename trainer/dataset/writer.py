@@ -8,12 +8,12 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 
 from agent.spec import DEFAULT_SPEC, Spec
+from plumbing.atomic import fsync_dir, write_text
 from trainer.dataset.records import (
     ARRAYS,
     CHUNK_MANIFEST,
@@ -23,24 +23,6 @@ from trainer.dataset.records import (
     Episode,
     read_index,
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class EpisodeWriter:
@@ -84,12 +66,7 @@ class EpisodeWriter:
     def __enter__(self) -> Self:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def append(self, episode: Episode) -> None:
@@ -146,7 +123,7 @@ class EpisodeWriter:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._chunks.append(name)
         self._write_index()
         self._pending = []
@@ -160,15 +137,13 @@ class EpisodeWriter:
 
     def _write_index(self) -> None:
         assert self._chunks is not None
-        _write_json_atomic(
-            self.root / INDEX_FILE,
-            {
-                "format": FORMAT,
-                "image_shape": list(self.spec.image_shape),
-                "action_dim": self.spec.action_dim,
-                "chunks": self._chunks,
-            },
-        )
+        index = {
+            "format": FORMAT,
+            "image_shape": list(self.spec.image_shape),
+            "action_dim": self.spec.action_dim,
+            "chunks": self._chunks,
+        }
+        write_text(self.root / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True))
 
 
 def _pack(episodes: Sequence[Episode], spec: Spec) -> tuple[dict[str, Any], list[dict[str, Any]]]:

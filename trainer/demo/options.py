@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from plumbing.config_loader import field_docs
+from plumbing.config_loader import field_docs, from_options
 
 EXIT_CODES = {
     0: "complete: the agent ran its whole schedule and the report was written",
@@ -134,21 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(a: argparse.Namespace) -> DemoOptions:
     """The options of a command line :func:`build_parser` parsed."""
-    return DemoOptions(
-        out=a.out,
-        schedule=a.schedule,
-        baseline_grasps=a.baseline_grasps,
-        grasps_per_condition=a.grasps_per_condition,
-        exploration_grasps=a.exploration_grasps,
-        base_grasps=a.base_grasps,
-        base_archive=a.base_archive,
+    return from_options(
+        DemoOptions,
+        a,
         time_limit_s=a.time_limit * 60,
-        summary_json=a.summary_json,
-        agent_template=a.agent_template,
-        trainer_template=a.trainer_template,
-        bundle=a.bundle,
-        window=a.window,
-        agent_nice=a.agent_nice,
         pause_while_training=not a.no_pause_while_training,
-        report_only=a.report_only,
     )

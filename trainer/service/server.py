@@ -22,6 +22,7 @@ import zmq
 from agent.jobwire import check_name
 from agent.wire import MAX_HEADER_BYTES, WireError, decode, encode, peek_field
 from plumbing.curve import Security
+from plumbing.router import waiting
 from plumbing.sd_notify import Notifier
 from trainer.jobstore import JobStore
 from trainer.jobworker import Runner, Worker, load_object
@@ -153,11 +154,7 @@ class JobService:
         while not self.stop.is_set():
             self.notifier.watchdog()
             if poller.poll(50):
-                for _ in range(64):
-                    try:
-                        frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in waiting(self._sock):
                     self._on_frames(frames)
             self.desk.drain_worker(stopping=self.stop.is_set())
             self.desk.forward_progress()
