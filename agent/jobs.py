@@ -12,8 +12,9 @@ Contract (control thread only):
   report is published but does not change the status.
 - The lifecycle follows the job's end (``JobFailed``, ``JobNoImprovement``, ``JobKept``);
   the link follows the job's effects through three hooks, each called on the control
-  thread and each expected to return at once: ``export_hook(job, export_dir)``
-  (send it), ``cancel_hook(job)`` (tell the trainer to stop it) and ``result_hook(job)``
+  thread and each expected to return at once: ``export_hook(job, export_dir, parent_id)``
+  (send it: every fact a submit needs is handed over, nothing is read back from the row),
+  ``cancel_hook(job)`` (tell the trainer to stop it) and ``result_hook(job)``
   (the result was imported or refused: drop the staged copy).
 """
 
@@ -108,7 +109,8 @@ class JobRow:
         )
 
 
-ExportHook = Callable[[int, Path], None]
+ExportHook = Callable[[int, Path, str], None]
+"""``(job, export_dir, parent_id)``: a job's dataset is ready to go to the trainer."""
 JobHook = Callable[[int], None]
 
 
@@ -160,7 +162,7 @@ class Jobs:
         if not row.export_path:
             self.host.exporter.submit(job, self.host.state.condition)
         elif row.status is JobStatus.QUEUED:
-            self._export_hook(job, Path(row.export_path))
+            self._export_hook(row, Path(row.export_path))
         elif row.status is JobStatus.IMPROVED and is_bundle_id(result := row.result_id()):
             # the result was handed on; if it reached the store the daemon stopped before
             # swapping it in: load it from there (the link offers only a staged copy again)
@@ -199,12 +201,12 @@ class Jobs:
                 "grasps": done.index.get("grasps", 0),
             },
         )
-        if current:
-            self._export_hook(done.job, done.path)
+        if current and row is not None:
+            self._export_hook(row, done.path)
 
-    def _export_hook(self, job: int, path: Path) -> None:
+    def _export_hook(self, row: JobRow, path: Path) -> None:
         if self.export_hook is not None:
-            self._call("export_hook", self.export_hook, job, path)
+            self._call("export_hook", self.export_hook, row.id, path, row.parent_policy_id)
 
     # -- the trainer's reports ------------------------------------------------------------------
     def reported(self, job: int, status: JobStatus, detail: dict[str, Any]) -> None:

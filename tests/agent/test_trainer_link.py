@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.bundle import validate_bundle
+from agent.cli import _attach_trainer_link
 from agent.config import config_from_dict
 from agent.link import TrainerLink
 from tests.trainer.jobsupport import (
@@ -312,8 +313,9 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
 
 
 def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> None:
-    """The wiring handed to the daemon (see wire_trainer_link below), end to end: mark a
-    condition, explore, export, job, fine-tune on the trainer, bundle back, swap."""
+    """The wiring ``robot-agent run`` hands the daemon (agent.cli._attach_trainer_link), end
+    to end: mark a condition, explore, export, job, fine-tune on the trainer, bundle back,
+    swap."""
     from agent.ctl import request
     from agent.daemon import Daemon
     from tests.agent.conftest import agent_config
@@ -353,7 +355,8 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         },
     )
     daemon = Daemon(cfg, LearnableDriver())
-    link = wire_trainer_link(daemon, cfg)
+    link = _attach_trainer_link(daemon, cfg)
+    assert link is not None
     th = threading.Thread(target=daemon.run, daemon=True)
     th.start()
     try:
@@ -378,17 +381,6 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         th.join(30)
         link.close()
         tr.stop()
-
-
-def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
-    """The lines the daemon's CLI needs (agent/cli.py `_run`, before `daemon.run()`)."""
-    link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
-    daemon.set_export_hook(
-        lambda job, path: link.submit(job, path, str(daemon.log.job(job)["parent_policy_id"]))
-    )
-    daemon.set_cancel_hook(link.cancel)
-    link.start()
-    return link
 
 
 @pytest.mark.parametrize(
