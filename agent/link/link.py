@@ -3,8 +3,9 @@
 :meth:`TrainerLink.submit` records a job and returns; everything else happens on the
 link's thread, so the control loop never waits on the trainer. Per job the link uploads
 the export (and the parent, if the trainer lacks it) chunk by chunk with a sha256 each
-and at most ``credit`` in flight, resuming with only what the trainer lacks; follows the
-job while it is queued and trains; fetches the result into
+and at most ``credit`` in flight, resuming with only what the trainer lacks; removes the
+export once the trainer holds the whole dataset; follows the job while it is queued and
+trains; fetches the result into
 ``<state_dir>/staging/job-<id>/<bundle id>`` (every chunk and file checked) and calls
 ``on_result(bundle_dir, job_id)`` once; then acknowledges it. :meth:`TrainerLink.cancel`
 abandons a job: the trainer is told (retried while it is away) and nothing of the job is
@@ -158,6 +159,13 @@ class TrainerLink:
                 self.report(rec, "improved", {"bundle_id": rec.bundle_id, "path": str(final)})
             case lj.DropStaging():
                 shutil.rmtree(self.records.staging(rec.job), ignore_errors=True)
+            case lj.DropExport():
+                shutil.rmtree(rec.export, ignore_errors=True)
+                log.info(
+                    "trainer link: job %s: the trainer holds its dataset; export %s removed",
+                    rec.job,
+                    rec.export,
+                )
             case lj.Upload(need=need, credit=credit):
                 live = self.req.live_of(rec)
                 assert rec.manifest is not None
@@ -209,7 +217,8 @@ class TrainerLink:
                 bool(rec.bundle_id) and (self.records.staging(rec.job) / rec.bundle_id).is_dir()
             )
             in_store = bool(rec.bundle_id) and (self.store_dir / rec.bundle_id).is_dir()
-            self.apply(rec, lj.Started(in_store, staged))
+            exported = bool(rec.export) and Path(rec.export).is_dir()
+            self.apply(rec, lj.Started(in_store, staged, exported))
         while not self._stop.is_set():
             try:
                 self._take_inbox()

@@ -112,13 +112,16 @@ def test_job_end_to_end_over_loopback_with_lineage(tmp_path: Path) -> None:
     parent = make_parent(store)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-a", store)
     try:
-        link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1), parent)
+        export = make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1)
+        link.submit(1, export, parent)
         child = validate_bundle(rec.result(1))
         assert child.parent_id == parent
         seq = rec.of(1)
         for a, b in [("uploading", "queued"), ("queued", "training"), ("training", "improved")]:
             assert seq.index(a) < seq.index(b), seq
         wait_for(lambda: _job_rows(tr)[0]["state"] == "acknowledged", 10, "acknowledged")
+        # the trainer held the whole dataset: the export is gone from the robot
+        assert not export.exists() and link.records.get(1).export_removed  # type: ignore[union-attr]
         # The child becomes the parent of the next job, in another condition: the trainer
         # already holds it (not uploaded again), and the lineage's first condition is prior.
         shutil.copytree(child.path, store / child.id)
