@@ -70,6 +70,8 @@ class JobStatus(StrEnum):
 
 VERDICTS = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.NO_IMPROVEMENT})
 """Statuses a later report does not change (with CANCELLED)."""
+EXPORT_NOT_NEEDED = VERDICTS | {JobStatus.CANCELLED, JobStatus.KEPT}
+"""Statuses of an ended (or superseded) job: its export may go to keep the disk budget."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,18 @@ class Jobs:
     # -- the export ---------------------------------------------------------------------------
     def exported(self, done: ExportDone) -> None:
         """The exporter finished a job's dataset (or failed to)."""
+        if done.dropped:
+            self.host.journal.emit(
+                Topic.STORAGE,
+                {
+                    "status": "exports_dropped",
+                    "job": done.job,
+                    "dropped": [
+                        {"job": e.job, "export": str(e.path), "bytes": e.bytes}
+                        for e in done.dropped
+                    ],
+                },
+            )
         if done.path is None:
             self._set(done.job, JobStatus.FAILED, detail={"error": done.error})
             self.host.journal.emit(

@@ -280,10 +280,8 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     if p in FINAL and not isinstance(event, Release | Started):
         return rec, []
     match event:
-        case Started(in_store=in_store, staged=staged, exported=exported):
-            rec, eff = _export_at_start(rec, exported)
-            nxt, more = _started(rec, in_store, staged)
-            return nxt, eff + more
+        case Started():
+            return _started(rec, event)
         case Cancel():
             if p in ABANDONED or p in FINAL:
                 return rec, []
@@ -356,7 +354,13 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     return rec, []
 
 
-def _started(rec: LinkJob, in_store: bool, staged: bool) -> tuple[LinkJob, list[Effect]]:
+def _started(rec: LinkJob, s: Started) -> tuple[LinkJob, list[Effect]]:
+    rec, eff = _export_at_start(rec, s.exported)
+    nxt, more = _offer_again(rec, s.in_store, s.staged)
+    return nxt, eff + more
+
+
+def _offer_again(rec: LinkJob, in_store: bool, staged: bool) -> tuple[LinkJob, list[Effect]]:
     """At start: a result handed on that never reached the store (the agent went down
     before importing it) is handed on again, at most MAX_OFFERS times; then the job
     failed (the daemon would wait for it for ever)."""
