@@ -167,7 +167,8 @@ class Jobs:
             self._export_hook(row, Path(row.export_path))
         elif row.status is JobStatus.IMPROVED and is_bundle_id(result := row.result_id()):
             # the result was handed on; if it reached the store the daemon stopped before
-            # swapping it in: load it from there (the link offers only a staged copy again)
+            # swapping it in: load it from there, with the hash checks only (it was validated
+            # on import); the link offers only a staged copy again
             if (self.store / result).is_dir():
                 log.warning("job %s: result %s is in the store; loading it", job, result)
                 self.host.slot.load(self.store / result, Trained(job))
