@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.wire import WireError
 from plumbing.atomic import publish
+from plumbing.digest import sha256_file
 from plumbing.names import SAFE_NAME, is_safe_name, is_sha256_hex
 
 PROTOCOL = 1
@@ -87,15 +88,6 @@ def check_int(key: str, value: Any, lo: int = 0, hi: int = 1 << 62) -> int:
 def chunk_sha(data: bytes) -> str:
     """Hex sha256 of one chunk."""
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    """Hex sha256 of a file, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -193,7 +185,7 @@ def manifest_of_dir(
         if p.is_symlink() or not p.is_file():
             raise ValueError(f"{p}: a transfer holds regular files only")
         check_name("file", p.name)
-        files.append(FileEntry(p.name, p.stat().st_size, file_sha(p)))
+        files.append(FileEntry(p.name, p.stat().st_size, sha256_file(p)))
     if not files:
         raise ValueError(f"{path}: nothing to send")
     return Manifest(tuple(files), chunk_bytes)
@@ -274,7 +266,8 @@ class PartFile:
             self.part.parent.mkdir(parents=True, exist_ok=True)
             self.part.touch()
         ok = (
-            self.part.stat().st_size == self.entry.size and file_sha(self.part) == self.entry.sha256
+            self.part.stat().st_size == self.entry.size
+            and sha256_file(self.part) == self.entry.sha256
         )
         if ok:
             publish(self.part, self.final)
