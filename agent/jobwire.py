@@ -4,6 +4,7 @@ Messages ride the wire envelope of :mod:`agent.wire` (frame 0 a JSON header
 with ``"v": 1``); this module adds what a job transfer needs on both ends, and
 imports no torch (the agent uses it):
 
+- :class:`JobState`: a job's states on the trainer, as the messages name them;
 - :class:`Manifest`: the files of one transfer (name, size, sha256) and the
   chunk size; its :meth:`Manifest.digest` names the content.
 - chunk helpers: read chunk ``i`` of a file from disk, the sha256 of a chunk,
@@ -22,6 +23,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,20 @@ TRAINER_TO_AGENT = (
     "error",
 )
 """Message types a trainer sends."""
+
+
+class JobState(StrEnum):
+    """A job's state on the trainer (:mod:`trainer.jobs`), as its replies and pushes name it."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    TRAINING = "training"
+    DONE = "done"
+    NO_IMPROVEMENT = "no_improvement"
+    FAILED = "failed"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    CANCELLED = "cancelled"
 
 
 def check_name(key: str, value: Any) -> str:

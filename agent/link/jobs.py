@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agent.jobwire import JobState
 from agent.link.records import ABANDONED as ABANDONED
 from agent.link.records import FINAL as FINAL
 from agent.link.records import LinkJob as LinkJob
@@ -45,7 +46,15 @@ MAX_OFFERS = 3
 """How often one result bundle is handed to the daemon (again at a start if not imported):
 a bundle that brings the agent down while it is validated is given up on, not retried
 for ever."""
-FINISHED = frozenset({"done", "no_improvement", "failed", "delivered", "acknowledged"})
+FINISHED = frozenset(
+    {
+        JobState.DONE,
+        JobState.NO_IMPROVEMENT,
+        JobState.FAILED,
+        JobState.DELIVERED,
+        JobState.ACKNOWLEDGED,
+    }
+)
 """The trainer's states of a job with a verdict."""
 
 
@@ -305,7 +314,7 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
             eff: list[Effect] = [Settle()]
             if key != rec.key:
                 eff.append(Save())
-            if state != "receiving":
+            if state != JobState.RECEIVING:
                 nxt, more = _trainer_state(nxt, state, "")
                 return nxt, eff + more
             return nxt, [*eff, Report("receiving", {}, once=True), Upload(need, credit)]
@@ -408,19 +417,19 @@ def _failed(rec: LinkJob, why: str) -> tuple[LinkJob, list[Effect]]:
 def _trainer_state(rec: LinkJob, state: str, detail: str) -> tuple[LinkJob, list[Effect]]:
     p = rec.phase
     eff: list[Effect] = []
-    if state in ("receiving", "queued", "training"):
+    if state in (JobState.RECEIVING, JobState.QUEUED, JobState.TRAINING):
         eff.append(Report(state, {"detail": detail}, once=True))
-    if state == "receiving" and p is not Phase.UPLOAD:
+    if state == JobState.RECEIVING and p is not Phase.UPLOAD:
         return rec, []  # stale: a trainer never takes data back (a lost job is unknown_job)
-    if state in ("queued", "training") and p is Phase.UPLOAD:
+    if state in (JobState.QUEUED, JobState.TRAINING) and p is Phase.UPLOAD:
         nxt, more = _held(rec, Phase.WAIT, ClearUpload())
         return nxt, eff + more
-    if state == "cancelled":  # not by this link (its records were lost): it ended
+    if state == JobState.CANCELLED:  # not by this link (its records were lost): it ended
         return _failed(rec, "the trainer says the job was cancelled")
     if state in FINISHED and p in (Phase.UPLOAD, Phase.WAIT):
         nxt, more = _held(rec, Phase.FETCH, Settle())
         return nxt, eff + more
-    if state == "acknowledged" and p is Phase.ACK:
+    if state == JobState.ACKNOWLEDGED and p is Phase.ACK:
         return replace(rec, phase=Phase.DONE), [*eff, Save()]
     return rec, eff
 
@@ -448,7 +457,7 @@ def _abandoned(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     p = rec.phase
     match event:
         case CancelReply(cancelled=cancelled, state=state) if p is Phase.CANCEL:
-            if cancelled or state in ("acknowledged", "cancelled"):
+            if cancelled or state in (JobState.ACKNOWLEDGED, JobState.CANCELLED):
                 return _end_cancel(rec, state)
             if state in FINISHED:  # it ended before the cancel: release its result
                 return replace(rec, phase=Phase.RELEASE), [Settle(), Save()]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.jobwire import Manifest, check_name
+from agent.jobwire import JobState, Manifest, check_name
 from agent.link import jobs as lj
 from agent.link.records import Records
 from agent.link.requests import Live, Requests
@@ -338,7 +338,7 @@ class TrainerLink:
             self.apply(rec, lj.CancelReply(h.get("cancelled") is True, state))
         elif t == "chunk_ok" and on:
             live.upload.acked(int(h.get("credit", 1)), self._clock())
-            if state != "receiving":
+            if state != JobState.RECEIVING:
                 self.apply(rec, lj.TrainerState(state, detail))
             elif live.upload.drained:
                 live.awaiting = ""  # all sent: confirm with a submit (lists anything missing)
