@@ -450,8 +450,14 @@ def test_agent_restart_mid_upload_resumes_from_its_records(tmp_path: Path) -> No
     try:
         first.submit(5, export, parent)
         wait_for(lambda: proxy.cuts == 1 or proxy.chunks > 10, 30, "the line cut mid-upload")
-        written_before = tr.jobs()["counters"]["chunks.written"]
-        assert 0 < written_before <= 10
+
+        def written() -> int:
+            return int(tr.jobs()["counters"].get("chunks.written", 0))
+
+        # the 10 chunks relayed before the cut are all written (the trainer may still be
+        # writing the last of them when the cut is seen: counting then raced it)
+        wait_for(lambda: written() == 10, 10, "the relayed chunks written")
+        written_before = written()
         first.close()  # the agent stops; its job record stays on disk
         again, rec2 = make_link(tmp_path / "agent", tr.endpoint, "robot-e", store)
         again.submit(5, export, parent)  # the daemon offers it again at start-up: no-op
