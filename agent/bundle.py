@@ -37,6 +37,7 @@ from agent.spec import (
 )
 from plumbing import names
 from plumbing.atomic import replacing_dir
+from plumbing.digest import sha256_file as sha256_file
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
@@ -66,15 +67,6 @@ class Bundle:
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundle_id(model_sha: str, weights_sha: str) -> str:

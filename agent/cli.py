@@ -72,17 +72,12 @@ def _attach_trainer_link(daemon: Daemon, cfg: AgentConfig) -> TrainerLink | None
             "no trainer configured ([trainer] endpoint): an exploration is exported and kept "
             "for robot-trainer finetune; no fine-tune job is sent"
         )
-        daemon.set_export_hook(lambda job, path: _keep_export(daemon, job, path))
+        daemon.set_export_hook(lambda job, path, _parent: _keep_export(daemon, job, path))
         return None
     from agent.link import TrainerLink
 
     link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
-
-    def on_export(job: int, path: Path) -> None:
-        row = daemon.log.job(job)
-        link.submit(job, path, str(row["parent_policy_id"]) if row else "")
-
-    daemon.set_export_hook(on_export)
+    daemon.set_export_hook(link.submit)  # the daemon hands over the job, its export and parent
     daemon.set_cancel_hook(link.cancel)  # the trainer stops an abandoned job
     daemon.set_result_hook(link.release)  # a result imported or refused: drop its staged copy
     link.start()

@@ -190,6 +190,8 @@ class DaemonConfig:
     """Stop after this many grasps (0 = run forever); for smoke tests."""
     exports_dir: str = "exports"
     """Directory (relative to data_dir) for dataset exports and job inputs."""
+    exports_budget_mb: int = 2048
+    """Disk budget of exports_dir in MiB: beyond it the oldest ended jobs' exports go; 0 = none."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,7 @@ def config_from_dict(
 def validate(cfg: AgentConfig) -> None:
     """Check cross-field constraints; raises ConfigError naming the key."""
     # [cem] is agent.cem.CemParams, which checks itself when built (ConfigError, build_dataclass).
+    _need(cfg.agent.exports_budget_mb >= 0, "agent.exports_budget_mb: must be >= 0 (0 = no budget)")
     p = cfg.policy
     _need(1 <= p.intra_op_threads <= 64, "policy.intra_op_threads: must be in [1, 64]")
     _need(p.warmup_runs >= 1, "policy.warmup_runs: must be >= 1 (a session is warmed before use)")

@@ -36,7 +36,7 @@ from agent.effects import record_step
 from agent.exporter import Exporter
 from agent.grasp import Outage, grasp
 from agent.grasplog import GraspLog
-from agent.jobs import ExportHook, JobHook, Jobs, JobStatus
+from agent.jobs import EXPORT_NOT_NEEDED, ExportHook, JobHook, Jobs, JobStatus
 from agent.journal import EXIT_UNWRITTEN, Journal
 from agent.loads import OperatorLoad, Trained
 from agent.outcomes import Outcomes
@@ -97,6 +97,8 @@ class Daemon:
             self.spec,
             lambda done: self._post(lambda: self.jobs.exported(done)),
             gl.busy_timeout_ms,
+            budget_bytes=cfg.agent.exports_budget_mb << 20,
+            ended=EXPORT_NOT_NEEDED,
         )
         self.outcomes = Outcomes(self, self.log, cfg)
         self.watch = self.outcomes.watch

@@ -12,8 +12,9 @@ Contract (control thread only):
   report is published but does not change the status.
 - The lifecycle follows the job's end (``JobFailed``, ``JobNoImprovement``, ``JobKept``);
   the link follows the job's effects through three hooks, each called on the control
-  thread and each expected to return at once: ``export_hook(job, export_dir)``
-  (send it), ``cancel_hook(job)`` (tell the trainer to stop it) and ``result_hook(job)``
+  thread and each expected to return at once: ``export_hook(job, export_dir, parent_id)``
+  (send it: every fact a submit needs is handed over, nothing is read back from the row),
+  ``cancel_hook(job)`` (tell the trainer to stop it) and ``result_hook(job)``
   (the result was imported or refused: drop the staged copy).
 """
 
@@ -70,6 +71,8 @@ class JobStatus(StrEnum):
 
 VERDICTS = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.NO_IMPROVEMENT})
 """Statuses a later report does not change (with CANCELLED)."""
+EXPORT_NOT_NEEDED = VERDICTS | {JobStatus.CANCELLED, JobStatus.KEPT}
+"""Statuses of an ended (or superseded) job: its export may go to keep the disk budget."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class JobRow:
         )
 
 
-ExportHook = Callable[[int, Path], None]
+ExportHook = Callable[[int, Path, str], None]
+"""``(job, export_dir, parent_id)``: a job's dataset is ready to go to the trainer."""
 JobHook = Callable[[int], None]
 
 
@@ -161,10 +165,11 @@ class Jobs:
         if not row.export_path:
             self.host.exporter.submit(job, self.host.state.condition)
         elif row.status is JobStatus.QUEUED:
-            self._export_hook(job, Path(row.export_path))
+            self._export_hook(row, Path(row.export_path))
         elif row.status is JobStatus.IMPROVED and is_bundle_id(result := row.result_id()):
             # the result was handed on; if it reached the store the daemon stopped before
-            # swapping it in: load it from there (the link offers only a staged copy again)
+            # swapping it in: load it from there, with the hash checks only (it was validated
+            # on import); the link offers only a staged copy again
             if (self.store / result).is_dir():
                 log.warning("job %s: result %s is in the store; loading it", job, result)
                 self.host.slot.load(self.store / result, Trained(job))
@@ -174,6 +179,18 @@ class Jobs:
     # -- the export ---------------------------------------------------------------------------
     def exported(self, done: ExportDone) -> None:
         """The exporter finished a job's dataset (or failed to)."""
+        if done.dropped:
+            self.host.journal.emit(
+                Topic.STORAGE,
+                {
+                    "status": "exports_dropped",
+                    "job": done.job,
+                    "dropped": [
+                        {"job": e.job, "export": str(e.path), "bytes": e.bytes}
+                        for e in done.dropped
+                    ],
+                },
+            )
         if done.path is None:
             self._set(done.job, JobStatus.FAILED, detail={"error": done.error})
             self.host.journal.emit(
@@ -200,12 +217,12 @@ class Jobs:
                 "grasps": done.index.get("grasps", 0),
             },
         )
-        if current:
-            self._export_hook(done.job, done.path)
+        if current and row is not None:
+            self._export_hook(row, done.path)
 
-    def _export_hook(self, job: int, path: Path) -> None:
+    def _export_hook(self, row: JobRow, path: Path) -> None:
         if self.export_hook is not None:
-            self._call("export_hook", self.export_hook, job, path)
+            self._call("export_hook", self.export_hook, row.id, path, row.parent_policy_id)
 
     # -- the trainer's reports ------------------------------------------------------------------
     def reported(self, job: int, status: JobStatus, detail: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ Messages ride the wire envelope of :mod:`agent.wire` (frame 0 a JSON header
 with ``"v": 1``); this module adds what a job transfer needs on both ends, and
 imports no torch (the agent uses it):
 
+- :class:`JobState`: a job's states on the trainer, as the messages name them;
 - :class:`Manifest`: the files of one transfer (name, size, sha256) and the
   chunk size; its :meth:`Manifest.digest` names the content.
 - chunk helpers: read chunk ``i`` of a file from disk, the sha256 of a chunk,
@@ -22,11 +23,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from agent.wire import WireError
 from plumbing.atomic import publish
+from plumbing.digest import sha256_file
 from plumbing.names import SAFE_NAME, is_safe_name, is_sha256_hex
 
 PROTOCOL = 1
@@ -68,6 +71,20 @@ TRAINER_TO_AGENT = (
 """Message types a trainer sends."""
 
 
+class JobState(StrEnum):
+    """A job's state on the trainer (:mod:`trainer.jobs`), as its replies and pushes name it."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    TRAINING = "training"
+    DONE = "done"
+    NO_IMPROVEMENT = "no_improvement"
+    FAILED = "failed"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    CANCELLED = "cancelled"
+
+
 def check_name(key: str, value: Any) -> str:
     """``value`` if it is one safe path component (letters, digits, ``._-``); else WireError."""
     if not is_safe_name(value, allow_dotdot=False):
@@ -87,15 +104,6 @@ def check_int(key: str, value: Any, lo: int = 0, hi: int = 1 << 62) -> int:
 def chunk_sha(data: bytes) -> str:
     """Hex sha256 of one chunk."""
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    """Hex sha256 of a file, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ def manifest_of_dir(
         if p.is_symlink() or not p.is_file():
             raise ValueError(f"{p}: a transfer holds regular files only")
         check_name("file", p.name)
-        files.append(FileEntry(p.name, p.stat().st_size, file_sha(p)))
+        files.append(FileEntry(p.name, p.stat().st_size, sha256_file(p)))
     if not files:
         raise ValueError(f"{path}: nothing to send")
     return Manifest(tuple(files), chunk_bytes)
@@ -274,7 +282,8 @@ class PartFile:
             self.part.parent.mkdir(parents=True, exist_ok=True)
             self.part.touch()
         ok = (
-            self.part.stat().st_size == self.entry.size and file_sha(self.part) == self.entry.sha256
+            self.part.stat().st_size == self.entry.size
+            and sha256_file(self.part) == self.entry.sha256
         )
         if ok:
             publish(self.part, self.final)

@@ -192,8 +192,10 @@ class PolicySlot:
     def load(self, source: Path, request: LoadRequest) -> None:
         """Queue a bundle for validation and loading (its result comes back via poll)."""
         self.loading[str(source)] = request.purpose
-        if isinstance(request, Rollback) and source.parent == self.store:
-            # it served before: validated on import, reloaded with the hash checks only
+        if isinstance(request, Rollback | Trained) and source.parent == self.store:
+            # it crossed the trust boundary once: validated on import (a rollback's policy
+            # served before; a trained result in the store is one the daemon stopped before
+            # swapping in), reloaded with the hash checks only
             self.loader.submit_stored(source.name, request)
             return
         active = self.serving()

@@ -25,20 +25,8 @@ cancelled while it ended; anything else out of order raises :class:`JobError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
-
-class JobState(StrEnum):
-    RECEIVING = "receiving"
-    QUEUED = "queued"
-    TRAINING = "training"
-    DONE = "done"
-    NO_IMPROVEMENT = "no_improvement"
-    FAILED = "failed"
-    DELIVERED = "delivered"
-    ACKNOWLEDGED = "acknowledged"
-    CANCELLED = "cancelled"
-
+from agent.jobwire import JobState as JobState  # the states travel on the wire
 
 FINISHED = frozenset({JobState.DONE, JobState.NO_IMPROVEMENT, JobState.FAILED})
 """States holding a result the agent has not fetched yet."""

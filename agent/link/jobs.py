@@ -2,15 +2,16 @@
 
 ::
 
-    UPLOAD  --trainer queued or training it-->       WAIT
-    WAIT    --trainer receiving again-->             UPLOAD  (it lost chunks)
-    UPLOAD | WAIT --trainer has a verdict-->         FETCH
+    UPLOAD  --trainer queued or training it-->       WAIT   (export removed)
+    UPLOAD | WAIT --trainer has a verdict-->         FETCH  (export removed)
     FETCH   --not ready after all-->                 WAIT
     FETCH   --result: improved, bundle staged-->     DELIVER
     FETCH   --result: no improvement, failed, or a result refused-->  ACK
     DELIVER --handed to the daemon-->                ACK
     ACK     --trainer acknowledged-->                DONE
-    any live phase --trainer forgot the job-->       UPLOAD (submitted again)
+    UPLOAD  --trainer forgot the job-->              UPLOAD (submitted again)
+    WAIT | FETCH | DELIVER --trainer forgot the job-->  FAILED (the export is gone)
+    ACK     --trainer forgot the job-->              DONE   (its verdict was handed on)
     UPLOAD | WAIT --export or parent unusable, trainer refused the submit-->  FAILED
     UPLOAD | WAIT | FETCH | DELIVER --daemon cancelled-->  CANCEL
     ACK --daemon cancelled-->                        RELEASE
@@ -20,7 +21,10 @@
 
 :class:`LinkJob` is what the link persists: transport facts only (where the data
 is, the trainer's key, the export's manifest, the result's id, offers and download
-tries, the staged copy's release). The job's status is the daemon's
+tries, the staged copy's release, the export's removal). Once the trainer holds the whole
+dataset (it says ``queued`` or ``training``, or has a verdict; it never takes data back)
+the export is of no more use on the robot: :class:`DropExport` removes it, right after
+the record says so. The job's status is the daemon's
 (:mod:`agent.jobs`): the link reports what the trainer says through
 :class:`Report` effects and follows the daemon's ``Cancel`` and ``Release``.
 :func:`step` returns the next record and the effects the session carries out; an
@@ -32,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agent.jobwire import JobState
 from agent.link.records import ABANDONED as ABANDONED
 from agent.link.records import FINAL as FINAL
 from agent.link.records import LinkJob as LinkJob
@@ -41,7 +46,15 @@ MAX_OFFERS = 3
 """How often one result bundle is handed to the daemon (again at a start if not imported):
 a bundle that brings the agent down while it is validated is given up on, not retried
 for ever."""
-FINISHED = frozenset({"done", "no_improvement", "failed", "delivered", "acknowledged"})
+FINISHED = frozenset(
+    {
+        JobState.DONE,
+        JobState.NO_IMPROVEMENT,
+        JobState.FAILED,
+        JobState.DELIVERED,
+        JobState.ACKNOWLEDGED,
+    }
+)
 """The trainer's states of a job with a verdict."""
 
 
@@ -49,10 +62,11 @@ FINISHED = frozenset({"done", "no_improvement", "failed", "delivered", "acknowle
 @dataclass(frozen=True)
 class Started:
     """The link started on this record; ``in_store``: the result is in the daemon's store,
-    ``staged``: its staged copy is on disk."""
+    ``staged``: its staged copy is on disk, ``exported``: the export is on disk."""
 
     in_store: bool
     staged: bool
+    exported: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,11 @@ class DropStaging:
 
 
 @dataclass(frozen=True)
+class DropExport:
+    """Remove the job's export from the robot: the trainer holds the whole dataset."""
+
+
+@dataclass(frozen=True)
 class Upload:
     """Start the upload over from the trainer's ``need`` (its ``accepted`` reply)."""
 
@@ -254,6 +273,7 @@ Effect = (
     | Report
     | Offer
     | DropStaging
+    | DropExport
     | Upload
     | Download
     | Settle
@@ -269,8 +289,8 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     if p in FINAL and not isinstance(event, Release | Started):
         return rec, []
     match event:
-        case Started(in_store=in_store, staged=staged):
-            return _started(rec, in_store, staged)
+        case Started():
+            return _started(rec, event)
         case Cancel():
             if p in ABANDONED or p in FINAL:
                 return rec, []
@@ -294,7 +314,7 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
             eff: list[Effect] = [Settle()]
             if key != rec.key:
                 eff.append(Save())
-            if state != "receiving":
+            if state != JobState.RECEIVING:
                 nxt, more = _trainer_state(nxt, state, "")
                 return nxt, eff + more
             return nxt, [*eff, Report("receiving", {}, once=True), Upload(need, credit)]
@@ -327,8 +347,12 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
                 return replace(rec, phase=Phase.DONE), [Save(), Settle()]
             return rec, []
         case TrainerError(code=code, re=re_, message=message):
-            if code == "unknown_job":  # the trainer forgot it: submit it again
-                return replace(rec, key="", phase=Phase.UPLOAD), [Save(), ForgetLive()]
+            if code == "unknown_job":  # the trainer forgot it: submit it again, if it can be
+                if not rec.export_removed:
+                    return replace(rec, key="", phase=Phase.UPLOAD), [Save(), ForgetLive()]
+                if p is Phase.ACK:  # its verdict was handed on: nothing left to acknowledge
+                    return replace(rec, phase=Phase.DONE), [Save(), ForgetLive()]
+                return _failed(rec, "the trainer lost the job after the export was removed")
             if code == "not_ready":
                 if p is Phase.FETCH:
                     return replace(rec, phase=Phase.WAIT), [Save(), Settle()]
@@ -339,7 +363,13 @@ def step(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     return rec, []
 
 
-def _started(rec: LinkJob, in_store: bool, staged: bool) -> tuple[LinkJob, list[Effect]]:
+def _started(rec: LinkJob, s: Started) -> tuple[LinkJob, list[Effect]]:
+    rec, eff = _export_at_start(rec, s.exported)
+    nxt, more = _offer_again(rec, s.in_store, s.staged)
+    return nxt, eff + more
+
+
+def _offer_again(rec: LinkJob, in_store: bool, staged: bool) -> tuple[LinkJob, list[Effect]]:
     """At start: a result handed on that never reached the store (the agent went down
     before importing it) is handed on again, at most MAX_OFFERS times; then the job
     failed (the daemon would wait for it for ever)."""
@@ -353,6 +383,29 @@ def _started(rec: LinkJob, in_store: bool, staged: bool) -> tuple[LinkJob, list[
     return nxt, [Save(), DropStaging(), Report("failed", {"error": why})]
 
 
+HELD = frozenset({Phase.WAIT, Phase.FETCH, Phase.DELIVER, Phase.ACK, Phase.DONE})
+"""Phases in which the trainer holds the whole dataset (or held it: a verdict came)."""
+
+
+def _held(rec: LinkJob, phase: Phase, *effects: Effect) -> tuple[LinkJob, list[Effect]]:
+    """``rec`` moves to ``phase`` (one of :data:`HELD`): the record is saved, then the
+    export removed (a crash in between leaves an export on disk, never a record that
+    would upload from a missing one)."""
+    nxt = replace(rec, phase=phase, export_removed=True)
+    drop: list[Effect] = [] if rec.export_removed else [DropExport()]
+    return nxt, [Save(), *drop, *effects]
+
+
+def _export_at_start(rec: LinkJob, exported: bool) -> tuple[LinkJob, list[Effect]]:
+    """A record of a phase in which the trainer holds the dataset whose export is still on
+    disk (written by an earlier version, or the agent went down before removing it)."""
+    if rec.phase in HELD and not rec.export_removed:
+        return replace(rec, export_removed=True), [Save(), DropExport()]
+    if rec.export_removed and exported:
+        return rec, [DropExport()]
+    return rec, []
+
+
 def _failed(rec: LinkJob, why: str) -> tuple[LinkJob, list[Effect]]:
     return replace(rec, phase=Phase.FAILED), [
         Save(),
@@ -364,17 +417,19 @@ def _failed(rec: LinkJob, why: str) -> tuple[LinkJob, list[Effect]]:
 def _trainer_state(rec: LinkJob, state: str, detail: str) -> tuple[LinkJob, list[Effect]]:
     p = rec.phase
     eff: list[Effect] = []
-    if state in ("receiving", "queued", "training"):
+    if state in (JobState.RECEIVING, JobState.QUEUED, JobState.TRAINING):
         eff.append(Report(state, {"detail": detail}, once=True))
-    if state == "receiving" and p is Phase.WAIT:
-        return replace(rec, phase=Phase.UPLOAD), [*eff, Save()]
-    if state in ("queued", "training") and p is Phase.UPLOAD:
-        return replace(rec, phase=Phase.WAIT), [*eff, Save(), ClearUpload()]
-    if state == "cancelled":  # not by this link (its records were lost): it ended
+    if state == JobState.RECEIVING and p is not Phase.UPLOAD:
+        return rec, []  # stale: a trainer never takes data back (a lost job is unknown_job)
+    if state in (JobState.QUEUED, JobState.TRAINING) and p is Phase.UPLOAD:
+        nxt, more = _held(rec, Phase.WAIT, ClearUpload())
+        return nxt, eff + more
+    if state == JobState.CANCELLED:  # not by this link (its records were lost): it ended
         return _failed(rec, "the trainer says the job was cancelled")
     if state in FINISHED and p in (Phase.UPLOAD, Phase.WAIT):
-        return replace(rec, phase=Phase.FETCH), [*eff, Save(), Settle()]
-    if state == "acknowledged" and p is Phase.ACK:
+        nxt, more = _held(rec, Phase.FETCH, Settle())
+        return nxt, eff + more
+    if state == JobState.ACKNOWLEDGED and p is Phase.ACK:
         return replace(rec, phase=Phase.DONE), [*eff, Save()]
     return rec, eff
 
@@ -402,7 +457,7 @@ def _abandoned(rec: LinkJob, event: Event) -> tuple[LinkJob, list[Effect]]:
     p = rec.phase
     match event:
         case CancelReply(cancelled=cancelled, state=state) if p is Phase.CANCEL:
-            if cancelled or state in ("acknowledged", "cancelled"):
+            if cancelled or state in (JobState.ACKNOWLEDGED, JobState.CANCELLED):
                 return _end_cancel(rec, state)
             if state in FINISHED:  # it ended before the cancel: release its result
                 return replace(rec, phase=Phase.RELEASE), [Settle(), Save()]

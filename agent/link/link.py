@@ -3,8 +3,9 @@
 :meth:`TrainerLink.submit` records a job and returns; everything else happens on the
 link's thread, so the control loop never waits on the trainer. Per job the link uploads
 the export (and the parent, if the trainer lacks it) chunk by chunk with a sha256 each
-and at most ``credit`` in flight, resuming with only what the trainer lacks; follows the
-job while it is queued and trains; fetches the result into
+and at most ``credit`` in flight, resuming with only what the trainer lacks; removes the
+export once the trainer holds the whole dataset; follows the job while it is queued and
+trains; fetches the result into
 ``<state_dir>/staging/job-<id>/<bundle id>`` (every chunk and file checked) and calls
 ``on_result(bundle_dir, job_id)`` once; then acknowledges it. :meth:`TrainerLink.cancel`
 abandons a job: the trainer is told (retried while it is away) and nothing of the job is
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.jobwire import Manifest, check_name
+from agent.jobwire import JobState, Manifest, check_name
 from agent.link import jobs as lj
 from agent.link.records import Records
 from agent.link.requests import Live, Requests
@@ -158,6 +159,13 @@ class TrainerLink:
                 self.report(rec, "improved", {"bundle_id": rec.bundle_id, "path": str(final)})
             case lj.DropStaging():
                 shutil.rmtree(self.records.staging(rec.job), ignore_errors=True)
+            case lj.DropExport():
+                shutil.rmtree(rec.export, ignore_errors=True)
+                log.info(
+                    "trainer link: job %s: the trainer holds its dataset; export %s removed",
+                    rec.job,
+                    rec.export,
+                )
             case lj.Upload(need=need, credit=credit):
                 live = self.req.live_of(rec)
                 assert rec.manifest is not None
@@ -209,7 +217,8 @@ class TrainerLink:
                 bool(rec.bundle_id) and (self.records.staging(rec.job) / rec.bundle_id).is_dir()
             )
             in_store = bool(rec.bundle_id) and (self.store_dir / rec.bundle_id).is_dir()
-            self.apply(rec, lj.Started(in_store, staged))
+            exported = bool(rec.export) and Path(rec.export).is_dir()
+            self.apply(rec, lj.Started(in_store, staged, exported))
         while not self._stop.is_set():
             try:
                 self._take_inbox()
@@ -329,7 +338,7 @@ class TrainerLink:
             self.apply(rec, lj.CancelReply(h.get("cancelled") is True, state))
         elif t == "chunk_ok" and on:
             live.upload.acked(int(h.get("credit", 1)), self._clock())
-            if state != "receiving":
+            if state != JobState.RECEIVING:
                 self.apply(rec, lj.TrainerState(state, detail))
             elif live.upload.drained:
                 live.awaiting = ""  # all sent: confirm with a submit (lists anything missing)

@@ -74,6 +74,8 @@ class LinkJob:
     """Why the link gave the result up (sent with the ``ack``, so the trainer knows)."""
     released: bool = False
     """The daemon is done with the result: its staged copy is gone, never offered again."""
+    export_removed: bool = False
+    """The trainer held the whole dataset, so the export was removed from the robot."""
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

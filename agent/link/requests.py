@@ -16,16 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.bundle import META_FILE, MODEL_FILE, WEIGHTS_FILE
+from agent.bundle import BUNDLE_FILES
 from agent.config import TrainerConfig
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
 from agent.link import jobs as lj
 from agent.link.records import Records
 from agent.link.session import Session
 from agent.link.transfer import BundleDownload, UploadWindow
-
-BUNDLE_FILES = (META_FILE, MODEL_FILE, WEIGHTS_FILE)
-"""What of a bundle directory is uploaded as a parent."""
 
 
 @dataclass

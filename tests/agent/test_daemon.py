@@ -102,7 +102,7 @@ def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start
     assert st["condition"] == "glare" and st["phase"] == "exploring"
     assert r.ctl("mark-condition", name="glare")["error"]["code"] == "conflict"
     exported: list[tuple[int, Path]] = []
-    r.daemon.set_export_hook(lambda job, path: exported.append((job, path)))
+    r.daemon.set_export_hook(lambda job, path, _parent: exported.append((job, path)))
     rep = r.ctl("finetune")
     assert rep["ok"] and rep["result"]["queued"]
     job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")

@@ -146,3 +146,54 @@ def test_records_of_the_earlier_format_load_with_the_cancel_as_a_phase() -> None
     old = {"job": 3, "export": "/e", "parent_id": "p", "condition": "c", "phase": "ack"}
     old |= {"outcome": "improved", "detail": "x", "cancelled": True, "offers": 1}
     assert lj.LinkJob.from_json(old).phase is lj.Phase.RELEASE
+
+
+# -- the export on the robot (issue 13, item 6) ------------------------------------------------
+
+
+def test_export_removed_once_the_trainer_holds_the_dataset_and_never_sent_again() -> None:
+    twin = Twin(missing=4)
+    talk = converse(Talk(new_job()), twin)
+    assert talk.rec.phase is lj.Phase.UPLOAD and not talk.rec.export_removed
+    assert not any(isinstance(e, lj.DropExport) for e in talk.effects)  # still to send
+    twin.receive(4)
+    n = len(talk.effects)
+    converse(talk, twin)
+    assert talk.rec.phase is lj.Phase.WAIT and talk.rec.export_removed
+    new = talk.effects[n:]
+    drops = [i for i, e in enumerate(new) if isinstance(e, lj.DropExport)]
+    saves = [i for i, e in enumerate(new) if isinstance(e, lj.Save)]
+    assert len(drops) == 1 and saves and saves[0] < drops[0]  # recorded, then removed
+    # a stale "receiving" does not send it back to UPLOAD (there is nothing left to send)
+    apply(talk, lj.TrainerState("receiving"))
+    assert talk.rec.phase is lj.Phase.WAIT
+    # the trainer then lost the job: it cannot be submitted again, so it fails
+    apply(talk, lj.TrainerError("unknown_job", "status"))
+    assert talk.rec.phase is lj.Phase.FAILED
+    assert "export was removed" in talk.reports[-1][1]["error"]
+
+
+def test_verdict_without_queueing_removes_the_export_and_a_forgotten_ack_ends_done() -> None:
+    twin = Twin(missing=0)
+    twin.step(tj.DataComplete(seq=1))
+    twin.train("no_improvement", detail="no gain")
+    talk = converse(Talk(new_job()), twin, turns=2)
+    assert talk.rec.export_removed
+    assert sum(isinstance(e, lj.DropExport) for e in talk.effects) == 1
+    assert talk.rec.phase is lj.Phase.ACK  # the verdict handed on, its ack not answered yet
+    apply(talk, lj.TrainerError("unknown_job", "ack"))
+    assert talk.rec.phase is lj.Phase.DONE  # not submitted again: nothing to send, nothing owed
+    assert not any(isinstance(e, lj.Upload) for e in talk.effects)
+
+
+def test_start_removes_an_export_the_trainer_holds_and_leaves_one_it_still_needs() -> None:
+    waiting = new_job(phase=lj.Phase.WAIT)  # a record of an earlier version
+    rec, eff = lj.step(waiting, lj.Started(in_store=False, staged=False, exported=True))
+    assert rec.export_removed and eff == [lj.Save(), lj.DropExport()]
+    # the agent went down between the record and the removal: it is removed again
+    rec, eff = lj.step(rec, lj.Started(in_store=False, staged=False, exported=True))
+    assert eff == [lj.DropExport()]
+    rec, eff = lj.step(rec, lj.Started(in_store=False, staged=False, exported=False))
+    assert eff == []
+    uploading = new_job()
+    assert lj.step(uploading, lj.Started(False, False, exported=True)) == (uploading, [])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.bundle import validate_bundle
+from agent.cli import _attach_trainer_link
 from agent.config import config_from_dict
 from agent.link import TrainerLink
 from tests.trainer.jobsupport import (
@@ -111,13 +112,16 @@ def test_job_end_to_end_over_loopback_with_lineage(tmp_path: Path) -> None:
     parent = make_parent(store)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-a", store)
     try:
-        link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1), parent)
+        export = make_export(tmp_path / "x" / "job-1", 200, "checkerboard", seed=1)
+        link.submit(1, export, parent)
         child = validate_bundle(rec.result(1))
         assert child.parent_id == parent
         seq = rec.of(1)
         for a, b in [("uploading", "queued"), ("queued", "training"), ("training", "improved")]:
             assert seq.index(a) < seq.index(b), seq
         wait_for(lambda: _job_rows(tr)[0]["state"] == "acknowledged", 10, "acknowledged")
+        # the trainer held the whole dataset: the export is gone from the robot
+        assert not export.exists() and link.records.get(1).export_removed  # type: ignore[union-attr]
         # The child becomes the parent of the next job, in another condition: the trainer
         # already holds it (not uploaded again), and the lineage's first condition is prior.
         shutil.copytree(child.path, store / child.id)
@@ -312,8 +316,9 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
 
 
 def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> None:
-    """The wiring handed to the daemon (see wire_trainer_link below), end to end: mark a
-    condition, explore, export, job, fine-tune on the trainer, bundle back, swap."""
+    """The wiring ``robot-agent run`` hands the daemon (agent.cli._attach_trainer_link), end
+    to end: mark a condition, explore, export, job, fine-tune on the trainer, bundle back,
+    swap."""
     from agent.ctl import request
     from agent.daemon import Daemon
     from tests.agent.conftest import agent_config
@@ -353,7 +358,8 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         },
     )
     daemon = Daemon(cfg, LearnableDriver())
-    link = wire_trainer_link(daemon, cfg)
+    link = _attach_trainer_link(daemon, cfg)
+    assert link is not None
     th = threading.Thread(target=daemon.run, daemon=True)
     th.start()
     try:
@@ -378,17 +384,6 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         th.join(30)
         link.close()
         tr.stop()
-
-
-def wire_trainer_link(daemon: Any, cfg: Any) -> TrainerLink:
-    """The lines the daemon's CLI needs (agent/cli.py `_run`, before `daemon.run()`)."""
-    link = TrainerLink(cfg, daemon.store, daemon.offer_trained, daemon.job_update)
-    daemon.set_export_hook(
-        lambda job, path: link.submit(job, path, str(daemon.log.job(job)["parent_policy_id"]))
-    )
-    daemon.set_cancel_hook(link.cancel)
-    link.start()
-    return link
 
 
 @pytest.mark.parametrize(
@@ -455,8 +450,14 @@ def test_agent_restart_mid_upload_resumes_from_its_records(tmp_path: Path) -> No
     try:
         first.submit(5, export, parent)
         wait_for(lambda: proxy.cuts == 1 or proxy.chunks > 10, 30, "the line cut mid-upload")
-        written_before = tr.jobs()["counters"]["chunks.written"]
-        assert 0 < written_before <= 10
+
+        def written() -> int:
+            return int(tr.jobs()["counters"].get("chunks.written", 0))
+
+        # the 10 chunks relayed before the cut are all written (the trainer may still be
+        # writing the last of them when the cut is seen: counting then raced it)
+        wait_for(lambda: written() == 10, 10, "the relayed chunks written")
+        written_before = written()
         first.close()  # the agent stops; its job record stays on disk
         again, rec2 = make_link(tmp_path / "agent", tr.endpoint, "robot-e", store)
         again.submit(5, export, parent)  # the daemon offers it again at start-up: no-op

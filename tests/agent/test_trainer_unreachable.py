@@ -116,6 +116,7 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         exports = {int(r["id"]): Path(r["export_path"]) for r in jobs}
         assert sorted(exports) == [1, 2, 3]
         assert all((p / "index.json").is_file() for p in exports.values())  # waiting on disk
+        indexes = {j: json.loads((p / "index.json").read_text()) for j, p in exports.items()}
         # memory: flat while 1,000 grasps more are logged and three jobs wait (the first
         # sample is taken with job 1 already waiting)
         assert rss[2] - rss[1] < 16 << 20, rss
@@ -145,9 +146,12 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         sources = [json.loads((d / "source.json").read_text()) for d in lineage.iterdir()]
         assert [(s["agent_job"], s["condition"]) for s in sources] == [(3, CONDITIONS[2])]
         for s in sources:  # every job's data: the export, whole
-            index = json.loads((exports[s["agent_job"]] / "index.json").read_text())
             # the exploration, plus any grasp served in the condition before the export ran
-            assert s["grasps"] == index["grasps"] >= EXPLORE
+            assert s["grasps"] == indexes[s["agent_job"]]["grasps"] >= EXPLORE
+        # the trainer holds job 3's data: its export left the robot; the cancelled jobs'
+        # exports stay until the disk budget needs their room
+        assert not exports[3].exists()
+        assert exports[1].is_dir() and exports[2].is_dir()
 
         # the daemon: job 3's outcome taken (a child swapped in, or the parent kept); the
         # cancelled jobs' results never swapped in, and nothing went wrong on the way
