@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.jobsupport import TrainerProcess, free_port, write_service_config
+from testkit.trainer import TrainerProcess, free_port, write_service_config
 from trainer.demo.procs import EventStream
 from trainer.demo.setup import dumps_toml
 

@@ -1,7 +1,7 @@
 """A corpus of bad policy bundles: each is refused with its reason code and leaves nothing in the
 store, or is taken out of service at run time with a PolicyFault; healthy policies never fault.
 
-Bad models are built with onnx.helper around the same tiny Q-function as tests/agent/fakes.py;
+Bad models are built with onnx.helper around the same tiny Q-function as testkit/fakes.py;
 the "realistic" images are real frames of the pybullet sim cell.
 """
 

@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from agent.wire import decode, encode
-from tests.agent.conftest import Running, Subscriber
-from tests.agent.fakes import broken_bundle, make_bundle
+from testkit.daemon import Running, Subscriber
+from testkit.fakes import broken_bundle, make_bundle
 
 pytestmark = pytest.mark.timeout(90)
 Start = Callable[..., Running]

@@ -21,7 +21,7 @@ from agent.detector import (
     posterior_grid,
 )
 from agent.runlength import arl_curve
-from tests.support.streams import simulate_streams
+from testkit.streams import simulate_streams
 
 Rule = Callable[[int, int, float, float], CusumDesign]
 

@@ -20,8 +20,8 @@ from agent.transport import EventPublisher, Security
 from agent.wire import encode
 from plumbing.config_loader import ConfigError
 from plumbing.curve import ClientKeys
-from tests.agent.conftest import Running
-from tests.agent.edge_fakes import RecordingControl, ServerThread
+from testkit.daemon import Running
+from testkit.edge_fakes import RecordingControl, ServerThread
 
 pytestmark = pytest.mark.timeout(60)
 

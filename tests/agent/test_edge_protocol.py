@@ -16,7 +16,7 @@ from agent.commands import COMMANDS, dispatch
 from agent.config import SocketsConfig
 from agent.transport import Security
 from agent.wire import ERROR_CODES, MAX_HEADER_BYTES, WireError, decode, encode
-from tests.agent.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, dealer
+from testkit.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, dealer
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]

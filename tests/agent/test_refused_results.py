@@ -18,11 +18,11 @@ import pytest
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.grasplog import GraspLog
-from tests.agent.conftest import Running, agent_config
-from tests.agent.fakes import FakeDriver, broken_bundle, make_bundle
+from testkit.daemon import Running, agent_config
+from testkit.fakes import FakeDriver, broken_bundle, make_bundle
+from testkit.trainer import wait_for
 from tests.agent.test_daemon import wait_match
 from tests.agent.test_trainer_unreachable import query
-from tests.trainer.jobsupport import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -4,7 +4,7 @@ link's cancel), and the job still wanted reaches it exactly once when it returns
 
 The daemon runs in-process on a fast fake driver with the real trainer link attached the way
 ``robot-agent run`` attaches it (``agent.cli._attach_trainer_link``); the trainer is a real
-``robot-trainer serve`` process (tests/trainer/jobsupport.py: a tiny network and budget),
+``robot-trainer serve`` process (testkit/trainer.py: a tiny network and budget),
 started only after 2,000 grasps are logged and three jobs are waiting.
 ``bench/trainer_unreachable.py`` runs the same scenario longer and reports the figures.
 """
@@ -23,10 +23,9 @@ import pytest
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from tests.agent.conftest import Running, agent_config
-from tests.agent.fakes import FakeDriver, make_bundle
-from tests.agent.test_daemon import wait_match
-from tests.trainer.jobsupport import (
+from testkit.daemon import Running, agent_config
+from testkit.fakes import FakeDriver, make_bundle
+from testkit.trainer import (
     TINY_FINETUNE,
     TrainerProcess,
     free_port,
@@ -34,6 +33,7 @@ from tests.trainer.jobsupport import (
     wait_for,
     write_service_config,
 )
+from tests.agent.test_daemon import wait_match
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,7 +1,8 @@
-"""Helpers for the job service tests: tiny bundles, synthetic exports, a trainer process, a proxy.
+"""The trainer side for tests and benches: tiny bundles, synthetic exports, a trainer
+process, an in-process job service, a raw protocol client and a line-cutting proxy.
 
-The stand-in runner (``tests/trainer/standin_runner.py``) and these helpers stay torch-light
-so the tests are fast; the exports are real ``robot-agent-dataset`` v1 directories.
+These helpers stay torch-light (torch only inside :func:`make_parent`) so the tests are fast;
+the exports are real ``robot-agent-dataset`` v1 directories.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,22 @@ import zmq
 from agent.export import DATASET_FORMAT, DATASET_VERSION
 from agent.spec import DEFAULT_SPEC
 from agent.wire import Message, decode, encode
+from testkit.net import free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "TINY_FINETUNE",
+    "Client",
+    "Proxy",
+    "TrainerProcess",
+    "free_port",
+    "make_export",
+    "make_parent",
+    "running_service",
+    "wait_for",
+    "write_service_config",
+]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_parent(store: Path, seed: int = 0) -> str:
@@ -321,15 +329,6 @@ class Proxy:
                 else:
                     back.recv_multipart()
         return False
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager
