@@ -38,12 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.sim.cli import wilson
+from drivers.sim.conditions import CONDITION_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drivers.sim.cli import wilson  # noqa: E402
-from drivers.sim.conditions import CONDITION_NAMES  # noqa: E402
-
 CEM_ITERATIONS = 3
 JITTER_M = 0.01
 

@@ -34,15 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agent.daemon import Daemon
+from agent.grasplog import GraspLog
+from plumbing.sd_notify import Notifier
+from testkit.cell import Cell, drain
+from testkit.daemon import Subscriber, agent_config
+from testkit.fakes import FakeDriver, make_bundle
 
-from agent.daemon import Daemon  # noqa: E402
-from agent.grasplog import GraspLog  # noqa: E402
-from plumbing.sd_notify import Notifier  # noqa: E402
-from tests.agent.conftest import agent_config  # noqa: E402
-from tests.agent.fakes import FakeDriver, make_bundle  # noqa: E402
-from tests.agent.test_crash import Cell, drain  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def kills(tmp: Path, n: int) -> dict[str, Any]:
@@ -162,7 +161,6 @@ def flood(tmp: Path, log_grasps: int, requests: int) -> dict[str, Any]:
 
 
 def disk_full(tmp: Path, full_s: float) -> dict[str, Any]:
-    from tests.agent.conftest import Subscriber
 
     cfg = agent_config(tmp, make_bundle(tmp / "b"))
     driver = FakeDriver(grasp_time_s=0.01)

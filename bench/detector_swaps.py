@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.config import DetectorConfig, ProbationConfig
 from agent.watch import OutcomeWatch

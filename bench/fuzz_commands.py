@@ -54,13 +54,11 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
+from agent.config import SocketsConfig
+from agent.ctl import request
+from agent.wire import ERROR_CODES, decode, encode
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agent.config import SocketsConfig  # noqa: E402
-from agent.ctl import request  # noqa: E402
-from agent.wire import ERROR_CODES, decode, encode  # noqa: E402
-
 READ_ONLY = ("status", "stats", "policies")
 MAX_MESSAGE = SocketsConfig.max_message_bytes
 MAX_FRAME = SocketsConfig.max_frame_bytes

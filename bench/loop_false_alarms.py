@@ -50,15 +50,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.config import config_from_dict
+from agent.ctl import request
+from agent.daemon import Daemon
+from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.conditions import Condition
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agent.config import config_from_dict  # noqa: E402
-from agent.ctl import request  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
-from drivers.sim.cell import SimCell, SimConfig  # noqa: E402
-from drivers.sim.conditions import Condition  # noqa: E402
-
 BASE = ROOT / "policies" / "base"
 REFERENCE = 200
 """detector.reference_grasps in the runs."""

@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drivers.sim.cli import wilson
+from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args
 
-from drivers.sim.cli import wilson  # noqa: E402
-from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_seed(

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agent.config import DetectorConfig, ProbationConfig
+from agent.watch import OutcomeWatch
 
-from agent.config import DetectorConfig, ProbationConfig  # noqa: E402
-from agent.watch import OutcomeWatch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def replay(

@@ -42,19 +42,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from agent.bundle import validate_bundle
+from agent.cem import CemParams
+from agent.config import PolicyConfig
+from agent.loader import PolicyLoader
+from agent.policies import WarmPolicies
+from agent.policy import Policy, PolicyFault, load_policy
+from agent.spec import DEFAULT_SPEC
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from agent.bundle import validate_bundle  # noqa: E402
-from agent.cem import CemParams  # noqa: E402
-from agent.config import PolicyConfig  # noqa: E402
-from agent.loader import PolicyLoader  # noqa: E402
-from agent.policies import WarmPolicies  # noqa: E402
-from agent.policy import Policy, PolicyFault, load_policy  # noqa: E402
-from agent.spec import DEFAULT_SPEC  # noqa: E402
-
 CATCH_UP_S = 0.1
 """A late decision is followed at once by the next (the rate holds) unless the loop is this
 far behind its schedule (then the schedule restarts from now)."""

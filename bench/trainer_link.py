@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -21,11 +20,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agent.config import config_from_dict
 from agent.link import TrainerLink
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     TrainerProcess,
     free_port,
     make_export,

@@ -20,21 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from tests.agent.conftest import agent_config
-from tests.agent.fakes import FakeDriver
-from tests.trainer.jobsupport import (
+from testkit.daemon import agent_config
+from testkit.fakes import FakeDriver
+from testkit.trainer import (
     TINY_FINETUNE,
     TrainerProcess,
     free_port,
