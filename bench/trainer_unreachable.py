@@ -21,7 +21,6 @@ import argparse
 import json
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from testkit.daemon import agent_config
+from testkit.daemon import agent_config, serve, trainer_table
 from testkit.fakes import FakeDriver
 from testkit.trainer import (
     TINY_FINETUNE,
@@ -63,25 +62,17 @@ def main() -> None:
             lifecycle={"exploration_grasps": args.explore},
             detector={"enabled": False},
             probation={"enabled": False},
-            trainer={
-                "endpoint": f"tcp://127.0.0.1:{port}",
-                "agent_id": "bench",
-                "heartbeat_s": 0.2,
-                "timeout_s": 1.0,
-                "backoff_min_s": 0.2,
-                "backoff_max_s": 2.0,
-                "chunk_bytes": 65536,
-            },
+            trainer=trainer_table(
+                f"tcp://127.0.0.1:{port}", "bench", backoff_min_s=0.2, backoff_max_s=2.0
+            ),
         )
         daemon = Daemon(cfg, FakeDriver(p_success=0.5))
         link = _attach_trainer_link(daemon, cfg)
         assert link is not None
-        th = threading.Thread(target=daemon.run, daemon=True)
-        th.start()
+        th = serve(daemon, ready_s=60)
         tr: TrainerProcess | None = None
         out: dict[str, Any] = {"grasps_away": args.grasps, "jobs": args.jobs}
         try:
-            assert daemon.ready.wait(60)
             ep = daemon.endpoints["commands"]
             t0 = time.monotonic()
             samples: list[tuple[int, float]] = []

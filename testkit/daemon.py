@@ -3,6 +3,8 @@ loopback sockets and SQLite, its config, and a subscriber on its events."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -107,3 +109,53 @@ def start_in_thread(cfg: AgentConfig, driver: FakeDriver, ready: bool = True) ->
     if ready:
         assert daemon.ready.wait(30), "daemon never became ready"
     return Running(daemon, driver, cfg, th, result)
+
+
+def serve(daemon: Daemon, ready_s: float = 30.0) -> threading.Thread:
+    """Run an already built ``daemon`` (a link attached, hooks wired) on a daemon thread and
+    wait until its policy is loaded; returns the thread."""
+    th = threading.Thread(target=daemon.run, daemon=True)
+    th.start()
+    assert daemon.ready.wait(ready_s), "daemon never became ready"
+    return th
+
+
+def trainer_table(endpoint: str, agent_id: str, **over: Any) -> dict[str, Any]:
+    """A ``[trainer]`` table for a link on loopback: 0.2 s heartbeats, a 1 s timeout, 64 KiB
+    chunks (what the trainer of :func:`testkit.trainer.write_service_config` takes)."""
+    return {
+        "endpoint": endpoint,
+        "agent_id": agent_id,
+        "heartbeat_s": 0.2,
+        "timeout_s": 1.0,
+        "chunk_bytes": 65536,
+        **over,
+    }
+
+
+def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    """Rows from the agent's grasp log, read through a connection of this thread."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def wait_match(
+    sub: Subscriber, topic: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
+    """The first event on ``topic`` (seen before or arriving within ``timeout``) matching."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while True:
+        while i < len(sub.seen):
+            t, d = sub.seen[i]
+            i += 1
+            if t == topic and pred(d):
+                return d
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no matching {topic}; saw {[t for t, _ in sub.seen]}")
+        with contextlib.suppress(AssertionError):
+            sub.wait("agent.__never__", timeout=0.2)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
 from agent.wire import decode, encode
-from testkit.daemon import Running, Subscriber
+from testkit.daemon import Running, wait_match
 from testkit.fakes import broken_bundle, make_bundle
 
 pytestmark = pytest.mark.timeout(90)
@@ -22,24 +20,6 @@ Start = Callable[..., Running]
 
 def _db(r: Running) -> sqlite3.Connection:
     return sqlite3.connect(r.cfg.data_path(r.cfg.grasp_log.path))
-
-
-def wait_match(
-    sub: Subscriber, topic: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
-) -> dict[str, Any]:
-    """The first event on ``topic`` (seen before or arriving within ``timeout``) matching."""
-    deadline = time.monotonic() + timeout
-    i = 0
-    while True:
-        while i < len(sub.seen):
-            t, d = sub.seen[i]
-            i += 1
-            if t == topic and pred(d):
-                return d
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no matching {topic}; saw {[t for t, _ in sub.seen]}")
-        with contextlib.suppress(AssertionError):
-            sub.wait("agent.__never__", timeout=0.2)
 
 
 def test_runs_50_grasps_each_committed(start_daemon: Start) -> None:

@@ -23,9 +23,8 @@ import pytest
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.driver import Observation
-from testkit.daemon import Running, agent_config
+from testkit.daemon import Running, agent_config, wait_match
 from testkit.fakes import FakeDriver, make_bundle, tiny_model
-from tests.agent.test_daemon import wait_match
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,11 +18,9 @@ import pytest
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.grasplog import GraspLog
-from testkit.daemon import Running, agent_config
+from testkit.daemon import Running, agent_config, query, serve, wait_match
 from testkit.fakes import FakeDriver, broken_bundle, make_bundle
 from testkit.trainer import wait_for
-from tests.agent.test_daemon import wait_match
-from tests.agent.test_trainer_unreachable import query
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,10 +109,7 @@ def test_trained_result_rejected_earlier_ends_its_job_also_across_a_restart(
 
     def run_daemon() -> tuple[Daemon, threading.Thread]:
         d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
-        assert d.ready.wait(30)
-        return d, t
+        return d, serve(d)
 
     def reject(db: Path, pid: str) -> None:
         log = GraspLog(db)

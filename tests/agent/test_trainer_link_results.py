@@ -27,11 +27,10 @@ from agent.daemon import Daemon
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
 from agent.link import TrainerLink
 from agent.wire import WireError, decode, encode
-from testkit.daemon import agent_config
+from testkit.daemon import agent_config, query
 from testkit.fakes import FakeDriver, broken_bundle, make_bundle
 from testkit.trainer import make_export, wait_for
 from tests.agent.test_trainer_link import make_link
-from tests.agent.test_trainer_unreachable import query
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,7 +12,6 @@ started only after 2,000 grasps are logged and three jobs are waiting.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from testkit.daemon import Running, agent_config
+from testkit.daemon import Running, agent_config, query, serve, trainer_table, wait_match
 from testkit.fakes import FakeDriver, make_bundle
 from testkit.trainer import (
     TINY_FINETUNE,
@@ -33,7 +32,6 @@ from testkit.trainer import (
     wait_for,
     write_service_config,
 )
-from tests.agent.test_daemon import wait_match
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,16 +44,6 @@ def rss_bytes() -> int:
     """This process's resident set size (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
-
-
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    """Rows from the agent's grasp log, read through a connection of this thread."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_once(
@@ -73,24 +61,16 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         # the latency check compares a child measured now with the parent measured at
         # start-up: on a loaded test machine that ratio is noise (not what this test is about)
         policy={"max_latency_factor": 20.0},
-        trainer={
-            "endpoint": f"tcp://127.0.0.1:{port}",  # nobody there yet
-            "agent_id": "robot-u",
-            "heartbeat_s": 0.2,
-            "timeout_s": 1.0,
-            "backoff_min_s": 0.2,
-            "backoff_max_s": 1.0,
-            "chunk_bytes": 65536,
-        },
+        trainer=trainer_table(  # nobody there yet
+            f"tcp://127.0.0.1:{port}", "robot-u", backoff_min_s=0.2, backoff_max_s=1.0
+        ),
     )
     daemon = Daemon(cfg, FakeDriver(p_success=0.5))
     link = _attach_trainer_link(daemon, cfg)
     assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    th = serve(daemon)
     tr: TrainerProcess | None = None
     try:
-        assert daemon.ready.wait(30)
         ep = daemon.endpoints["commands"]
 
         def grasps() -> int:
@@ -243,10 +223,7 @@ def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start
 
     def run_daemon() -> tuple[Daemon, threading.Thread]:
         d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
-        assert d.ready.wait(30)
-        return d, t
+        return d, serve(d)
 
     first, th = run_daemon()
     try:
