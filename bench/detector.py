@@ -1,6 +1,6 @@
 """False-alarm rate and detection delay of the agent's success-drop detector.
 
-Usage: python bench/detector.py [--streams N] [--arl0 A] [--min-drop D] [--reference-grasps R]
+Usage: python -m bench.detector [--streams N] [--arl0 A] [--min-drop D] [--reference-grasps R]
 
 Two parts, for each scenario p0 -> p1:
 
@@ -45,6 +45,7 @@ from agent.detector import (
     llr_increments,
     run_lengths,
 )
+from testkit.streams import binomial_weights
 
 CHANGE_AT = 500
 CHANGES = (500, 2000)
@@ -59,23 +60,6 @@ def kl(p1: float, p0: float) -> float:
 def plugin_design(s: int, n: int, min_drop: float, arl0: float) -> CusumDesign:
     """The previous rule: the chart for a known p0, fed the Laplace estimate."""
     return design_cusum((s + 1) / (n + 2), min_drop, arl0)
-
-
-def binomial_weights(n: int, p: float) -> tuple[np.ndarray, np.ndarray]:
-    s = np.arange(n + 1)
-    logw = np.array(
-        [
-            math.lgamma(n + 1)
-            - math.lgamma(k + 1)
-            - math.lgamma(n - k + 1)
-            + k * math.log(p)
-            + (n - k) * math.log1p(-p)
-            for k in s
-        ]
-    )
-    w = np.exp(logw)
-    keep = w > 1e-9
-    return s[keep], w[keep] / w[keep].sum()
 
 
 def exact_over_references(
