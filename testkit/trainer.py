@@ -47,18 +47,12 @@ def make_parent(store: Path, seed: int = 0) -> str:
     """A tiny random policy bundle under ``store/<id>``; returns its id."""
     import torch
 
+    from testkit.qnet import TINY
     from trainer.export import make_bundle
-    from trainer.qnet import QNet, QNetConfig
+    from trainer.qnet import QNet
 
     torch.manual_seed(seed)
-    tiny = QNetConfig(
-        trunk_channels=(8, 8, 8),
-        trunk_strides=(2, 2, 2),
-        merge_channels=8,
-        action_hidden=8,
-        head_hidden=8,
-    )
-    b = make_bundle(QNet(tiny).eval(), {"condition": "baseline"}, store)
+    b = make_bundle(QNet(TINY).eval(), {"condition": "baseline"}, store)
     return b.id
 
 
