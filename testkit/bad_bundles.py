@@ -373,59 +373,43 @@ def _tampered_weights(tmp: Path) -> Path:
     return p
 
 
-def _garbage_meta(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    (p / META_FILE).write_text("{not json")
-    return p
+def _meta_edited(**changes: Any) -> Callable[[Path], Path]:
+    """A builder: a good bundle whose meta.json then carries ``changes``."""
+
+    def build(tmp: Path) -> Path:
+        p = write_model(tmp, q_model())
+        edit_meta(p, **changes)
+        return p
+
+    return build
 
 
-def _meta_not_object(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    (p / META_FILE).write_text("[1, 2]")
-    return p
+def _meta_text(text: str) -> Callable[[Path], Path]:
+    """A builder: a good bundle whose meta.json is then replaced by ``text``."""
+
+    def build(tmp: Path) -> Path:
+        p = write_model(tmp, q_model())
+        (p / META_FILE).write_text(text)
+        return p
+
+    return build
 
 
-def _meta_bad_format(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    edit_meta(p, format=99)
-    return p
+def _without(name: str) -> Callable[[Path], Path]:
+    """A builder: a good bundle with its file ``name`` then removed."""
 
+    def build(tmp: Path) -> Path:
+        p = write_model(tmp, q_model())
+        (p / name).unlink()
+        return p
 
-def _meta_id_path(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    edit_meta(p, id="../../etc")
-    return p
+    return build
 
 
 def _meta_files_extra(tmp: Path) -> Path:
     p = write_model(tmp, q_model())
     meta = json.loads((p / META_FILE).read_text())
     edit_meta(p, files={**meta["files"], "x.bin": "0" * 64})
-    return p
-
-
-def _id_mismatch(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    edit_meta(p, id="0123456789abcdef")
-    return p
-
-
-def _spec_mismatch(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    spec = Spec(workspace_x_m=0.5).to_dict()
-    edit_meta(p, spec=spec)
-    return p
-
-
-def _missing_weights(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    (p / WEIGHTS_FILE).unlink()
-    return p
-
-
-def _missing_meta(tmp: Path) -> Path:
-    p = write_model(tmp, q_model())
-    (p / META_FILE).unlink()
     return p
 
 
@@ -482,15 +466,15 @@ CORPUS: dict[str, Case] = {
         "too_slow", _slow, PolicyConfig(warmup_runs=1, latency_runs=2, max_latency_s=0.001)
     ),
     "tampered_weights": Case("hash_mismatch", _tampered_weights),
-    "garbage_meta": Case("bad_meta", _garbage_meta),
-    "meta_not_object": Case("bad_meta", _meta_not_object),
-    "meta_bad_format": Case("bad_meta", _meta_bad_format),
-    "meta_id_is_a_path": Case("bad_meta", _meta_id_path),
+    "garbage_meta": Case("bad_meta", _meta_text("{not json")),
+    "meta_not_object": Case("bad_meta", _meta_text("[1, 2]")),
+    "meta_bad_format": Case("bad_meta", _meta_edited(format=99)),
+    "meta_id_is_a_path": Case("bad_meta", _meta_edited(id="../../etc")),
     "meta_lists_extra_file": Case("bad_meta", _meta_files_extra),
-    "id_mismatch": Case("id_mismatch", _id_mismatch),
-    "spec_mismatch": Case("spec_mismatch", _spec_mismatch),
-    "missing_weights": Case("missing_file", _missing_weights),
-    "missing_meta": Case("bad_meta", _missing_meta),
+    "id_mismatch": Case("id_mismatch", _meta_edited(id="0123456789abcdef")),
+    "spec_mismatch": Case("spec_mismatch", _meta_edited(spec=Spec(workspace_x_m=0.5).to_dict())),
+    "missing_weights": Case("missing_file", _without(WEIGHTS_FILE)),
+    "missing_meta": Case("bad_meta", _without(META_FILE)),
     "symlink_escaping": Case("symlink", _symlink_escaping),
     "not_a_directory": Case("not_a_directory", _not_a_directory),
 }

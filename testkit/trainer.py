@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +22,7 @@ from agent.export import DATASET_FORMAT, DATASET_VERSION
 from agent.spec import DEFAULT_SPEC
 from agent.wire import Message, decode, encode
 from testkit.net import free_port, wait_for
+from testkit.procs import ModuleProcess
 
 __all__ = [
     "TINY_FINETUNE",
@@ -197,35 +194,24 @@ class Client:
         self.sock.close(0)
 
 
-class TrainerProcess:
+class TrainerProcess(ModuleProcess):
     """``python -m trainer.cli serve --config ...`` as a child process."""
 
     def __init__(
         self, config: Path, log: Path, port: int, env: dict[str, str] | None = None
     ) -> None:
+        super().__init__(["trainer.cli", "serve", "--config", str(config)], log, env)
         self.config = config
-        self.log = log
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> TrainerProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        env.update(self.extra_env)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trainer.cli", "serve", "--config", str(self.config)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        """Spawn it and wait until it answers a ping."""
+        proc = self.spawn()
         c = Client(self.endpoint)
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
+                if proc.poll() is not None:
                     raise AssertionError(f"trainer exited: {self.log.read_text()[-2000:]}")
                 c.send("ping", {})
                 if c.recv(0.5) is not None:
@@ -241,22 +227,10 @@ class TrainerProcess:
         finally:
             c.close()
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
     def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait(10)
-        return int(self.proc.returncode)
+        """SIGTERM (SIGKILL after 30 s); its exit code, 0 if it never started."""
+        rc = self.terminate(30)
+        return 0 if rc is None else int(rc)
 
 
 class Proxy:
