@@ -1,6 +1,6 @@
 """Round-trip latency of the robot bridge: what the wire costs per grasp.
 
-Usage: python bench/bridge.py [--grasps N] [--calls N]
+Usage: python -m bench.bridge [--grasps N] [--calls N]
 
 Two measurements, each against a bridge running as its own process on loopback:
 

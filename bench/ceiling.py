@@ -1,6 +1,6 @@
 """Physical ceiling of a challenge: can any grasp lift something in each bin at all?
 
-Usage: python bench/ceiling.py [--condition extend_gripper] [--scenes 200] [--seed 7000]
+Usage: python -m bench.ceiling [--condition extend_gripper] [--scenes 200] [--seed 7000]
                                [--bundle DIR ...] [--workers 2] [--quick]
 
 For each scene (a fresh bin of 5 test objects, ``SimCell.reset(seed)``: the

@@ -1,6 +1,6 @@
 """Decision latency of the agent's ONNX Runtime + numpy CEM on one thread.
 
-Usage: python bench/cem_latency.py [--decisions N] [--bundle DIR]
+Usage: python -m bench.cem_latency [--decisions N] [--bundle DIR]
 
 Serves a policy the way the daemon does (agent.policy.load_policy: CPU
 provider, 1 intra-op thread, no spinning, trunk split, warm-up) and reports:

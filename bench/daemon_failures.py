@@ -1,6 +1,6 @@
 """The daemon under failures: kill -9 during grasp logging, a command flood, a full disk.
 
-Usage: python bench/daemon_failures.py [--kills 30] [--log-grasps 1000000] [--requests 1000]
+Usage: python -m bench.daemon_failures [--kills 30] [--log-grasps 1000000] [--requests 1000]
                                        [--full-s 3]
 
 1. ``kills``: a real ``robot-agent run`` process on the fake driver, SIGKILLed at a random

@@ -1,6 +1,6 @@
 """Fine-tuning recovery per challenge: parent vs early-stopped child vs scratch, in the sim.
 
-Usage: python bench/finetune.py [--grasps 25,50,100,200,400,800] [--challenges a,b,...]
+Usage: python -m bench.finetune [--grasps 25,50,100,200,400,800] [--challenges a,b,...]
                                 [--eval-grasps 400] [--sweep 100,250,500,1000] [--quick]
 
 For each challenge at its default severity: collect max(N) exploration grasps

@@ -1,6 +1,6 @@
 """Replay stored fine-tune validation curves under candidate step-selection rules.
 
-Usage: python bench/finetune_replay.py DIR [DIR ...]
+Usage: python -m bench.finetune_replay DIR [DIR ...]
 
 Reads the ``result.json`` of every fine-tune job that ``bench/finetune.py``
 left under the bench directories (``<challenge>/ft-<N>``, ``sweep-<N>``) and

@@ -1,6 +1,6 @@
 """Fuzz the real daemon's command socket on the sim cell; grasp rate loaded vs unloaded.
 
-Usage: python bench/fuzz_commands.py [--seconds 15] [--rounds 3] [--messages 10000]
+Usage: python -m bench.fuzz_commands [--seconds 15] [--rounds 3] [--messages 10000]
                                      [--limits default|off] [--clients 1]
 
 Starts ``robot-agent run`` (a subprocess: the sim cell serving the shipped base policy)

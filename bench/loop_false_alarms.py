@@ -1,6 +1,6 @@
 """False alarms of the success-drop detector in the loop itself: the real agent, a real child.
 
-Usage: python bench/loop_false_alarms.py [--runs 2] [--first-run 0] [--workers 2] [--base 300]
+Usage: python -m bench.loop_false_alarms [--runs 2] [--first-run 0] [--workers 2] [--base 300]
            [--baseline 5000] [--transparent 5000] [--opacity 0.5] [--arl0 1000]
            [--child DIR] [--out DIR]
 

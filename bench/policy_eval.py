@@ -1,6 +1,6 @@
 """Success of a policy bundle in the sim cell, served exactly as the daemon serves it.
 
-Usage: python bench/policy_eval.py [--bundle DIR] [--condition NAME] [--param k=v ...]
+Usage: python -m bench.policy_eval [--bundle DIR] [--condition NAME] [--param k=v ...]
                                    [--grasps N] [--seed S] [--seeds K] [--workers W]
 
 The bundle (default: the shipped base policy, policies/base) is validated and

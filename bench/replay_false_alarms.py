@@ -1,6 +1,6 @@
 """Real outcome streams of the loop replayed through the pure detector (cheap to iterate).
 
-Usage: python bench/replay_false_alarms.py STREAM.json [...] [--arl0 1000 5000]
+Usage: python -m bench.replay_false_alarms STREAM.json [...] [--arl0 1000 5000]
            [--resampled 400000] [--seed 0]
 
 A stream is what ``bench/loop_false_alarms.py`` saves per run (success, policy, world per

@@ -1,7 +1,7 @@
 """Hot-swap under load: decisions at >= 200 Hz on the control thread while 20 bundles are
 validated and loaded off-thread (agent/loader.py) and swapped in by reference.
 
-Usage: python bench/swap.py [--bundles 20] [--rate 200] [--cem-iterations 2] [--work DIR]
+Usage: python -m bench.swap [--bundles 20] [--rate 200] [--cem-iterations 2] [--work DIR]
 
 1. Makes ``--bundles`` distinct valid bundles (not timed): the shipped base policy's network
    with its weights perturbed (a different seed each, 0.1% of each tensor's scale),

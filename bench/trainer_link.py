@@ -6,7 +6,7 @@ process on loopback, the real fine-tune on a tiny network and budget) and the jo
 its result. Python heap peaks (tracemalloc, this process: the link's thread) are taken
 while away and during the upload. Last stdout line: one JSON object.
 
-    python bench/trainer_link.py [--grasps 2000] [--chunk-kib 1024] [--away-s 5]
+    python -m bench.trainer_link [--grasps 2000] [--chunk-kib 1024] [--away-s 5]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ whether it arrived exactly once and nothing else did.
 Last stdout line: one JSON object. The short version is a test:
 tests/agent/test_trainer_unreachable.py.
 
-    python bench/trainer_unreachable.py [--grasps 10000] [--jobs 5] [--explore 200]
+    python -m bench.trainer_unreachable [--grasps 10000] [--jobs 5] [--explore 200]
 """
 
 from __future__ import annotations

@@ -111,6 +111,10 @@ def start_in_thread(cfg: AgentConfig, driver: FakeDriver, ready: bool = True) ->
     return Running(daemon, driver, cfg, th, result)
 
 
+Restart = Callable[[], tuple[Daemon, threading.Thread]]
+"""Starts a fresh daemon on the same config and data directory: a restart after a stop."""
+
+
 def serve(daemon: Daemon, ready_s: float = 30.0) -> threading.Thread:
     """Run an already built ``daemon`` (a link attached, hooks wired) on a daemon thread and
     wait until its policy is loaded; returns the thread."""

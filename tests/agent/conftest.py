@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testkit.daemon import Running, agent_config, start_in_thread
+from agent.daemon import Daemon
+from testkit.daemon import Restart, Running, agent_config, serve, start_in_thread
 from testkit.fakes import FakeDriver, make_bundle
 
 
@@ -30,3 +32,19 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     for r in running:
         r.daemon.request_stop()
         r.thread.join(30)
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Restart:
+    """A daemon (no link) to stop and start again on one config: a tiny bundle, 5
+    exploration grasps per condition, probation at alpha 0.001."""
+    base = make_bundle(tmp_path / "incoming")
+    cfg = agent_config(
+        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
+    )
+
+    def start() -> tuple[Daemon, threading.Thread]:
+        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
+        return d, serve(d)
+
+    return start

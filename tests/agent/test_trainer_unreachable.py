@@ -12,7 +12,6 @@ started only after 2,000 grasps are logged and three jobs are waiting.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from testkit.daemon import Running, agent_config, query, serve, trainer_table, wait_match
+from testkit.daemon import Restart, Running, agent_config, query, serve, trainer_table, wait_match
 from testkit.fakes import FakeDriver, make_bundle
 from testkit.trainer import (
     TINY_FINETUNE,
@@ -209,23 +208,14 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
 
 
 def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start(
-    tmp_path: Path,
+    tmp_path: Path, restartable: Restart
 ) -> None:
     """The daemon stopped after the loader had put a job's result into the store and before
     the swap was committed: the link never offers a bundle already in the store again, so
     the daemon itself loads it at start (it would otherwise wait in TRAINING for ever)."""
     import shutil
 
-    base = make_bundle(tmp_path / "incoming")
-    cfg = agent_config(
-        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
-    )
-
-    def run_daemon() -> tuple[Daemon, threading.Thread]:
-        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
-        return d, serve(d)
-
-    first, th = run_daemon()
+    first, th = restartable()
     try:
         assert request(first.endpoints["commands"], "mark-condition", {"name": "offset"})["ok"]
         wait_for(lambda: first.snapshot()["phase"] == "training", 20, "the job")
@@ -249,7 +239,7 @@ def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start
     finally:
         first.request_stop()
         th.join(30)
-    second, th = run_daemon()
+    second, th = restartable()
     try:
         wait_for(lambda: second.snapshot()["policy"] == child.name, 20, "the child served")
         db = second.db_path
