@@ -62,7 +62,12 @@ def serve_null(endpoint: str) -> None:
     """Child process: the null robot behind the bridge server until stdin closes."""
     server = BridgeServer(NullRobot(), DEFAULT_SPEC, BridgeServerConfig(endpoint=endpoint))
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     server.start()
     print("serving", flush=True)
     try:

@@ -50,7 +50,7 @@ def main() -> None:
     from trainer.cem import CemConfig as TorchCem
     from trainer.cem import cem_maximise
     from trainer.export import load_qnet, make_bundle
-    from trainer.qnet import QNet
+    from trainer.qnet import Encoded, QNet
 
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="cem-bench-")
@@ -93,9 +93,11 @@ def main() -> None:
         for i in range(args.torch_decisions + 20):
             t0 = time.perf_counter()
             enc = net.encode(timg[i % len(timg)])
-            cem_maximise(
-                lambda c, e=enc: torch.sigmoid(net.logits_from(e, c)), 1, low, high, tcfg, gen
-            )
+
+            def score(c: torch.Tensor, e: Encoded = enc) -> torch.Tensor:
+                return torch.sigmoid(net.logits_from(e, c))
+
+            cem_maximise(score, 1, low, high, tcfg, gen)
             if i >= 20:  # warm-up
                 tlat.append(time.perf_counter() - t0)
 

@@ -76,7 +76,7 @@ def exact_over_references(
     cdf = np.cumsum(weights[order])
 
     def q(f: float) -> float:
-        return float(a[order][min(np.searchsorted(cdf, f), a.size - 1)])
+        return float(a[order][min(int(np.searchsorted(cdf, f)), a.size - 1)])
 
     return {
         "grasps_between_false_alarms": float(1.0 / (weights / a).sum()),
@@ -278,7 +278,9 @@ def delays(
     return float(zero.mean()), float(after.mean())
 
 
-def known_scenario(p0: float, p1: float, arl0: float, min_drop: float, n: int, seed: int) -> dict:
+def known_scenario(
+    p0: float, p1: float, arl0: float, min_drop: float, n: int, seed: int
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     d = design_cusum(p0, min_drop, arl0)
     cap = int(30 * d.arl0)

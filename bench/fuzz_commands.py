@@ -104,7 +104,7 @@ event_endpoint = "tcp://127.0.0.1:{ev_port}"
 def fuzz_messages(rng: np.random.Generator) -> Iterator[list[bytes]]:
     """Endless malformed/mangled/oversize/random requests; never a valid state change."""
     valid = [encode("command", {"id": i, "command": c}) for i, c in enumerate(READ_ONLY)]
-    bad_changes = [
+    bad_changes: list[dict[str, Any]] = [
         {"command": "promote", "args": {"id": ""}},
         {"command": "promote", "args": {"id": "../../etc"}},
         {"command": "mark-condition", "args": {"name": "x/../../../../outside"}},
@@ -135,9 +135,9 @@ def fuzz_messages(rng: np.random.Generator) -> Iterator[list[bytes]]:
             n = int(rng.integers(MAX_MESSAGE + 1, MAX_FRAME))
             yield [b"{" * 64, b"\0" * n] if i % 20 == 3 else [b" " * n]
         elif kind == 4:
-            head = dict(bad_changes[int(rng.integers(0, len(bad_changes)))])
-            head["id"] = i
-            yield encode("command", head)
+            changed = dict(bad_changes[int(rng.integers(0, len(bad_changes)))])
+            changed["id"] = i
+            yield encode("command", changed)
         elif kind == 5:
             field = ["v", "type", "id", "command", "args"][int(rng.integers(0, 5))]
             head: dict[str, Any] = {"v": 1, "type": "command", "id": i, "command": "status"}

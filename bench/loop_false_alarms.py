@@ -53,8 +53,9 @@ from typing import Any
 from agent.config import config_from_dict
 from agent.ctl import request
 from agent.daemon import Daemon
-from drivers.sim.cell import SimCell, SimConfig
+from drivers.sim.cell import SimCell
 from drivers.sim.conditions import Condition
+from drivers.sim.config import SimConfig, cell_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "policies" / "base"
@@ -154,9 +155,7 @@ def one_run(
             },
         }
     )
-    sim = SimConfig(
-        seed=cfg.driver.seed, condition="baseline", schedule=cfg.driver.sim.schedule, split="test"
-    )
+    sim = cell_config(cfg.driver.settings)  # seed 1000 + k, baseline, the schedule, test split
     daemon = Daemon(cfg, SeveritySimCell(sim, {"transparent": {"opacity": opacity}}))
     th = threading.Thread(target=daemon.run, daemon=True)
     t0 = time.monotonic()

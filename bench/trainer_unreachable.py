@@ -22,6 +22,7 @@ import json
 import sqlite3
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,13 @@ def main() -> None:
             ep = daemon.endpoints["commands"]
             t0 = time.monotonic()
             samples: list[tuple[int, float]] = []
+
+            def handed(job: int) -> bool:
+                return job in link.phases()
+
             for i in range(1, args.jobs + 1):
                 assert request(ep, "mark-condition", {"name": f"c{i}"})["ok"]
-                wait_for(lambda i=i: i in link.phases(), 300, f"job {i} handed to the link")
+                wait_for(partial(handed, i), 300, f"job {i} handed to the link")
             first = int(daemon.snapshot()["grasps"])
             samples.append((first, rss_mb()))
             mark = first + 500

@@ -121,7 +121,8 @@ class Cell:
         self.proc.wait(10)
 
     def subscriber(self) -> zmq.Socket[bytes]:
-        sub = zmq.Context.instance().socket(zmq.SUB)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"agent.")
         sub.connect(self.evt_ep)

@@ -39,7 +39,7 @@ class Running:
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            st = self.ctl("status")["result"]
+            st: dict[str, Any] = self.ctl("status")["result"]
             if pred(st):
                 return st
             if time.monotonic() > deadline:
@@ -54,7 +54,8 @@ class Subscriber:
     """SUB socket on the daemon's events; waits for a topic."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"agent.")
         self.sock.connect(endpoint)
@@ -73,7 +74,7 @@ class Subscriber:
                 assert msg.type == "event" and msg.header["topic"] == frames[0].decode()
                 self.seen.append((frames[0].decode(), msg.header["data"]))
                 if frames[0].decode() == topic:
-                    return msg.header["data"]
+                    return dict(msg.header["data"])
         raise AssertionError(f"no {topic} event; saw {[t for t, _ in self.seen]}")
 
     def close(self) -> None:

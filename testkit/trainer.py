@@ -159,7 +159,7 @@ class Client:
     """A raw DEALER speaking the job protocol (for protocol-level tests)."""
 
     def __init__(self, endpoint: str, agent: str = "raw", max_bytes: int = 1 << 22) -> None:
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -257,7 +257,7 @@ class Proxy:
         self._thread.join(5)
 
     def _run(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         while not self._stop.is_set():
             front = ctx.socket(zmq.ROUTER)
             back = ctx.socket(zmq.DEALER)
