@@ -37,6 +37,7 @@ from typing import Any
 from agent.daemon import Daemon
 from agent.grasplog import GraspLog
 from plumbing.sd_notify import Notifier
+from testkit.biglog import bulk_insert_grasps
 from testkit.cell import Cell, drain
 from testkit.daemon import Subscriber, agent_config
 from testkit.fakes import FakeDriver, make_bundle
@@ -84,7 +85,7 @@ def flood(tmp: Path, log_grasps: int, requests: int) -> dict[str, Any]:
     with GraspLog(cfg.data_path(cfg.grasp_log.path)) as glog:
         cid = glog.add_condition("base", "", "initial")
         glog.upsert_policy("bulk", "/nowhere", "retired")
-        glog.bulk_insert_grasps(log_grasps, cid, "bulk")
+        bulk_insert_grasps(glog, log_grasps, cid, "bulk")
     build_s = time.monotonic() - t0
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     nsock.bind(str(tmp / "notify.sock"))
