@@ -164,3 +164,14 @@ def wait_match(
             raise AssertionError(f"no matching {topic}; saw {[t for t, _ in sub.seen]}")
         with contextlib.suppress(AssertionError):
             sub.wait("agent.__never__", timeout=0.2)
+
+
+def training_on_a_job(r: Running) -> tuple[Subscriber, int, str]:
+    """Mark a condition on ``r`` and wait until its job is queued and the daemon is TRAINING
+    (start it with a few exploration grasps): a subscriber on its events from before the
+    mark, the job and the policy it trains from."""
+    sub = r.subscriber()
+    assert r.ctl("mark-condition", name="offset")["ok"]
+    job = int(wait_match(sub, "agent.job", lambda d: d["status"] == "queued")["job"])
+    old = str(r.wait_for(lambda s: s["phase"] == "training")["policy"])
+    return sub, job, old

@@ -16,7 +16,7 @@ import pytest
 
 from agent.ctl import request
 from agent.grasplog import GraspLog
-from testkit.daemon import Restart, Running, query, wait_match
+from testkit.daemon import Restart, Running, query, training_on_a_job, wait_match
 from testkit.fakes import broken_bundle, make_bundle
 from testkit.trainer import wait_for
 
@@ -71,10 +71,7 @@ def test_corrupted_trained_result_fails_its_job_and_the_genuine_one_serves_after
     start_daemon: Callable[..., Running], tmp_path: Path
 ) -> None:
     r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
-    sub = r.subscriber()
-    assert r.ctl("mark-condition", name="offset")["ok"]
-    first = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")["job"]
-    old = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    sub, first, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     bad = corrupted_copy(child, tmp_path / "bad" / child.name)
     r.daemon.offer_trained(bad, first)

@@ -21,7 +21,16 @@ import pytest
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from testkit.daemon import Restart, Running, agent_config, query, serve, trainer_table, wait_match
+from testkit.daemon import (
+    Restart,
+    Running,
+    agent_config,
+    query,
+    serve,
+    trainer_table,
+    training_on_a_job,
+    wait_match,
+)
 from testkit.fakes import FakeDriver, make_bundle
 from testkit.trainer import (
     TINY_FINETUNE,
@@ -165,10 +174,7 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
     did not import it, and delivers the results of jobs the daemon cancelled (a new
     condition came first): neither swaps, duplicates a row or raises a control error."""
     r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
-    sub = r.subscriber()
-    assert r.ctl("mark-condition", name="offset")["ok"]
-    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")["job"]
-    old = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    sub, job, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     r.daemon.offer_trained(child, job)
     swapped = wait_match(sub, "agent.policy.swapped", lambda d: d["previous"] == old)
