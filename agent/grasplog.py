@@ -20,17 +20,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlite_utils
 
 from agent.logreader import LogQueries, LogReader
 from agent.logrecords import GraspRecord, encode_image
-from agent.logschema import FOLD_STATS, MIGRATIONS
+from agent.logschema import MIGRATIONS
 
 
 class GraspLog(LogQueries):
@@ -331,36 +330,3 @@ class GraspLog(LogQueries):
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value)),
             )
-
-    def bulk_insert_grasps(
-        self,
-        n: int,
-        condition_id: int,
-        policy_id: str,
-        p_success: float = 0.8,
-        seed: int = 0,
-        chunk: int = 50_000,
-    ) -> None:
-        """Append ``n`` synthetic grasps without transitions, fast (tests and benches only:
-        builds a big log for query and flood measurements)."""
-        rng = np.random.default_rng(seed)
-        t0 = time.time()
-        done = 0
-        after = self.last_grasp_id()
-        while done < n:
-            k = min(chunk, n - done)
-            ok = rng.random(k) < p_success
-            rows: Iterable[tuple[Any, ...]] = (
-                (t0, t0, condition_id, policy_id, "serve", int(s), float(s), 0.5, 2.0, 5.0, "bulk")
-                for s in ok
-            )
-            with self.write() as conn:
-                conn.executemany(
-                    "INSERT INTO grasps (t_start, t_end, condition_id, policy_id, mode, success, "
-                    "reward, q, decide_ms, execute_ms, sensed_by, detail) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
-                    rows,
-                )
-                conn.execute(FOLD_STATS, (after,))
-            after = self.last_grasp_id()
-            done += k

@@ -189,13 +189,6 @@ def _proven(bid: str) -> Iterator[None]:
         raise err from exc
 
 
-def import_bundle(
-    source: Path, store: Path, spec: Spec, pcfg: PolicyConfig, cem: CemParams | None = None
-) -> Path:
-    """Validate and import a bundle into ``store`` without keeping the session; its store path."""
-    return load_bundle(source, store, spec, pcfg, cem or CemParams()).bundle.path
-
-
 def _validate(path: Path, spec: Spec, pcfg: PolicyConfig, cem: CemParams, images: Images) -> Bundle:
     counts = (1, 7, 64, cem.samples)
     return validate_bundle(

@@ -1,6 +1,6 @@
 """Round-trip latency of the robot bridge: what the wire costs per grasp.
 
-Usage: python bench/bridge.py [--grasps N] [--calls N]
+Usage: python -m bench.bridge [--grasps N] [--calls N]
 
 Two measurements, each against a bridge running as its own process on loopback:
 
@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import numpy.typing as npt
@@ -64,7 +62,12 @@ def serve_null(endpoint: str) -> None:
     """Child process: the null robot behind the bridge server until stdin closes."""
     server = BridgeServer(NullRobot(), DEFAULT_SPEC, BridgeServerConfig(endpoint=endpoint))
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     server.start()
     print("serving", flush=True)
     try:

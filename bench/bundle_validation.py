@@ -1,6 +1,6 @@
 """What bundle validation and the run-time guard cost, and what they catch.
 
-Usage: python bench/bundle_validation.py [--bundle policies/base] [--repeats 5] [--decisions 2000]
+Usage: python -m bench.bundle_validation [--bundle policies/base] [--repeats 5] [--decisions 2000]
 
 Measures, serving the way the daemon does (CPU, 1 intra-op thread, CEM 64/6/3):
 - full validation + import + warm-up of the bundle with 8 recorded sim images
@@ -8,8 +8,8 @@ Measures, serving the way the daemon does (CPU, 1 intra-op thread, CEM 64/6/3):
 - the hash-level reload of the same bundle from the store (agent.loader.load_stored);
 - decision latency p50/p99 with the run-time guard (Policy.act) and without it (CEM on the
   bare score function), interleaved in blocks of 100 decisions;
-- the bad-bundle corpus of tests/agent/test_bad_bundles.py: how many kinds are refused
-  with the expected reason code, and the slowest refusal.
+- the bad-bundle corpus of testkit/bad_bundles.py: how many kinds are refused with the
+  expected reason code, and the slowest refusal.
 Last line of stdout: one JSON object.
 """
 
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -31,24 +28,7 @@ from agent.cem import CemParams
 from agent.config import PolicyConfig
 from agent.loader import load_bundle, load_stored
 from agent.spec import DEFAULT_SPEC
-
-
-def _sim_images() -> list[np.ndarray]:
-    from drivers.sim.cell import SimCell
-    from drivers.sim.config import SimConfig
-
-    cell = SimCell(SimConfig(seed=11))
-    cell.start()
-    out = []
-    try:
-        for cond in ("baseline", "harsh_lighting", "transparent", "checkerboard"):
-            cell.set_condition(cond)
-            for _ in range(2):
-                out.append(cell.observe().image.copy())
-                cell.shuffle()
-    finally:
-        cell.close()
-    return out
+from testkit.bad_bundles import CEM, CORPUS, PCFG, q_model, sim_frames, write_model
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -61,7 +41,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--decisions", type=int, default=2000)
     args = ap.parse_args()
-    images = _sim_images()
+    images = sim_frames(seed=11, per_condition=2)
     pcfg, cem = PolicyConfig(), CemParams(iterations=3)
     tmp = Path(tempfile.mkdtemp(prefix="bundle-bench-"))
     try:
@@ -110,10 +90,9 @@ def main() -> None:
 def _corpus(root: Path, images: list[np.ndarray]) -> dict[str, object]:
     from agent.bundle_errors import BundleError
     from agent.policy import PolicyLoadError
-    from tests.agent.test_bad_bundles import CEM, CORPUS, PCFG, _model, _write
 
     store = root / "store"
-    good = _write(root / "active", _model(), b"active")
+    good = write_model(root / "active", q_model(), b"active")
     active = load_bundle(good, store, DEFAULT_SPEC, PCFG, CEM)
     right, wrong, slowest = 0, [], 0.0
     for kind, case in sorted(CORPUS.items()):

@@ -1,6 +1,6 @@
 """Physical ceiling of a challenge: can any grasp lift something in each bin at all?
 
-Usage: python bench/ceiling.py [--condition extend_gripper] [--scenes 200] [--seed 7000]
+Usage: python -m bench.ceiling [--condition extend_gripper] [--scenes 200] [--seed 7000]
                                [--bundle DIR ...] [--workers 2] [--quick]
 
 For each scene (a fresh bin of 5 test objects, ``SimCell.reset(seed)``: the
@@ -38,12 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.sim.cli import wilson
+from drivers.sim.conditions import CONDITION_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drivers.sim.cli import wilson  # noqa: E402
-from drivers.sim.conditions import CONDITION_NAMES  # noqa: E402
-
 CEM_ITERATIONS = 3
 JITTER_M = 0.01
 

@@ -1,6 +1,6 @@
 """Decision latency of the agent's ONNX Runtime + numpy CEM on one thread.
 
-Usage: python bench/cem_latency.py [--decisions N] [--bundle DIR]
+Usage: python -m bench.cem_latency [--decisions N] [--bundle DIR]
 
 Serves a policy the way the daemon does (agent.policy.load_policy: CPU
 provider, 1 intra-op thread, no spinning, trunk split, warm-up) and reports:
@@ -20,12 +20,9 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -53,7 +50,7 @@ def main() -> None:
     from trainer.cem import CemConfig as TorchCem
     from trainer.cem import cem_maximise
     from trainer.export import load_qnet, make_bundle
-    from trainer.qnet import QNet
+    from trainer.qnet import Encoded, QNet
 
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="cem-bench-")
@@ -96,9 +93,11 @@ def main() -> None:
         for i in range(args.torch_decisions + 20):
             t0 = time.perf_counter()
             enc = net.encode(timg[i % len(timg)])
-            cem_maximise(
-                lambda c, e=enc: torch.sigmoid(net.logits_from(e, c)), 1, low, high, tcfg, gen
-            )
+
+            def score(c: torch.Tensor, e: Encoded = enc) -> torch.Tensor:
+                return torch.sigmoid(net.logits_from(e, c))
+
+            cem_maximise(score, 1, low, high, tcfg, gen)
             if i >= 20:  # warm-up
                 tlat.append(time.perf_counter() - t0)
 

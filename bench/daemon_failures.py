@@ -1,6 +1,6 @@
 """The daemon under failures: kill -9 during grasp logging, a command flood, a full disk.
 
-Usage: python bench/daemon_failures.py [--kills 30] [--log-grasps 1000000] [--requests 1000]
+Usage: python -m bench.daemon_failures [--kills 30] [--log-grasps 1000000] [--requests 1000]
                                        [--full-s 3]
 
 1. ``kills``: a real ``robot-agent run`` process on the fake driver, SIGKILLed at a random
@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agent.daemon import Daemon
+from agent.grasplog import GraspLog
+from plumbing.sd_notify import Notifier
+from testkit.biglog import bulk_insert_grasps
+from testkit.cell import Cell, drain
+from testkit.daemon import Subscriber, agent_config
+from testkit.fakes import FakeDriver, make_bundle
 
-from agent.daemon import Daemon  # noqa: E402
-from agent.grasplog import GraspLog  # noqa: E402
-from plumbing.sd_notify import Notifier  # noqa: E402
-from tests.agent.conftest import agent_config  # noqa: E402
-from tests.agent.fakes import FakeDriver, make_bundle  # noqa: E402
-from tests.agent.test_crash import Cell, drain  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def kills(tmp: Path, n: int) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def flood(tmp: Path, log_grasps: int, requests: int) -> dict[str, Any]:
     with GraspLog(cfg.data_path(cfg.grasp_log.path)) as glog:
         cid = glog.add_condition("base", "", "initial")
         glog.upsert_policy("bulk", "/nowhere", "retired")
-        glog.bulk_insert_grasps(log_grasps, cid, "bulk")
+        bulk_insert_grasps(glog, log_grasps, cid, "bulk")
     build_s = time.monotonic() - t0
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     nsock.bind(str(tmp / "notify.sock"))
@@ -162,7 +162,6 @@ def flood(tmp: Path, log_grasps: int, requests: int) -> dict[str, Any]:
 
 
 def disk_full(tmp: Path, full_s: float) -> dict[str, Any]:
-    from tests.agent.conftest import Subscriber
 
     cfg = agent_config(tmp, make_bundle(tmp / "b"))
     driver = FakeDriver(grasp_time_s=0.01)

@@ -1,6 +1,6 @@
 """False-alarm rate and detection delay of the agent's success-drop detector.
 
-Usage: python bench/detector.py [--streams N] [--arl0 A] [--min-drop D] [--reference-grasps R]
+Usage: python -m bench.detector [--streams N] [--arl0 A] [--min-drop D] [--reference-grasps R]
 
 Two parts, for each scenario p0 -> p1:
 
@@ -29,12 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -49,6 +45,7 @@ from agent.detector import (
     llr_increments,
     run_lengths,
 )
+from testkit.streams import binomial_weights
 
 CHANGE_AT = 500
 CHANGES = (500, 2000)
@@ -65,23 +62,6 @@ def plugin_design(s: int, n: int, min_drop: float, arl0: float) -> CusumDesign:
     return design_cusum((s + 1) / (n + 2), min_drop, arl0)
 
 
-def binomial_weights(n: int, p: float) -> tuple[np.ndarray, np.ndarray]:
-    s = np.arange(n + 1)
-    logw = np.array(
-        [
-            math.lgamma(n + 1)
-            - math.lgamma(k + 1)
-            - math.lgamma(n - k + 1)
-            + k * math.log(p)
-            + (n - k) * math.log1p(-p)
-            for k in s
-        ]
-    )
-    w = np.exp(logw)
-    keep = w > 1e-9
-    return s[keep], w[keep] / w[keep].sum()
-
-
 def exact_over_references(
     rule: Any, p0: float, n: int, min_drop: float, arl0: float
 ) -> dict[str, float]:
@@ -96,7 +76,7 @@ def exact_over_references(
     cdf = np.cumsum(weights[order])
 
     def q(f: float) -> float:
-        return float(a[order][min(np.searchsorted(cdf, f), a.size - 1)])
+        return float(a[order][min(int(np.searchsorted(cdf, f)), a.size - 1)])
 
     return {
         "grasps_between_false_alarms": float(1.0 / (weights / a).sum()),
@@ -298,7 +278,9 @@ def delays(
     return float(zero.mean()), float(after.mean())
 
 
-def known_scenario(p0: float, p1: float, arl0: float, min_drop: float, n: int, seed: int) -> dict:
+def known_scenario(
+    p0: float, p1: float, arl0: float, min_drop: float, n: int, seed: int
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     d = design_cusum(p0, min_drop, arl0)
     cap = int(30 * d.arl0)

@@ -1,6 +1,6 @@
 """False alarms of the detector right after swaps, on grasps that come in object sets.
 
-Usage: python bench/detector_swaps.py [--model beta|bad-sets] [--phi 2.5] [--p0 0.7]
+Usage: python -m bench.detector_swaps [--model beta|bad-sets] [--phi 2.5] [--p0 0.7]
            [--parent-phi PHI] [--arl0 5000] [--after 1000] [--swaps 80] [--seed 3]
 
 The loop re-references after every swap, condition and returned job, so its chart mostly
@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.config import DetectorConfig, ProbationConfig
 from agent.watch import OutcomeWatch

@@ -1,6 +1,6 @@
 """Fine-tuning recovery per challenge: parent vs early-stopped child vs scratch, in the sim.
 
-Usage: python bench/finetune.py [--grasps 25,50,100,200,400,800] [--challenges a,b,...]
+Usage: python -m bench.finetune [--grasps 25,50,100,200,400,800] [--challenges a,b,...]
                                 [--eval-grasps 400] [--sweep 100,250,500,1000] [--quick]
 
 For each challenge at its default severity: collect max(N) exploration grasps
@@ -27,20 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.bundle import validate_bundle
+from bench.policy_eval import evaluate
+from drivers.sim.conditions import CONDITION_NAMES
+from trainer.basedata import DatasetSpec, collect_dataset
+from trainer.dataset import EpisodeDataset, EpisodeWriter
+from trainer.export import load_qnet, make_bundle
+from trainer.finetune import FinetuneConfig, finetune
+from trainer.qnet import QNet
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from policy_eval import evaluate  # noqa: E402
-
-from agent.bundle import validate_bundle  # noqa: E402
-from drivers.sim.conditions import CONDITION_NAMES  # noqa: E402
-from trainer.basedata import DatasetSpec, collect_dataset  # noqa: E402
-from trainer.dataset import EpisodeDataset, EpisodeWriter  # noqa: E402
-from trainer.export import load_qnet, make_bundle  # noqa: E402
-from trainer.finetune import FinetuneConfig, finetune  # noqa: E402
-from trainer.qnet import QNet  # noqa: E402
-
 CHALLENGES = [c for c in CONDITION_NAMES if c != "baseline"]
 EVAL_SEED = 5000
 CEM_ITERATIONS = 3

@@ -1,7 +1,7 @@
 """Plot validation measures against real success over fine-tuning steps (from a bench run).
 
-Usage: python bench/finetune_plot.py [--out DIR ...] [--png docs/img/finetune_measures.png]
-       python bench/finetune_plot.py --table DIR ...
+Usage: python -m bench.finetune_plot [--out DIR ...] [--png docs/img/finetune_measures.png]
+       python -m bench.finetune_plot --table DIR ...
 
 Reads ``partial.json`` of ``bench/finetune.py`` (the served success of the
 sweep's snapshots) and each swept challenge's fine-tune record (the held-out

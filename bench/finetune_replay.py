@@ -1,6 +1,6 @@
 """Replay stored fine-tune validation curves under candidate step-selection rules.
 
-Usage: python bench/finetune_replay.py DIR [DIR ...]
+Usage: python -m bench.finetune_replay DIR [DIR ...]
 
 Reads the ``result.json`` of every fine-tune job that ``bench/finetune.py``
 left under the bench directories (``<challenge>/ft-<N>``, ``sweep-<N>``) and
@@ -32,13 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer import early_stop
+from trainer.early_stop import Candidate
+from trainer.finetune import FinetuneConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from trainer import early_stop  # noqa: E402
-from trainer.early_stop import Candidate  # noqa: E402
-from trainer.finetune import FinetuneConfig  # noqa: E402
-
 RULES = ("auc", "hybrid", "bce", "both")
 _D = FinetuneConfig()
 RULE_DEFAULTS: dict[str, Any] = {

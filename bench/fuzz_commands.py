@@ -1,6 +1,6 @@
 """Fuzz the real daemon's command socket on the sim cell; grasp rate loaded vs unloaded.
 
-Usage: python bench/fuzz_commands.py [--seconds 15] [--rounds 3] [--messages 10000]
+Usage: python -m bench.fuzz_commands [--seconds 15] [--rounds 3] [--messages 10000]
                                      [--limits default|off] [--clients 1]
 
 Starts ``robot-agent run`` (a subprocess: the sim cell serving the shipped base policy)
@@ -54,13 +54,11 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
+from agent.config import SocketsConfig
+from agent.ctl import request
+from agent.wire import ERROR_CODES, decode, encode
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agent.config import SocketsConfig  # noqa: E402
-from agent.ctl import request  # noqa: E402
-from agent.wire import ERROR_CODES, decode, encode  # noqa: E402
-
 READ_ONLY = ("status", "stats", "policies")
 MAX_MESSAGE = SocketsConfig.max_message_bytes
 MAX_FRAME = SocketsConfig.max_frame_bytes
@@ -106,7 +104,7 @@ event_endpoint = "tcp://127.0.0.1:{ev_port}"
 def fuzz_messages(rng: np.random.Generator) -> Iterator[list[bytes]]:
     """Endless malformed/mangled/oversize/random requests; never a valid state change."""
     valid = [encode("command", {"id": i, "command": c}) for i, c in enumerate(READ_ONLY)]
-    bad_changes = [
+    bad_changes: list[dict[str, Any]] = [
         {"command": "promote", "args": {"id": ""}},
         {"command": "promote", "args": {"id": "../../etc"}},
         {"command": "mark-condition", "args": {"name": "x/../../../../outside"}},
@@ -137,9 +135,9 @@ def fuzz_messages(rng: np.random.Generator) -> Iterator[list[bytes]]:
             n = int(rng.integers(MAX_MESSAGE + 1, MAX_FRAME))
             yield [b"{" * 64, b"\0" * n] if i % 20 == 3 else [b" " * n]
         elif kind == 4:
-            head = dict(bad_changes[int(rng.integers(0, len(bad_changes)))])
-            head["id"] = i
-            yield encode("command", head)
+            changed = dict(bad_changes[int(rng.integers(0, len(bad_changes)))])
+            changed["id"] = i
+            yield encode("command", changed)
         elif kind == 5:
             field = ["v", "type", "id", "command", "args"][int(rng.integers(0, 5))]
             head: dict[str, Any] = {"v": 1, "type": "command", "id": i, "command": "status"}

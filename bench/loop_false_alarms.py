@@ -1,6 +1,6 @@
 """False alarms of the success-drop detector in the loop itself: the real agent, a real child.
 
-Usage: python bench/loop_false_alarms.py [--runs 2] [--first-run 0] [--workers 2] [--base 300]
+Usage: python -m bench.loop_false_alarms [--runs 2] [--first-run 0] [--workers 2] [--base 300]
            [--baseline 5000] [--transparent 5000] [--opacity 0.5] [--arl0 1000]
            [--child DIR] [--out DIR]
 
@@ -50,15 +50,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.config import config_from_dict
+from agent.ctl import request
+from agent.daemon import Daemon
+from drivers.sim.cell import SimCell
+from drivers.sim.conditions import Condition
+from drivers.sim.config import SimConfig, cell_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agent.config import config_from_dict  # noqa: E402
-from agent.ctl import request  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
-from drivers.sim.cell import SimCell, SimConfig  # noqa: E402
-from drivers.sim.conditions import Condition  # noqa: E402
-
 BASE = ROOT / "policies" / "base"
 REFERENCE = 200
 """detector.reference_grasps in the runs."""
@@ -156,9 +155,7 @@ def one_run(
             },
         }
     )
-    sim = SimConfig(
-        seed=cfg.driver.seed, condition="baseline", schedule=cfg.driver.sim.schedule, split="test"
-    )
+    sim = cell_config(cfg.driver.settings)  # seed 1000 + k, baseline, the schedule, test split
     daemon = Daemon(cfg, SeveritySimCell(sim, {"transparent": {"opacity": opacity}}))
     th = threading.Thread(target=daemon.run, daemon=True)
     t0 = time.monotonic()

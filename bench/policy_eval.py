@@ -1,6 +1,6 @@
 """Success of a policy bundle in the sim cell, served exactly as the daemon serves it.
 
-Usage: python bench/policy_eval.py [--bundle DIR] [--condition NAME] [--param k=v ...]
+Usage: python -m bench.policy_eval [--bundle DIR] [--condition NAME] [--param k=v ...]
                                    [--grasps N] [--seed S] [--seeds K] [--workers W]
 
 The bundle (default: the shipped base policy, policies/base) is validated and
@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drivers.sim.cli import wilson
+from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args
 
-from drivers.sim.cli import wilson  # noqa: E402
-from drivers.sim.conditions import CONDITION_NAMES, make_condition, parse_param_args  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_seed(

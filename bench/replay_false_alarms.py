@@ -1,6 +1,6 @@
 """Real outcome streams of the loop replayed through the pure detector (cheap to iterate).
 
-Usage: python bench/replay_false_alarms.py STREAM.json [...] [--arl0 1000 5000]
+Usage: python -m bench.replay_false_alarms STREAM.json [...] [--arl0 1000 5000]
            [--resampled 400000] [--seed 0]
 
 A stream is what ``bench/loop_false_alarms.py`` saves per run (success, policy, world per
@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from agent.config import DetectorConfig, ProbationConfig
+from agent.watch import OutcomeWatch
 
-from agent.config import DetectorConfig, ProbationConfig  # noqa: E402
-from agent.watch import OutcomeWatch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def replay(

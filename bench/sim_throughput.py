@@ -1,7 +1,7 @@
 """Grasps per second of the sim cell on one core, per condition; or its memory over a long run.
 
-Usage: python bench/sim_throughput.py [--grasps N] [--seed S]
-       python bench/sim_throughput.py --rss-grasps 100000 [--checkpoints 20] [--switch-every 1000]
+Usage: python -m bench.sim_throughput [--grasps N] [--seed S]
+       python -m bench.sim_throughput --rss-grasps 100000 [--checkpoints 20] [--switch-every 1000]
 Runs in this single process (one core): observe + scripted decision + execute,
 object refreshes included. With ``--rss-grasps`` it instead runs that many grasps,
 switching condition every ``--switch-every`` grasps (all six in turn, so gripper
@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

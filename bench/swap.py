@@ -1,7 +1,7 @@
 """Hot-swap under load: decisions at >= 200 Hz on the control thread while 20 bundles are
 validated and loaded off-thread (agent/loader.py) and swapped in by reference.
 
-Usage: python bench/swap.py [--bundles 20] [--rate 200] [--cem-iterations 2] [--work DIR]
+Usage: python -m bench.swap [--bundles 20] [--rate 200] [--cem-iterations 2] [--work DIR]
 
 1. Makes ``--bundles`` distinct valid bundles (not timed): the shipped base policy's network
    with its weights perturbed (a different seed each, 0.1% of each tensor's scale),
@@ -42,19 +42,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from agent.bundle import validate_bundle
+from agent.cem import CemParams
+from agent.config import PolicyConfig
+from agent.loader import PolicyLoader
+from agent.policies import WarmPolicies
+from agent.policy import Policy, PolicyFault, load_policy
+from agent.spec import DEFAULT_SPEC
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from agent.bundle import validate_bundle  # noqa: E402
-from agent.cem import CemParams  # noqa: E402
-from agent.config import PolicyConfig  # noqa: E402
-from agent.loader import PolicyLoader  # noqa: E402
-from agent.policies import WarmPolicies  # noqa: E402
-from agent.policy import Policy, PolicyFault, load_policy  # noqa: E402
-from agent.spec import DEFAULT_SPEC  # noqa: E402
-
 CATCH_UP_S = 0.1
 """A late decision is followed at once by the next (the rate holds) unless the loop is this
 far behind its schedule (then the schedule restarts from now)."""

@@ -4,19 +4,16 @@ Builds a synthetic on-disk dataset in a temporary directory (two sources mixed
 50/50, as in fine-tuning), then times QT-Opt learner steps on the default
 Q-network. The last line of stdout is one JSON object.
 
-    python bench/train_throughput.py [--batch 128] [--steps 30] [--threads 2] [--horizon 1]
+    python -m bench.train_throughput [--batch 128] [--steps 30] [--threads 2] [--horizon 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

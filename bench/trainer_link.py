@@ -6,14 +6,13 @@ process on loopback, the real fine-tune on a tiny network and budget) and the jo
 its result. Python heap peaks (tracemalloc, this process: the link's thread) are taken
 while away and during the upload. Last stdout line: one JSON object.
 
-    python bench/trainer_link.py [--grasps 2000] [--chunk-kib 1024] [--away-s 5]
+    python -m bench.trainer_link [--grasps 2000] [--chunk-kib 1024] [--away-s 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -21,11 +20,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agent.config import config_from_dict
 from agent.link import TrainerLink
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     TrainerProcess,
     free_port,
     make_export,

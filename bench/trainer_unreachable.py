@@ -12,7 +12,7 @@ whether it arrived exactly once and nothing else did.
 Last stdout line: one JSON object. The short version is a test:
 tests/agent/test_trainer_unreachable.py.
 
-    python bench/trainer_unreachable.py [--grasps 10000] [--jobs 5] [--explore 200]
+    python -m bench.trainer_unreachable [--grasps 10000] [--jobs 5] [--explore 200]
 """
 
 from __future__ import annotations
@@ -20,21 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import sys
 import tempfile
-import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from tests.agent.conftest import agent_config
-from tests.agent.fakes import FakeDriver
-from tests.trainer.jobsupport import (
+from testkit.daemon import agent_config, serve, trainer_table
+from testkit.fakes import FakeDriver
+from testkit.trainer import (
     TINY_FINETUNE,
     TrainerProcess,
     free_port,
@@ -66,31 +63,27 @@ def main() -> None:
             lifecycle={"exploration_grasps": args.explore},
             detector={"enabled": False},
             probation={"enabled": False},
-            trainer={
-                "endpoint": f"tcp://127.0.0.1:{port}",
-                "agent_id": "bench",
-                "heartbeat_s": 0.2,
-                "timeout_s": 1.0,
-                "backoff_min_s": 0.2,
-                "backoff_max_s": 2.0,
-                "chunk_bytes": 65536,
-            },
+            trainer=trainer_table(
+                f"tcp://127.0.0.1:{port}", "bench", backoff_min_s=0.2, backoff_max_s=2.0
+            ),
         )
         daemon = Daemon(cfg, FakeDriver(p_success=0.5))
         link = _attach_trainer_link(daemon, cfg)
         assert link is not None
-        th = threading.Thread(target=daemon.run, daemon=True)
-        th.start()
+        th = serve(daemon, ready_s=60)
         tr: TrainerProcess | None = None
         out: dict[str, Any] = {"grasps_away": args.grasps, "jobs": args.jobs}
         try:
-            assert daemon.ready.wait(60)
             ep = daemon.endpoints["commands"]
             t0 = time.monotonic()
             samples: list[tuple[int, float]] = []
+
+            def handed(job: int) -> bool:
+                return job in link.phases()
+
             for i in range(1, args.jobs + 1):
                 assert request(ep, "mark-condition", {"name": f"c{i}"})["ok"]
-                wait_for(lambda i=i: i in link.phases(), 300, f"job {i} handed to the link")
+                wait_for(partial(handed, i), 300, f"job {i} handed to the link")
             first = int(daemon.snapshot()["grasps"])
             samples.append((first, rss_mb()))
             mark = first + 500

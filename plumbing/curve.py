@@ -139,14 +139,6 @@ class Security:
     def _clients_key(self) -> str:
         return self._key("curve_clients_dir")
 
-    def reload_clients(self) -> int:
-        """Re-read the client key directory (keys added or removed); returns how many."""
-        if self._auth is None:
-            return 0
-        self.client_keys = len(load_public_keys(self.cfg.curve_clients_dir, self._clients_key))
-        self._auth.configure_curve(domain=self.domain, location=self.cfg.curve_clients_dir)
-        return self.client_keys
-
     def apply(self, sock: zmq.Socket[bytes]) -> None:
         """Make ``sock`` a CURVE server in this ZAP domain (no-op without keys)."""
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)

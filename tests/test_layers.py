@@ -1,7 +1,9 @@
 """The import direction between the top-level packages, read from the source (no imports run).
 
 plumbing <- agent <- drivers, and the trainer on top: the agent finds drivers by entry point
-only, the shared plumbing imports none of the three, and no package-level cycle exists.
+only, the shared plumbing imports none of the three, and no package-level cycle exists. The
+support packages sit above them all: testkit (test and bench support) imports no tests and
+no bench, the benches import no tests, and no product package imports any of the three.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ ALLOWED = {
     "trainer": {"plumbing", "agent", "drivers"},
 }
 """What each package may import; the arrows never climb, so there is no cycle."""
+SUPPORT = ("testkit", "bench", "tests")
+"""Not installed (pyproject ``packages.find``): what only the tests and the benches import."""
+SUPPORT_ALLOWED = {"testkit": set(PACKAGES), "bench": {*PACKAGES, "testkit"}}
 DETOURS = {"import_module", "__import__", "find_spec"}
 OBJECT_REF = re.compile(r"[a-z_]\w*(\.\w+)+:\w+")
 
@@ -43,7 +48,7 @@ def _imports(path: Path) -> set[str]:
             and OBJECT_REF.fullmatch(node.value)
         ):
             out.add(node.value.partition(".")[0])
-    return out & set(PACKAGES)
+    return out & set(PACKAGES + SUPPORT)
 
 
 def test_each_package_imports_only_the_layers_below_it() -> None:
@@ -52,6 +57,16 @@ def test_each_package_imports_only_the_layers_below_it() -> None:
         for pkg in PACKAGES
         for path in sorted((ROOT / pkg).rglob("*.py"))
         if (bad := _imports(path) - ALLOWED[pkg] - {pkg})
+    ]
+    assert wrong == []
+
+
+def test_the_support_packages_stay_out_of_the_product_and_off_the_tests() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+        for pkg, allowed in [*ALLOWED.items(), *SUPPORT_ALLOWED.items()]
+        for path in sorted((ROOT / pkg).rglob("*.py"))
+        if (bad := _imports(path) & set(SUPPORT) - allowed - {pkg})
     ]
     assert wrong == []
 

@@ -17,8 +17,6 @@ the parent. The sim is seeded, so what the agent sees up to the swap is the same
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.jobsupport import TrainerProcess, free_port, write_service_config
+from testkit.procs import ModuleProcess
+from testkit.trainer import TrainerProcess, free_port, write_service_config
 from trainer.demo.procs import EventStream
 from trainer.demo.setup import dumps_toml
 
@@ -101,42 +100,18 @@ class Events:
         raise AssertionError(f"timed out waiting for {what}; {why()}")
 
 
-class AgentProcess:
+class AgentProcess(ModuleProcess):
     """``python -m agent.cli run --config ...`` as a child process."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(["agent.cli", "run", "--config", str(config)], log)
 
     def start(self) -> AgentProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self.spawn()
         return self
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return self.terminate(60)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drivers.sim.cell import SimCell
 from drivers.sim.config import SimConfig
-from tests.driver_contract import DriverContract
+from testkit.driver_contract import DriverContract
 
 
 class TestSimCellContract(DriverContract):

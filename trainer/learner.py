@@ -256,8 +256,3 @@ def greedy_actions(
         a, logit = cem_maximise(lambda a: q.logits_from(enc, a), images.shape[0], low, high, cem, g)
     net.train(was)
     return a, torch.sigmoid(logit)
-
-
-def to_numpy_stats(stats: list[StepStats]) -> dict[str, float]:
-    """Mean of each field over several steps (for logs)."""
-    return {k: float(np.mean([getattr(s, k) for s in stats])) for k in StepStats.__annotations__}

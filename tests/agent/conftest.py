@@ -3,90 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
-from agent.config import AgentConfig, config_from_dict
-from agent.ctl import request
 from agent.daemon import Daemon
-from agent.wire import decode
-from tests.agent.fakes import FakeDriver, make_bundle
-
-
-@dataclass
-class Running:
-    daemon: Daemon
-    driver: FakeDriver
-    cfg: AgentConfig
-    thread: threading.Thread
-    result: list[int]
-
-    def ctl(self, command: str, timeout_s: float = 10.0, **args: str) -> dict[str, Any]:
-        return request(self.daemon.endpoints["commands"], command, args, timeout_s=timeout_s)
-
-    def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.ctl("status")["result"]
-            if pred(st):
-                return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached; last status {st}")
-            time.sleep(0.02)
-
-    def subscriber(self) -> Subscriber:
-        return Subscriber(self.daemon.endpoints["events"])
-
-
-class Subscriber:
-    """SUB socket on the daemon's events; waits for a topic."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"agent.")
-        self.sock.connect(endpoint)
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        time.sleep(0.2)  # let the subscription reach the PUB socket
-
-    def wait(self, topic: str, timeout: float = 20.0) -> dict[str, Any]:
-        for t, d in self.seen:
-            if t == topic:
-                return d
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                frames = self.sock.recv_multipart()
-                msg = decode(frames[1:])
-                assert msg.type == "event" and msg.header["topic"] == frames[0].decode()
-                self.seen.append((frames[0].decode(), msg.header["data"]))
-                if frames[0].decode() == topic:
-                    return msg.header["data"]
-        raise AssertionError(f"no {topic} event; saw {[t for t, _ in self.seen]}")
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
-def agent_config(tmp_path: Path, bundle: Path | None, **over: dict[str, Any]) -> AgentConfig:
-    raw: dict[str, Any] = {
-        "agent": {"data_dir": str(tmp_path / "data"), "idle_sleep_s": 0.01},
-        "policy": {"bundle": str(bundle) if bundle else "", "warmup_runs": 1},
-        "sockets": {"command_endpoint": "tcp://127.0.0.1:*", "event_endpoint": "tcp://127.0.0.1:*"},
-        "detector": {"reference_grasps": 30, "arl0": 200.0, "min_drop": 0.3},
-        "lifecycle": {"exploration_grasps": 1000},
-    }
-    for k, v in over.items():
-        raw.setdefault(k, {}).update(v)
-    return config_from_dict(raw)
+from testkit.daemon import Restart, Running, agent_config, serve, start_in_thread
+from testkit.fakes import FakeDriver, make_bundle
 
 
 @pytest.fixture
@@ -99,17 +24,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         b = make_bundle(tmp_path / "incoming") if bundle else None
         cfg = agent_config(tmp_path, b, **over)
         driver = FakeDriver(p_success=p_success, grasp_time_s=grasp_time_s)
-        daemon = Daemon(cfg, driver)
-        result: list[int] = []
-        th = threading.Thread(target=lambda: result.append(daemon.run()), daemon=True)
-        th.start()
-        deadline = time.monotonic() + 30
-        while not daemon.endpoints.get("commands"):
-            assert th.is_alive() and time.monotonic() < deadline, "daemon did not bind"
-            time.sleep(0.01)
-        if bundle:
-            assert daemon.ready.wait(30), "daemon never became ready"
-        r = Running(daemon, driver, cfg, th, result)
+        r = start_in_thread(cfg, driver, ready=bundle)
         running.append(r)
         return r
 
@@ -117,3 +32,19 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     for r in running:
         r.daemon.request_stop()
         r.thread.join(30)
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Restart:
+    """A daemon (no link) to stop and start again on one config: a tiny bundle, 5
+    exploration grasps per condition, probation at alpha 0.001."""
+    base = make_bundle(tmp_path / "incoming")
+    cfg = agent_config(
+        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
+    )
+
+    def start() -> tuple[Daemon, threading.Thread]:
+        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
+        return d, serve(d)
+
+    return start

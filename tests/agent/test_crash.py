@@ -6,121 +6,21 @@ Fast versions for the test command; ``bench/daemon_failures.py`` runs the long o
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from agent.ctl import request
-from agent.wire import decode
-from tests.agent.fakes import make_bundle
+from testkit.cell import Cell, check_db, drain
+from testkit.fakes import make_bundle
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cell:
-    """A daemon process on the fake driver with fixed loopback ports, restartable."""
-
-    def __init__(
-        self, tmp: Path, bundle: Path, grasp_time_s: float = 0.005, warmup_runs: int = 1
-    ) -> None:
-        self.tmp = tmp
-        self.cmd_ep = f"tcp://127.0.0.1:{free_port()}"
-        self.evt_ep = f"tcp://127.0.0.1:{free_port()}"
-        self.db = tmp / "data" / "grasps.db"
-        self.config = tmp / "agent.toml"
-        self.config.write_text(f"""
-[agent]
-data_dir = "{tmp / "data"}"
-idle_sleep_s = 0.01
-[driver]
-type = "import"
-factory = "tests.agent.fakes:make_fake_driver"
-options = {{ grasp_time_s = {grasp_time_s} }}
-[policy]
-bundle = "{bundle}"
-warmup_runs = {warmup_runs}
-[probation]
-max_grasps = 40
-alpha = 0.001
-[sockets]
-command_endpoint = "{self.cmd_ep}"
-event_endpoint = "{self.evt_ep}"
-""")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        return self.proc
-
-    def status(self, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, "daemon exited"
-            try:
-                rep = request(self.cmd_ep, "status", timeout_s=1.0)
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                continue
-            return dict(rep["result"])
-
-    def serving(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait until it actuates a loaded policy and has grasped; returns that status."""
-        deadline = time.monotonic() + timeout
-        st = self.status()
-        while not (st["actuating"] and st["policy"] and st["last_grasp"]):
-            assert time.monotonic() < deadline, st
-            time.sleep(0.05)
-            st = self.status()
-        return st
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def subscriber(self) -> zmq.Socket[bytes]:
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"agent.")
-        sub.connect(self.evt_ep)
-        return sub
-
-
-def drain(sub: zmq.Socket[bytes], into: list[tuple[str, dict[str, Any]]], ms: int = 0) -> None:
-    while sub.poll(ms):
-        frames = sub.recv_multipart()
-        into.append((frames[0].decode(), decode(frames[1:]).header["data"]))
-        ms = 0
-
-
-def check_db(db: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    return conn
 
 
 def test_kill9_during_grasp_logging_keeps_every_acknowledged_grasp(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -13,8 +12,8 @@ import pytest
 import zmq
 
 from agent.wire import decode, encode
-from tests.agent.conftest import Running, Subscriber
-from tests.agent.fakes import broken_bundle, make_bundle
+from testkit.daemon import Running, Subscriber, wait_match
+from testkit.fakes import broken_bundle, make_bundle
 
 pytestmark = pytest.mark.timeout(90)
 Start = Callable[..., Running]
@@ -22,24 +21,6 @@ Start = Callable[..., Running]
 
 def _db(r: Running) -> sqlite3.Connection:
     return sqlite3.connect(r.cfg.data_path(r.cfg.grasp_log.path))
-
-
-def wait_match(
-    sub: Subscriber, topic: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
-) -> dict[str, Any]:
-    """The first event on ``topic`` (seen before or arriving within ``timeout``) matching."""
-    deadline = time.monotonic() + timeout
-    i = 0
-    while True:
-        while i < len(sub.seen):
-            t, d = sub.seen[i]
-            i += 1
-            if t == topic and pred(d):
-                return d
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no matching {topic}; saw {[t for t, _ in sub.seen]}")
-        with contextlib.suppress(AssertionError):
-            sub.wait("agent.__never__", timeout=0.2)
 
 
 def test_runs_50_grasps_each_committed(start_daemon: Start) -> None:
@@ -345,19 +326,29 @@ def test_ctl_cli_human_and_json_output(start_daemon: Start) -> None:
     assert out.returncode == 3 and "no reply" in out.stderr
 
 
-def test_no_alarm_storm_while_a_condition_is_explored(start_daemon: Start) -> None:
-    """Regression: while exploring the detector alarmed every ~20 grasps on a stale reference
-    (178 alarms in a 6,400-grasp demo run); the drop being explored is one alarm."""
+def _exploring_after_a_drop(
+    start_daemon: Start, explore_arl0: float, p_after: float
+) -> tuple[Running, Subscriber, dict[str, Any]]:
+    """A daemon that marks a condition on an alarm, its success dropped from 0.95 to
+    ``p_after`` once calibrated: returns it, its subscriber and its status once exploring
+    with the detector calibrated on the new condition."""
     r = start_daemon(
         p_success=0.95,
         lifecycle={"on_alarm": "mark", "exploration_grasps": 100_000},
-        detector={"reference_grasps": 30, "arl0": 2_000.0, "explore_arl0": 50_000.0},
+        detector={"reference_grasps": 30, "arl0": 2_000.0, "explore_arl0": explore_arl0},
     )
     sub = r.subscriber()
     r.wait_for(lambda s: not s["detector"]["calibrating"])
-    r.driver.set_success(0.3)
+    r.driver.set_success(p_after)
     sub.wait("agent.alarm", timeout=30)
     first = r.wait_for(lambda s: s["phase"] == "exploring" and not s["detector"]["calibrating"], 60)
+    return r, sub, first
+
+
+def test_no_alarm_storm_while_a_condition_is_explored(start_daemon: Start) -> None:
+    """Regression: while exploring the detector alarmed every ~20 grasps on a stale reference
+    (178 alarms in a 6,400-grasp demo run); the drop being explored is one alarm."""
+    r, _, first = _exploring_after_a_drop(start_daemon, explore_arl0=50_000.0, p_after=0.3)
     assert first["detector"]["arl0"] > 40_000  # explore_arl0, calibrated on the new condition
     r.wait_for(lambda s: s["grasps"] >= first["grasps"] + 300, 60)
     alarms = _db(r).execute("SELECT count(*) FROM events WHERE topic = 'agent.alarm'")
@@ -370,16 +361,7 @@ def test_a_second_change_while_exploring_marks_a_new_condition_once(start_daemon
     """The world changing again inside an exploration (the demo's checkerboard fell inside
     one and was never detected on its own) restarts the exploration under a new condition:
     one alarm per change, no storm."""
-    r = start_daemon(
-        p_success=0.95,
-        lifecycle={"on_alarm": "mark", "exploration_grasps": 100_000},
-        detector={"reference_grasps": 30, "arl0": 2_000.0, "explore_arl0": 20_000.0},
-    )
-    sub = r.subscriber()
-    r.wait_for(lambda s: not s["detector"]["calibrating"])
-    r.driver.set_success(0.6)
-    sub.wait("agent.alarm", timeout=30)
-    first = r.wait_for(lambda s: s["phase"] == "exploring" and not s["detector"]["calibrating"], 60)
+    r, sub, first = _exploring_after_a_drop(start_daemon, explore_arl0=20_000.0, p_after=0.6)
     r.driver.set_success(0.05)  # changed again, while the first drop is being explored
     again = wait_match(sub, "agent.alarm", lambda d: "again while exploring" in d["reason"])
     assert again["condition"] == first["condition"]

@@ -23,9 +23,9 @@ import pytest
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.driver import Observation
-from tests.agent.conftest import Running, agent_config
-from tests.agent.fakes import FakeDriver, make_bundle, tiny_model
-from tests.agent.test_daemon import wait_match
+from testkit.biglog import bulk_insert_grasps
+from testkit.daemon import Running, agent_config, wait_match
+from testkit.fakes import FakeDriver, make_bundle, tiny_model
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ def test_stats_flood_on_a_big_log_keeps_watchdog_and_grasp_rate(tmp_path: Path) 
     with GraspLog(cfg.data_path(cfg.grasp_log.path)) as glog:
         cid = glog.add_condition("base", "", "initial")
         glog.upsert_policy("bulk", "/nowhere", "retired")
-        glog.bulk_insert_grasps(200_000, cid, "bulk")
+        bulk_insert_grasps(glog, 200_000, cid, "bulk")
     sock_path = tmp_path / "notify.sock"
     nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     nsock.bind(str(sock_path))

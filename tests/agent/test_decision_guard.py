@@ -14,7 +14,7 @@ from agent.cem import CemParams
 from agent.config import PolicyConfig
 from agent.decision_guard import EXIT_HUNG, DecisionGuard, read_marker
 from agent.policy import PolicyFault, load_policy
-from tests.agent.fakes import hang_on_white_bundle
+from testkit.fakes import hang_on_white_bundle
 
 pytestmark = pytest.mark.timeout(60)
 WHITE = np.full((64, 64, 3), 255, np.uint8)

@@ -21,26 +21,15 @@ from agent.detector import (
     posterior_grid,
 )
 from agent.runlength import arl_curve
-from tests.support.streams import simulate_streams
+from testkit.streams import binomial_weights, simulate_streams
 
 Rule = Callable[[int, int, float, float], CusumDesign]
 
 
 def _rate_over_references(rule: Rule, p0: float, n: int, drop: float, arl0: float) -> float:
     """Exact grasps per false alarm over references s ~ Binomial(n, p0) (alert mode)."""
-    s = np.arange(n + 1)
-    logw = [
-        math.lgamma(n + 1)
-        - math.lgamma(k + 1)
-        - math.lgamma(n - k + 1)
-        + k * math.log(p0)
-        + (n - k) * math.log1p(-p0)
-        for k in s
-    ]
-    w = np.exp(logw)
-    keep = w > 1e-3  # the central 99+% of references
     rate = 0.0
-    for k, wk in zip(s[keep], w[keep] / w[keep].sum(), strict=True):
+    for k, wk in zip(*binomial_weights(n, p0, min_weight=1e-3), strict=True):  # central 99+%
         d = rule(int(k), n, drop, arl0)
         rate += wk / arl_curve(d.down, d.up, d.threshold, [p0])[0, -1]
     return 1.0 / rate

@@ -20,8 +20,8 @@ from agent.transport import EventPublisher, Security
 from agent.wire import encode
 from plumbing.config_loader import ConfigError
 from plumbing.curve import ClientKeys
-from tests.agent.conftest import Running
-from tests.agent.edge_fakes import RecordingControl, ServerThread
+from testkit.daemon import Running
+from testkit.edge_fakes import RecordingControl, ServerThread, command_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,19 +67,11 @@ def keys(tmp_path: Path) -> Keys:
 
 @pytest.fixture
 def secured(keys: Keys) -> Iterator[tuple[str, RecordingControl, Security]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     cfg = SocketsConfig(
         curve_server_secret=str(keys.server_secret), curve_clients_dir=str(keys.clients)
     )
-    sec = Security(cfg)
-    sec.start(ctx)
-    control = RecordingControl()
-    srv = ServerThread(ctx, sec, control)
-    endpoint = srv.start()
-    yield endpoint, control, sec
-    srv.stop()
-    sec.stop()
-    ctx.term()
+    with command_server(cfg) as (endpoint, control, _, sec):
+        yield endpoint, control, sec
 
 
 def test_keygen_writes_private_keys_mode_600_and_never_overwrites(keys: Keys) -> None:

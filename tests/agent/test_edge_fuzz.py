@@ -23,7 +23,7 @@ from agent.commands import COMMANDS
 from agent.config import SocketsConfig
 from agent.transport import Security
 from agent.wire import ERROR_CODES, decode, encode
-from tests.agent.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, dealer
+from testkit.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, dealer
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -16,7 +16,7 @@ from agent.commands import COMMANDS, dispatch
 from agent.config import SocketsConfig
 from agent.transport import Security
 from agent.wire import ERROR_CODES, MAX_HEADER_BYTES, WireError, decode, encode
-from tests.agent.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, dealer
+from testkit.edge_fakes import NO_LIMITS, RecordingControl, ServerThread, command_server, dealer
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,16 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, RecordingControl, ServerThread]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    control = RecordingControl()
-    sec = Security(SocketsConfig())
-    sec.start(ctx)
-    srv = ServerThread(ctx, sec, control)
-    endpoint = srv.start()
-    yield endpoint, control, srv
-    srv.stop()
-    sec.stop()
-    ctx.term()
+    with command_server() as (endpoint, control, srv, _):
+        yield endpoint, control, srv
 
 
 def _ask(sock: zmq.Socket[bytes], frames: list[bytes]) -> dict[str, Any]:

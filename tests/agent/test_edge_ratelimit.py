@@ -17,7 +17,7 @@ from agent.transport import CommandLimits, CommandServer, Security
 from agent.wire import decode, encode
 from plumbing.config_loader import ConfigError
 from plumbing.curve import ClientKeys
-from tests.agent.edge_fakes import RecordingControl, ServerThread, dealer
+from testkit.edge_fakes import RecordingControl, ServerThread, dealer
 
 pytestmark = pytest.mark.timeout(60)
 

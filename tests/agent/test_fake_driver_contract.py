@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.agent.fakes import FakeDriver
-from tests.driver_contract import DriverContract
+from testkit.driver_contract import DriverContract
+from testkit.fakes import FakeDriver
 
 
 class TestFakeDriverContract(DriverContract):

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from agent.ctl import request
-from tests.agent.fakes import hang_on_white_bundle, make_bundle
-from tests.agent.test_crash import free_port
+from testkit.cell import write_agent_toml
+from testkit.fakes import hang_on_white_bundle, make_bundle
+from testkit.net import free_port
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,27 +42,21 @@ class Supervised:
         self.db = tmp / "data" / "grasps.db"
         self.marker = tmp / "data" / "deciding.json"
         self.config = tmp / "agent.toml"
-        self.config.write_text(f"""
-[agent]
-data_dir = "{tmp / "data"}"
-idle_sleep_s = 0.01
-[driver]
-type = "import"
-factory = "tests.agent.fakes:make_world_driver"
-options = {{ world = "{self.world}", grasp_time_s = 0.005 }}
-[policy]
-bundle = "{bundle}"
-warmup_runs = 1
-budget_hard_cap_s = 0.5
-decision_deadline_s = {deadline_s}
-decision_grace_s = 1.0
-[probation]
-max_grasps = 100000
-alpha = 0.000001
-[sockets]
-command_endpoint = "{self.cmd_ep}"
-event_endpoint = "tcp://127.0.0.1:{free_port()}"
-""")
+        self.config = write_agent_toml(
+            self.config,
+            tmp / "data",
+            bundle,
+            self.cmd_ep,
+            f"tcp://127.0.0.1:{free_port()}",
+            factory="testkit.fakes:make_world_driver",
+            options={"world": str(self.world), "grasp_time_s": 0.005},
+            policy={
+                "budget_hard_cap_s": 0.5,
+                "decision_deadline_s": deadline_s,
+                "decision_grace_s": 1.0,
+            },
+            probation={"max_grasps": 100000, "alpha": 0.000001},
+        )
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(tmp / "notify.sock"))
         self.sock.settimeout(0.05)

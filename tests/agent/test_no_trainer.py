@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent import cli
-from tests.agent.conftest import Running
-from tests.agent.test_daemon import wait_match
+from testkit.daemon import Running, wait_match
 
 REPO = Path(__file__).resolve().parents[2]
 

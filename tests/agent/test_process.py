@@ -13,29 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.fakes import make_bundle
+from testkit.cell import write_agent_toml
+from testkit.fakes import make_bundle
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, bundle: Path, endpoint: str = "tcp://127.0.0.1:*") -> Path:
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f"""
-[agent]
-data_dir = "{tmp_path / "data"}"
-[driver]
-type = "import"
-factory = "tests.agent.fakes:make_fake_driver"
-options = {{ grasp_time_s = 0.02 }}
-[policy]
-bundle = "{bundle}"
-warmup_runs = 1
-[sockets]
-command_endpoint = "{endpoint}"
-event_endpoint = "tcp://127.0.0.1:*"
-""")
-    return cfg
+    return write_agent_toml(
+        tmp_path / "agent.toml",
+        tmp_path / "data",
+        bundle,
+        endpoint,
+        "tcp://127.0.0.1:*",
+        options={"grasp_time_s": 0.02},
+    )
 
 
 def _recv_until(sock: socket.socket, key: str, timeout: float) -> list[str]:

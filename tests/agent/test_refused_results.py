@@ -9,20 +9,16 @@ The daemon runs in-process on the fake driver with real sockets, SQLite and ONNX
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.ctl import request
-from agent.daemon import Daemon
 from agent.grasplog import GraspLog
-from tests.agent.conftest import Running, agent_config
-from tests.agent.fakes import FakeDriver, broken_bundle, make_bundle
-from tests.agent.test_daemon import wait_match
-from tests.agent.test_trainer_unreachable import query
-from tests.trainer.jobsupport import wait_for
+from testkit.daemon import Restart, Running, query, training_on_a_job, wait_match
+from testkit.fakes import broken_bundle, make_bundle
+from testkit.trainer import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -75,10 +71,7 @@ def test_corrupted_trained_result_fails_its_job_and_the_genuine_one_serves_after
     start_daemon: Callable[..., Running], tmp_path: Path
 ) -> None:
     r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
-    sub = r.subscriber()
-    assert r.ctl("mark-condition", name="offset")["ok"]
-    first = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")["job"]
-    old = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    sub, first, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     bad = corrupted_copy(child, tmp_path / "bad" / child.name)
     r.daemon.offer_trained(bad, first)
@@ -99,22 +92,11 @@ def test_corrupted_trained_result_fails_its_job_and_the_genuine_one_serves_after
 
 
 def test_trained_result_rejected_earlier_ends_its_job_also_across_a_restart(
-    tmp_path: Path,
+    tmp_path: Path, restartable: Restart
 ) -> None:
     """The result of a job is a bundle rejected before (it failed probation once): the job
     ends failed and the daemon leaves TRAINING, at once and when it restarts on such a job
     (result in the store, row "improved": the state a daemon stopped in before the fix)."""
-    base = make_bundle(tmp_path / "incoming")
-    cfg = agent_config(
-        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
-    )
-
-    def run_daemon() -> tuple[Daemon, threading.Thread]:
-        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
-        assert d.ready.wait(30)
-        return d, t
 
     def reject(db: Path, pid: str) -> None:
         log = GraspLog(db)
@@ -124,7 +106,7 @@ def test_trained_result_rejected_earlier_ends_its_job_also_across_a_restart(
         finally:
             log.close()
 
-    d, th = run_daemon()
+    d, th = restartable()
     try:
         assert request(d.endpoints["commands"], "mark-condition", {"name": "offset"})["ok"]
         wait_for(lambda: d.snapshot()["phase"] == "training", 20, "the first job")
@@ -152,7 +134,7 @@ def test_trained_result_rejected_earlier_ends_its_job_also_across_a_restart(
     finally:
         d.request_stop()
         th.join(30)
-    d, th = run_daemon()
+    d, th = restartable()
     try:
         wait_for(lambda: d.snapshot()["job"] != job2, 20, "the second job ended at start")
         (row,) = query(d.db_path, "SELECT status FROM jobs WHERE id = ?", job2)

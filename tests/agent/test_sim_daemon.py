@@ -13,8 +13,8 @@ pytest.importorskip("pybullet")
 from agent.ctl import request
 from agent.daemon import Daemon
 from agent.driver_types import make_driver
-from tests.agent.conftest import agent_config
-from tests.agent.fakes import make_bundle
+from testkit.daemon import agent_config
+from testkit.fakes import make_bundle
 
 pytestmark = pytest.mark.timeout(120)
 

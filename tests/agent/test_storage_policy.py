@@ -22,7 +22,7 @@ from agent.logrecords import GraspRecord, TransitionRecord, decode_image, encode
 from agent.policy import load_policy
 from agent.spec import DEFAULT_SPEC
 from plumbing.config_loader import ConfigError
-from tests.agent.fakes import broken_bundle, make_bundle
+from testkit.fakes import broken_bundle, make_bundle
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,7 +1,7 @@
 """The agent's trainer link against a real `robot-trainer serve` process over loopback.
 
 Real sockets, a real trainer process running the real fine-tune recipe on a tiny network and
-budget (tests/trainer/jobsupport.py), real files. A relay between link and trainer cuts the
+budget (testkit/trainer.py), real files. A relay between link and trainer cuts the
 line and corrupts a chunk to test resumption and checksums.
 """
 
@@ -20,7 +20,7 @@ from agent.bundle import validate_bundle
 from agent.cli import _attach_trainer_link
 from agent.config import config_from_dict
 from agent.link import TrainerLink
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     TINY_FINETUNE,
     Proxy,
     TrainerProcess,
@@ -255,7 +255,7 @@ def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
 def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None:
     import zmq.auth
 
-    from tests.trainer.jobsupport import Client
+    from testkit.trainer import Client
     from trainer.service import JobService
     from trainer.service_config import service_config_from_dict
 
@@ -321,8 +321,8 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
     swap."""
     from agent.ctl import request
     from agent.daemon import Daemon
-    from tests.agent.conftest import agent_config
-    from tests.agent.fakes import FakeDriver
+    from testkit.daemon import agent_config
+    from testkit.fakes import FakeDriver
 
     class LearnableDriver(FakeDriver):
         """Grasps succeed iff the action's x is above the median x so far: something a

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent.test_trainer_link import make_link
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     TrainerProcess,
     free_port,
     make_export,
@@ -26,6 +25,7 @@ from tests.trainer.jobsupport import (
     wait_for,
     write_service_config,
 )
+from tests.agent.test_trainer_link import make_link
 from tests.trainer.test_service_cancel import FOREVER
 
 pytestmark = pytest.mark.timeout(90)
@@ -85,8 +85,8 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
     from agent.cli import _attach_trainer_link
     from agent.ctl import request
     from agent.daemon import Daemon
-    from tests.agent.conftest import agent_config
-    from tests.agent.fakes import FakeDriver
+    from testkit.daemon import agent_config
+    from testkit.fakes import FakeDriver
 
     tr = forever_trainer(tmp_path).start()
     incoming = tmp_path / "incoming"

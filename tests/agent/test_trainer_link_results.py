@@ -27,11 +27,10 @@ from agent.daemon import Daemon
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
 from agent.link import TrainerLink
 from agent.wire import WireError, decode, encode
-from tests.agent.conftest import agent_config
-from tests.agent.fakes import FakeDriver, broken_bundle, make_bundle
+from testkit.daemon import agent_config, query
+from testkit.fakes import FakeDriver, broken_bundle, make_bundle
+from testkit.trainer import make_export, wait_for
 from tests.agent.test_trainer_link import make_link
-from tests.agent.test_trainer_unreachable import query
-from tests.trainer.jobsupport import make_export, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

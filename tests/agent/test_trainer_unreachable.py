@@ -4,7 +4,7 @@ link's cancel), and the job still wanted reaches it exactly once when it returns
 
 The daemon runs in-process on a fast fake driver with the real trainer link attached the way
 ``robot-agent run`` attaches it (``agent.cli._attach_trainer_link``); the trainer is a real
-``robot-trainer serve`` process (tests/trainer/jobsupport.py: a tiny network and budget),
+``robot-trainer serve`` process (testkit/trainer.py: a tiny network and budget),
 started only after 2,000 grasps are logged and three jobs are waiting.
 ``bench/trainer_unreachable.py`` runs the same scenario longer and reports the figures.
 """
@@ -12,8 +12,6 @@ started only after 2,000 grasps are logged and three jobs are waiting.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,18 @@ import pytest
 from agent.cli import _attach_trainer_link
 from agent.ctl import request
 from agent.daemon import Daemon
-from tests.agent.conftest import Running, agent_config
-from tests.agent.fakes import FakeDriver, make_bundle
-from tests.agent.test_daemon import wait_match
-from tests.trainer.jobsupport import (
+from testkit.daemon import (
+    Restart,
+    Running,
+    agent_config,
+    query,
+    serve,
+    trainer_table,
+    training_on_a_job,
+    wait_match,
+)
+from testkit.fakes import FakeDriver, make_bundle
+from testkit.trainer import (
     TINY_FINETUNE,
     TrainerProcess,
     free_port,
@@ -48,16 +54,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    """Rows from the agent's grasp log, read through a connection of this thread."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_once(
     tmp_path: Path,
 ) -> None:
@@ -73,24 +69,16 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         # the latency check compares a child measured now with the parent measured at
         # start-up: on a loaded test machine that ratio is noise (not what this test is about)
         policy={"max_latency_factor": 20.0},
-        trainer={
-            "endpoint": f"tcp://127.0.0.1:{port}",  # nobody there yet
-            "agent_id": "robot-u",
-            "heartbeat_s": 0.2,
-            "timeout_s": 1.0,
-            "backoff_min_s": 0.2,
-            "backoff_max_s": 1.0,
-            "chunk_bytes": 65536,
-        },
+        trainer=trainer_table(  # nobody there yet
+            f"tcp://127.0.0.1:{port}", "robot-u", backoff_min_s=0.2, backoff_max_s=1.0
+        ),
     )
     daemon = Daemon(cfg, FakeDriver(p_success=0.5))
     link = _attach_trainer_link(daemon, cfg)
     assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    th = serve(daemon)
     tr: TrainerProcess | None = None
     try:
-        assert daemon.ready.wait(30)
         ep = daemon.endpoints["commands"]
 
         def grasps() -> int:
@@ -190,10 +178,7 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
     did not import it, and delivers the results of jobs the daemon cancelled (a new
     condition came first): neither swaps, duplicates a row or raises a control error."""
     r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
-    sub = r.subscriber()
-    assert r.ctl("mark-condition", name="offset")["ok"]
-    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")["job"]
-    old = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    sub, job, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     r.daemon.offer_trained(child, job)
     swapped = wait_match(sub, "agent.policy.swapped", lambda d: d["previous"] == old)
@@ -233,26 +218,14 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
 
 
 def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start(
-    tmp_path: Path,
+    tmp_path: Path, restartable: Restart
 ) -> None:
     """The daemon stopped after the loader had put a job's result into the store and before
     the swap was committed: the link never offers a bundle already in the store again, so
     the daemon itself loads it at start (it would otherwise wait in TRAINING for ever)."""
     import shutil
 
-    base = make_bundle(tmp_path / "incoming")
-    cfg = agent_config(
-        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
-    )
-
-    def run_daemon() -> tuple[Daemon, threading.Thread]:
-        d = Daemon(cfg, FakeDriver(p_success=0.8, grasp_time_s=0.002))
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
-        assert d.ready.wait(30)
-        return d, t
-
-    first, th = run_daemon()
+    first, th = restartable()
     try:
         assert request(first.endpoints["commands"], "mark-condition", {"name": "offset"})["ok"]
         wait_for(lambda: first.snapshot()["phase"] == "training", 20, "the job")
@@ -276,7 +249,7 @@ def test_result_imported_but_not_swapped_before_a_restart_is_swapped_in_at_start
     finally:
         first.request_stop()
         th.join(30)
-    second, th = run_daemon()
+    second, th = restartable()
     try:
         wait_for(lambda: second.snapshot()["policy"] == child.name, 20, "the child served")
         db = second.db_path

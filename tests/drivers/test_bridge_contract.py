@@ -11,8 +11,8 @@ pytest.importorskip("pybullet")
 
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig
-from tests.driver_contract import DriverContract
-from tests.drivers.bridges import SimBridgeProcess, free_port
+from testkit.bridges import SimBridgeProcess, free_port
+from testkit.driver_contract import DriverContract
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,9 +15,9 @@ from agent.ctl import request
 from agent.daemon import Daemon
 from agent.driver_types import make_driver
 from drivers.bridge.client import BridgeDriver
-from tests.agent.conftest import Subscriber, agent_config
-from tests.agent.fakes import make_bundle
-from tests.drivers.bridges import SimBridgeProcess, free_port
+from testkit.bridges import SimBridgeProcess, free_port
+from testkit.daemon import Subscriber, agent_config
+from testkit.fakes import make_bundle
 
 pytestmark = pytest.mark.timeout(120)
 

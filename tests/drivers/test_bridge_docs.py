@@ -14,7 +14,7 @@ import pytest
 from agent.driver import DriverUnavailable
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig
-from tests.drivers.bridges import free_port
+from testkit.net import free_port
 
 pytestmark = pytest.mark.timeout(30)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bridge.md"

@@ -20,7 +20,7 @@ from drivers.bridge import protocol as proto
 from drivers.bridge.client import BridgeDriver
 from drivers.bridge.config import BridgeClientConfig, BridgeServerConfig, check_client
 from drivers.bridge.server import BridgeServer, Grasp, RobotUnavailable
-from tests.drivers.bridges import free_port
+from testkit.net import free_port
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -20,7 +20,7 @@ from drivers.bridge.client import BridgeDriver
 from drivers.registry import BUILTIN
 from drivers.sim.cell import SimCell
 from plumbing.config_loader import ConfigError
-from tests.agent.fakes import FakeDriver
+from testkit.fakes import FakeDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -81,7 +81,7 @@ def test_schedule_cli_argument_parses_and_names_bad_entries() -> None:
 def test_sim_bridge_process_follows_its_schedule_unannounced() -> None:
     from drivers.bridge.client import BridgeDriver
     from drivers.bridge.config import BridgeClientConfig
-    from tests.drivers.bridges import SimBridgeProcess, free_port
+    from testkit.bridges import SimBridgeProcess, free_port
 
     bridge = SimBridgeProcess(free_port(), "--schedule", "0:baseline,2:checkerboard").start()
     try:

@@ -10,19 +10,12 @@ import torch
 
 from agent.config import CemConfig, PolicyConfig
 from agent.policy import load_policy
+from testkit.qnet import TINY
 from trainer.action_shift import ShiftSearch, search_shift
 from trainer.dataset import Batch
 from trainer.export import load_qnet, make_bundle
 from trainer.finetune.selection import keep_shift
-from trainer.qnet import QNet, QNetConfig
-
-TINY = QNetConfig(
-    trunk_channels=(8, 8, 8),
-    trunk_strides=(2, 2, 2),
-    merge_channels=8,
-    action_hidden=8,
-    head_hidden=8,
-)
+from trainer.qnet import QNet
 
 
 def test_shifted_network_equals_parent_at_the_landing_point() -> None:

@@ -1,26 +1,15 @@
-"""bench/ceiling.py: the same bin under both conditions, candidates per object, figures per bin."""
+"""python -m bench.ceiling: the same bin under both conditions, candidates per object, bins."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
+
+from bench import ceiling
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _ceiling() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ceiling", ROOT / "bench" / "ceiling.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ceiling"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_ceiling_scores_the_same_bin_under_both_conditions() -> None:
-    ceiling = _ceiling()
     rows = {
         cond: ceiling.run_scenes(([7000], cond, [str(ROOT / "policies" / "base")], 1))[0]
         for cond in ("baseline", "extend_gripper")
@@ -36,7 +25,6 @@ def test_ceiling_scores_the_same_bin_under_both_conditions() -> None:
 
 
 def test_ceiling_candidates_are_six_grasps_per_visible_object() -> None:
-    ceiling = _ceiling()
     from drivers.sim.cell import SimCell
     from drivers.sim.config import SimConfig
 

@@ -1,4 +1,4 @@
-"""bench/finetune.py --quick runs end to end: collection, fine-tune, scratch, served evaluations."""
+"""python -m bench.finetune --quick runs end to end: collection, fine-tune, scratch, evaluations."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(180)
 def test_bench_finetune_quick_prints_every_figure(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "finetune.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench.finetune", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=170,

@@ -14,6 +14,7 @@ import torch
 
 from agent.bundle import validate_bundle
 from agent.spec import DEFAULT_SPEC
+from testkit.qnet import TINY
 from trainer.cli import main
 from trainer.dataset import Episode, EpisodeWriter, Step
 from trainer.early_stop import Candidate, Trade, auc, choose, eligible
@@ -21,17 +22,10 @@ from trainer.export import make_bundle
 from trainer.finetune import FinetuneConfig, finetune
 from trainer.finetune.data import open_data
 from trainer.pretrain import PretrainConfig
-from trainer.qnet import QNet, QNetConfig
+from trainer.qnet import QNet
 
 torch.set_num_threads(1)
 
-TINY = QNetConfig(
-    trunk_channels=(8, 8, 8),
-    trunk_strides=(2, 2, 2),
-    merge_channels=8,
-    action_hidden=8,
-    head_hidden=8,
-)
 FAST = FinetuneConfig(
     max_steps=60,
     eval_every=10,

@@ -11,19 +11,12 @@ import torch
 
 from agent.bundle import validate_bundle
 from agent.spec import DEFAULT_SPEC
+from testkit.qnet import TINY
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.dataset import Batch, EpisodeDataset
 from trainer.learner import Learner, LearnerConfig
 from trainer.pretrain import PretrainConfig, pretrain
-from trainer.qnet import QNet, QNetConfig
-
-TINY = QNetConfig(
-    trunk_channels=(8, 8, 8),
-    trunk_strides=(2, 2, 2),
-    merge_channels=8,
-    action_hidden=8,
-    head_hidden=8,
-)
+from trainer.qnet import QNet
 
 
 def _batch(n: int = 8) -> Batch:

@@ -25,7 +25,7 @@ from agent.jobwire import (
 )
 from agent.wire import WireError
 from plumbing.config_loader import ConfigError
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     REPO,
     TINY_FINETUNE,
     Client,
@@ -235,7 +235,7 @@ def test_serve_process_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> 
     import socket as pysocket
     import time
 
-    from tests.trainer.jobsupport import TrainerProcess, write_service_config
+    from testkit.trainer import TrainerProcess, write_service_config
 
     addr = str(tmp_path / "notify.sock")
     sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
@@ -373,7 +373,7 @@ def test_serve_stops_cleanly_on_a_sigterm_during_its_torch_import(tmp_path: Path
     import sys
     import time
 
-    from tests.trainer.jobsupport import REPO, write_service_config
+    from testkit.trainer import REPO, write_service_config
 
     cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", free_port())
     mark = tmp_path / "importing-torch"

@@ -3,7 +3,7 @@ the next queued job, a queued job never trains, a finished one is left as it is,
 answered the same, and a trainer killed after a cancel does not resume the job.
 
 Real ROUTER/DEALER sockets on loopback, the real fine-tune recipe on the tiny network of
-tests/trainer/jobsupport.py with a budget it would not finish during the test ("forever"),
+testkit/trainer.py with a budget it would not finish during the test ("forever"),
 and for the restart a real ``robot-trainer serve`` process killed with SIGKILL.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
-from tests.trainer.jobsupport import (
+from testkit.trainer import (
     TINY_FINETUNE,
     Client,
     TrainerProcess,

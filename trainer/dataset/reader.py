@@ -90,10 +90,6 @@ class EpisodeDataset:
         full = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
         return EpisodeDataset(self._chunks, self._rows[full[self._rows]], self.name)
 
-    def _locate(self, g: int) -> tuple[int, int]:
-        c = int(np.searchsorted(self._starts, g, side="right") - 1)
-        return c, g - int(self._starts[c])
-
     def sample(self, n: int, rng: np.random.Generator) -> Batch:
         """``n`` transitions drawn uniformly with replacement from this view."""
         if len(self._rows) == 0:

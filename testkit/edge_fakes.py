@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import zmq
 
 from agent.commands import dispatch
+from agent.config import SocketsConfig
 from agent.transport import CommandLimits, CommandServer, Security
 
 NO_LIMITS = CommandLimits(
@@ -124,3 +126,24 @@ def dealer(
     s.setsockopt(zmq.SNDTIMEO, timeout_ms)
     s.connect(endpoint)
     return s
+
+
+@contextlib.contextmanager
+def command_server(
+    cfg: SocketsConfig | None = None,
+) -> Iterator[tuple[str, RecordingControl, ServerThread, Security]]:
+    """A :class:`ServerThread` over a :class:`RecordingControl` in a context of its own,
+    secured as ``cfg`` says (CURVE keys and ZAP authenticator; default none): its endpoint,
+    the control, the thread and the security, all stopped when the block ends."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sec = Security(cfg or SocketsConfig())
+    sec.start(ctx)
+    control = RecordingControl()
+    srv = ServerThread(ctx, sec, control)
+    endpoint = srv.start()
+    try:
+        yield endpoint, control, srv, sec
+    finally:
+        srv.stop()
+        sec.stop()
+        ctx.term()

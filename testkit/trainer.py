@@ -1,21 +1,17 @@
-"""Helpers for the job service tests: tiny bundles, synthetic exports, a trainer process, a proxy.
+"""The trainer side for tests and benches: tiny bundles, synthetic exports, a trainer
+process, an in-process job service, a raw protocol client and a line-cutting proxy.
 
-The stand-in runner (``tests/trainer/standin_runner.py``) and these helpers stay torch-light
-so the tests are fast; the exports are real ``robot-agent-dataset`` v1 directories.
+These helpers stay torch-light (torch only inside :func:`make_parent`) so the tests are fast;
+the exports are real ``robot-agent-dataset`` v1 directories.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +21,35 @@ import zmq
 from agent.export import DATASET_FORMAT, DATASET_VERSION
 from agent.spec import DEFAULT_SPEC
 from agent.wire import Message, decode, encode
+from testkit.net import free_port, wait_for
+from testkit.procs import ModuleProcess
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "TINY_FINETUNE",
+    "Client",
+    "Proxy",
+    "TrainerProcess",
+    "free_port",
+    "make_export",
+    "make_parent",
+    "running_service",
+    "wait_for",
+    "write_service_config",
+]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_parent(store: Path, seed: int = 0) -> str:
     """A tiny random policy bundle under ``store/<id>``; returns its id."""
     import torch
 
+    from testkit.qnet import TINY
     from trainer.export import make_bundle
-    from trainer.qnet import QNet, QNetConfig
+    from trainer.qnet import QNet
 
     torch.manual_seed(seed)
-    tiny = QNetConfig(
-        trunk_channels=(8, 8, 8),
-        trunk_strides=(2, 2, 2),
-        merge_channels=8,
-        action_hidden=8,
-        head_hidden=8,
-    )
-    b = make_bundle(QNet(tiny).eval(), {"condition": "baseline"}, store)
+    b = make_bundle(QNet(TINY).eval(), {"condition": "baseline"}, store)
     return b.id
 
 
@@ -160,7 +159,7 @@ class Client:
     """A raw DEALER speaking the job protocol (for protocol-level tests)."""
 
     def __init__(self, endpoint: str, agent: str = "raw", max_bytes: int = 1 << 22) -> None:
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -195,35 +194,24 @@ class Client:
         self.sock.close(0)
 
 
-class TrainerProcess:
+class TrainerProcess(ModuleProcess):
     """``python -m trainer.cli serve --config ...`` as a child process."""
 
     def __init__(
         self, config: Path, log: Path, port: int, env: dict[str, str] | None = None
     ) -> None:
+        super().__init__(["trainer.cli", "serve", "--config", str(config)], log, env)
         self.config = config
-        self.log = log
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> TrainerProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        env.update(self.extra_env)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trainer.cli", "serve", "--config", str(self.config)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        """Spawn it and wait until it answers a ping."""
+        proc = self.spawn()
         c = Client(self.endpoint)
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
+                if proc.poll() is not None:
                     raise AssertionError(f"trainer exited: {self.log.read_text()[-2000:]}")
                 c.send("ping", {})
                 if c.recv(0.5) is not None:
@@ -239,22 +227,10 @@ class TrainerProcess:
         finally:
             c.close()
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
     def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait(10)
-        return int(self.proc.returncode)
+        """SIGTERM (SIGKILL after 30 s); its exit code, 0 if it never started."""
+        rc = self.terminate(30)
+        return 0 if rc is None else int(rc)
 
 
 class Proxy:
@@ -281,7 +257,7 @@ class Proxy:
         self._thread.join(5)
 
     def _run(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         while not self._stop.is_set():
             front = ctx.socket(zmq.ROUTER)
             back = ctx.socket(zmq.DEALER)
@@ -321,15 +297,6 @@ class Proxy:
                 else:
                     back.recv_multipart()
         return False
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager

@@ -2,11 +2,13 @@
 
 Test support for the detector: the daemon runs one chart grasp by grasp
 (:class:`agent.detector.SuccessDropDetector`); this runs thousands to check its
-figures against the exact run lengths of :mod:`agent.runlength`.
+figures against the exact run lengths of :mod:`agent.runlength`, and the binomial weights
+of the reference counts a robot may start from.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,3 +78,24 @@ def simulate_streams(
         if start + m >= change and not waiting.any():
             break
     return StreamRun(alarms=alarms, first_alarm=first, delay=delay)
+
+
+def binomial_weights(
+    n: int, p: float, min_weight: float = 1e-9
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The reference counts s ~ Binomial(n, p) whose probability exceeds ``min_weight``, and
+    their probabilities renormalised to sum to 1 (computed in logs: n reaches thousands)."""
+    s = np.arange(n + 1)
+    logw = np.array(
+        [
+            math.lgamma(n + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(n - k + 1)
+            + k * math.log(p)
+            + (n - k) * math.log1p(-p)
+            for k in s
+        ]
+    )
+    w = np.exp(logw)
+    keep = w > min_weight
+    return s[keep], w[keep] / w[keep].sum()

@@ -1,22 +1,18 @@
-"""Helpers: free loopback ports and the sim bridge as its own process."""
+"""The sim bridge as its own process, on a free loopback port."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from testkit.net import free_port
 
+__all__ = ["SimBridgeProcess", "free_port"]
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class SimBridgeProcess:
