@@ -19,9 +19,9 @@ the discordant pairs Y won and lost against X over the whole race.
   evidence favours "no better" over "better by the gain"; a worse child gets there soonest).
 - Against the leader. The *leader* is the certified candidate with the highest success rate
   (the parent while none is certified). Once there is one, any other candidate Y with
-  ``llr(Y, leader) <= log(beta / (1 - alpha / k))`` is eliminated, and the parent is
-  eliminated as soon as every candidate left is certified: the parent leaves only when a
-  candidate was significantly better.
+  ``llr(Y, leader) <= log(beta / (1 - alpha / k))`` is eliminated. As soon as every candidate
+  left is certified the parent is eliminated and the leader wins (the others, certified too,
+  leave as ``behind``): the parent leaves only when a candidate was significantly better.
 - One arm left: it wins. At ``max_grasps`` (checked when a cycle closes) the leader wins and
   the arms left are eliminated: with none certified, the parent wins. Ties go to the parent.
 
@@ -185,7 +185,8 @@ class Elimination:
     reason: str
     """``beaten`` (the parent, once every candidate left is certified), ``short`` (a
     candidate whose evidence favours "no better" against the parent or the leader), ``cap``
-    (left at max_grasps)."""
+    (left at max_grasps), ``behind`` (a certified candidate behind the leader when the
+    parent left)."""
 
 
 @dataclass(frozen=True)
@@ -376,8 +377,14 @@ def _settle(state: State) -> State:
         for a in state.survivors:
             if a not in (0, top) and pair_llr(state, a, top) <= lower:
                 state = _eliminate(state, a, by=top, reason="short")
-        if 0 not in state.out and all(a in state.certified for a in state.survivors if a != 0):
+        if all(a in state.certified for a in state.survivors if a != 0):
+            # Every arm left is significantly better than the parent: racing them further
+            # would only pick among winners at the price of more grasps under losers.
             state = _eliminate(state, 0, by=top, reason="beaten")
+            for a in state.survivors:
+                if a != top:
+                    state = _eliminate(state, a, by=top, reason="behind")
+            return replace(state, winner=top)
     if len(state.survivors) == 1:
         return replace(state, winner=state.survivors[0])
     if state.total >= cfg.max_grasps:
@@ -412,7 +419,8 @@ class Verdict:
     cost: int
     """Grasps served under arms eliminated so far (all losers' grasps once done)."""
     reason: str
-    """How it ended: ``one arm left``, ``cap`` or ``no candidates``; "" while running."""
+    """How it ended: ``parent beaten``, ``candidates eliminated``, ``cap`` or ``no
+    candidates``; "" while running."""
 
 
 def cost(state: State) -> int:
@@ -428,8 +436,10 @@ def decide(state: State) -> Verdict:
             reason = "no candidates"
         elif any(e.reason == "cap" for e in state.eliminated):
             reason = "cap"
+        elif state.winner != 0:
+            reason = "parent beaten"
         else:
-            reason = "one arm left"
+            reason = "candidates eliminated"
     return Verdict(
         done=state.winner is not None,
         winner=state.winner,

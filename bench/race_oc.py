@@ -146,7 +146,7 @@ def main() -> None:
 
     def worst(k: int, gap: float, key: str, exact: bool = False) -> float:
         vals = [(r["exact"] if exact else r)[key] for r in rows if r["k"] == k and r["gap"] == gap]
-        return max(vals)
+        return float(max(vals))
 
     summary = {
         "worse_by_5_wins_max_k1": worst(1, -0.05, "win"),

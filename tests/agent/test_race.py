@@ -72,7 +72,7 @@ def test_parent_is_never_eliminated_by_a_worse_candidate() -> None:
         arm = next_arm(state)
         state = record(state, arm, arm == 0 or state.cycle % 2 == 0)
     v = decide(state)
-    assert v.winner == 0 and v.eliminated == (1,) and v.reason == "one arm left"
+    assert v.winner == 0 and v.eliminated == (1,) and v.reason == "candidates eliminated"
     assert state.eliminated[0].reason == "short" and state.eliminated[0].by == 0
     # Over simulated races with three worse candidates: the parent leaves only when beaten
     # by a candidate certified against it, and no worse candidate ever won here.
@@ -90,7 +90,7 @@ def test_a_better_candidate_can_win() -> None:
     state = run_race(state, lambda arm: arm == 1)
     v = decide(state)
     cycles = math.ceil(cfg.upper(1) / math.log(2 * cfg.q1))
-    assert v.winner == 1 and v.policy == "better" and v.reason == "one arm left"
+    assert v.winner == 1 and v.policy == "better" and v.reason == "parent beaten"
     assert v.grasps == 2 * cycles and v.cost == cycles  # the parent's grasps
     assert state.eliminated[0].arm == 0 and state.eliminated[0].reason == "beaten"
 
@@ -137,8 +137,9 @@ def test_standings_report_rates_intervals_and_each_test() -> None:
     assert [r["policy"] for r in rows] == ["p", "a", "b"]
     json.dumps(rows)  # plain data for ctl status
     for r in rows:
-        lo, hi = r["interval"]  # type: ignore[misc]
-        assert 0 <= lo <= r["rate"] <= hi <= 1  # type: ignore[operator]
+        interval, rate = r["interval"], r["rate"]
+        assert isinstance(interval, list) and isinstance(rate, float)
+        assert 0 <= interval[0] <= rate <= interval[1] <= 1
     challenger = next(r for r in rows if r["role"] in ("challenger", "certified"))
     test = challenger["test"]
     assert isinstance(test, dict) and test["cycles"] == 20 and test["against"] == 0
@@ -150,3 +151,12 @@ def test_standings_report_rates_intervals_and_each_test() -> None:
 def test_bad_race_config_names_the_key(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=f"race.{next(iter(bad))}"):
         RaceConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_leader_wins_once_every_candidate_left_beat_the_parent() -> None:
+    # Three children that always succeed against a parent that always fails: all certified
+    # on the same cycle, the parent leaves and the leader wins at once (no race among winners).
+    state = run_race(new_race("p", ["a", "b", "c"]), lambda arm: arm != 0)
+    v = decide(state)
+    assert v.winner == 1 and v.reason == "parent beaten" and v.grasps < 100
+    assert {e.arm: e.reason for e in state.eliminated} == {0: "beaten", 2: "behind", 3: "behind"}
