@@ -16,9 +16,8 @@ from agent.grasplog import GraspLog
 from agent.jobs import EXPORT_NOT_NEEDED
 from agent.logrecords import GraspRecord, TransitionRecord
 from agent.spec import DEFAULT_SPEC
-from tests.agent.conftest import Running
-from tests.agent.test_trainer_unreachable import query
-from tests.trainer.jobsupport import wait_for
+from testkit.daemon import Running, query
+from testkit.net import wait_for
 
 MB = 1 << 20
 
