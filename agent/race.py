@@ -53,25 +53,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 
-__all__ = [
-    "Elimination",
-    "Pair",
-    "RaceConfig",
-    "RaceError",
-    "State",
-    "Verdict",
-    "cost",
-    "decide",
-    "leader",
-    "new_race",
-    "next_arm",
-    "pair_llr",
-    "record",
-    "run_race",
-    "standings",
-    "wilson",
-]
-
 
 class RaceError(ValueError):
     """A call that the race's state does not allow (a grasp out of turn, a finished race)."""
@@ -450,74 +431,6 @@ def decide(state: State) -> Verdict:
         cost=cost(state),
         reason=reason,
     )
-
-
-def wilson(successes: int, grasps: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a success rate (95% at z = 1.96); (0, 1) with no grasps."""
-    if grasps <= 0:
-        return 0.0, 1.0
-    p = successes / grasps
-    d = 1 + z * z / grasps
-    centre = (p + z * z / (2 * grasps)) / d
-    half = z * math.sqrt(p * (1 - p) / grasps + z * z / (4 * grasps * grasps)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def standings(state: State) -> list[dict[str, object]]:
-    """Per-arm standings for ``ctl status``, one plain dict per arm: arm, policy, parent (bool),
-    role (``parent``, ``challenger``, ``certified``, ``leader``, ``winner``, ``eliminated``),
-    grasps, successes, rate, interval (Wilson 95% of the rate, for reading: the decisions use
-    the paired test), eliminated (with by, at which race grasp, reason), and for a candidate in
-    the race its test: against which arm, paired cycles, discordant pairs won and lost, the
-    paired gap (success-rate difference over the cycles both served), llr and the bounds where
-    it is eliminated and (against the parent) certified."""
-    cfg, k = state.config, state.candidates
-    left = {e.arm: e for e in state.eliminated}
-    top = leader(state)
-    rows: list[dict[str, object]] = []
-    for arm, policy in enumerate(state.policies):
-        n, s = state.grasps[arm], state.successes[arm]
-        lo, hi = wilson(s, n)
-        e = left.get(arm)
-        role = "parent" if arm == 0 else "challenger"
-        if state.winner == arm:
-            role = "winner"
-        elif e is not None:
-            role = "eliminated"
-        elif arm != 0 and arm == top:
-            role = "leader"
-        elif arm in state.certified:
-            role = "certified"
-        row: dict[str, object] = {
-            "arm": arm,
-            "policy": policy,
-            "parent": arm == 0,
-            "role": role,
-            "grasps": n,
-            "successes": s,
-            "rate": round(s / n, 4) if n else None,
-            "interval": [round(lo, 4), round(hi, 4)],
-            "eliminated": e is not None,
-            "eliminated_by": None if e is None else e.by,
-            "eliminated_at": None if e is None else e.grasp,
-            "reason": None if e is None else e.reason,
-        }
-        if role in ("challenger", "certified"):
-            against = 0 if role == "challenger" and 0 not in state.out else top
-            p = state.pair(arm, against)
-            won, lost = p.wins(arm)
-            row["test"] = {
-                "against": against,
-                "cycles": p.cycles,
-                "won": won,
-                "lost": lost,
-                "gap": round((won - lost) / p.cycles, 4) if p.cycles else None,
-                "llr": round(pair_llr(state, arm, against), 4),
-                "eliminated_at": round(cfg.lower(k), 4),
-                "certified_at": round(cfg.upper(k), 4) if against == 0 else None,
-            }
-        rows.append(row)
-    return rows
 
 
 def run_race(state: State, outcome: Callable[[int], bool]) -> State:

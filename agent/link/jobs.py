@@ -37,6 +37,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.jobwire import JobState
+from agent.link.effects import ClearUpload as ClearUpload
+from agent.link.effects import Download as Download
+from agent.link.effects import DropExport as DropExport
+from agent.link.effects import DropStaging as DropStaging
+from agent.link.effects import Effect as Effect
+from agent.link.effects import ForgetLive as ForgetLive
+from agent.link.effects import Hold as Hold
+from agent.link.effects import Offer as Offer
+from agent.link.effects import Report as Report
+from agent.link.effects import Save as Save
+from agent.link.effects import Settle as Settle
+from agent.link.effects import Upload as Upload
 from agent.link.records import ABANDONED as ABANDONED
 from agent.link.records import FINAL as FINAL
 from agent.link.records import LinkJob as LinkJob
@@ -196,90 +208,6 @@ Event = (
     | CancelReply
     | TrainerError
     | Away
-)
-
-
-# -- effects --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Save:
-    """Write the record (before anything that depends on it)."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """Tell the daemon the job's status; ``once``: not if it was the last one reported."""
-
-    status: str
-    detail: dict[str, Any]
-    once: bool = False
-
-
-@dataclass(frozen=True)
-class Offer:
-    """Hand the staged bundle to the daemon, then report ``improved``."""
-
-
-@dataclass(frozen=True)
-class DropStaging:
-    """Remove the job's staging directory."""
-
-
-@dataclass(frozen=True)
-class DropExport:
-    """Remove the job's export from the robot: the trainer holds the whole dataset."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """Start the upload over from the trainer's ``need`` (its ``accepted`` reply)."""
-
-    need: dict[str, Any]
-    credit: int
-
-
-@dataclass(frozen=True)
-class Download:
-    """Fetch the result bundle into staging."""
-
-    manifest: Any
-
-
-@dataclass(frozen=True)
-class Settle:
-    """The awaited reply came: the next request may go (``later``: not before a heartbeat)."""
-
-    later: bool = False
-
-
-@dataclass(frozen=True)
-class ClearUpload:
-    """The trainer has the data: nothing more to upload."""
-
-
-@dataclass(frozen=True)
-class ForgetLive:
-    """Drop the connection's state of the job (its upload window, its download)."""
-
-
-@dataclass(frozen=True)
-class Hold:
-    """No download request for ``seconds`` (backoff after a failed round)."""
-
-    seconds: float
-
-
-Effect = (
-    Save
-    | Report
-    | Offer
-    | DropStaging
-    | DropExport
-    | Upload
-    | Download
-    | Settle
-    | ClearUpload
-    | ForgetLive
-    | Hold
 )
 
 

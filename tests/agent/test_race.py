@@ -17,8 +17,8 @@ from agent.race import (
     next_arm,
     record,
     run_race,
-    standings,
 )
+from agent.race_view import standings
 
 
 def _race(rates: tuple[float, ...], seed: int, config: RaceConfig | None = None) -> State:
