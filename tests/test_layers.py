@@ -90,3 +90,20 @@ def test_an_import_by_string_counts_as_an_import(tmp_path: Path) -> None:
         "KEY = 'agent.endpoint'  # a config key, not a module\n"
     )
     assert _imports(src) == {"trainer", "drivers", "plumbing"}
+
+
+MAX_MODULE_LINES = 450
+"""A module with one job fits on a few screens; the daemon keeps only the loop and wiring."""
+MAX_DAEMON_LINES = 400
+
+
+def test_no_product_module_outgrows_its_one_job() -> None:
+    sizes = {
+        p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+    }
+    assert sizes, "no modules found"
+    over = {f: n for f, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"split these modules (over {MAX_MODULE_LINES} lines): {over}"
+    assert sizes["agent/daemon.py"] <= MAX_DAEMON_LINES, sizes["agent/daemon.py"]
