@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.daemon import Daemon
 from testkit.trainer import (
     TrainerProcess,
     free_port,
@@ -35,6 +35,21 @@ def forever_trainer(tmp_path: Path, port: int | None = None) -> TrainerProcess:
     port = port or free_port()
     cfg = write_service_config(tmp_path / "t.toml", tmp_path / "trainer", port, finetune=FOREVER)
     return TrainerProcess(cfg, tmp_path / "trainer.log", port)
+
+
+def count_cancels(daemon: Daemon) -> list[int]:
+    """Wrap the cancel hook the CLI wired into ``daemon``: the jobs it is called with, in order
+    (the hook still runs)."""
+    wired = daemon.cancel_hook
+    assert wired is not None
+    calls: list[int] = []
+
+    def cancel_hook(job: int) -> None:
+        calls.append(job)
+        wired(job)
+
+    daemon.set_cancel_hook(cancel_hook)
+    return calls
 
 
 def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
@@ -82,44 +97,18 @@ def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one
 
 
 def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: Path) -> None:
-    from agent.cli import _attach_trainer_link
     from agent.ctl import request
-    from agent.daemon import Daemon
-    from testkit.daemon import agent_config
+    from testkit.daemon import linked_config, linked_daemon, serve
     from testkit.fakes import FakeDriver
 
     tr = forever_trainer(tmp_path).start()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
-    cfg = agent_config(
-        tmp_path,
-        incoming / base,
-        lifecycle={"exploration_grasps": 60},
-        detector={"enabled": False},
-        trainer={
-            "endpoint": tr.endpoint,
-            "agent_id": "robot-m",
-            "heartbeat_s": 0.2,
-            "timeout_s": 1.0,
-            "chunk_bytes": 65536,
-        },
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    wired = daemon.cancel_hook  # what the CLI wired, counted
-    assert wired is not None
-    calls: list[int] = []
-
-    def cancel_hook(job: int) -> None:
-        calls.append(job)
-        wired(job)
-
-    daemon.set_cancel_hook(cancel_hook)
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, incoming / base, tr.endpoint, "robot-m", 60)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
+    calls = count_cancels(daemon)
+    th = serve(daemon)
     try:
-        assert daemon.ready.wait(30)
         ep = daemon.endpoints["commands"]
         assert request(ep, "mark-condition", {"name": "checkerboard"})["ok"]
         wait_for(lambda: rows_by_job(tr).get(1, {}).get("state") == "training", 60, "job 1")
@@ -158,21 +147,10 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
         tr.stop()
     # a link that lost a cancel in a crash is handed the cancelled jobs again at each start;
     # this one, done with job 1, leaves it as it is
-    again = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(again, cfg)
-    wired_again = again.cancel_hook
-    assert link is not None and wired_again is not None
-    seen: list[int] = []
-
-    def count_again(job: int) -> None:
-        seen.append(job)
-        wired_again(job)
-
-    again.set_cancel_hook(count_again)
-    th = threading.Thread(target=again.run, daemon=True)
-    th.start()
+    again, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
+    seen = count_cancels(again)
+    th = serve(again)
     try:
-        assert again.ready.wait(30)
         assert seen == [1]
         time.sleep(0.3)
         assert link.phases()[1] == "cancelled"

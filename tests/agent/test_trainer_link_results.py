@@ -21,13 +21,11 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.cli import _attach_trainer_link
 from agent.ctl import request
-from agent.daemon import Daemon
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
 from agent.link import TrainerLink
 from agent.wire import WireError, decode, encode
-from testkit.daemon import agent_config, query
+from testkit.daemon import linked_config, linked_daemon, query, serve
 from testkit.fakes import FakeDriver, broken_bundle, make_bundle
 from testkit.trainer import make_export, wait_for
 from tests.agent.test_trainer_link import make_link
@@ -181,20 +179,10 @@ def test_daemon_job_fails_on_an_unverifiable_result_and_grasping_goes_on(
     base = make_bundle(incoming, seed=0)
     result = make_bundle(tmp_path / "trainer-side", seed=7, parent_id=base.name)
     hostile = HostileTrainer(result, mode)
-    cfg = agent_config(
-        tmp_path,
-        base,
-        lifecycle={"exploration_grasps": 20},
-        detector={"enabled": False},
-        trainer={"endpoint": hostile.endpoint, "agent_id": "robot-h", **LINK},
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, base, hostile.endpoint, "robot-h", 20, LINK)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
+    th = serve(daemon)
     try:
-        assert daemon.ready.wait(30)
         assert request(daemon.endpoints["commands"], "mark-condition", {"name": "glare"})["ok"]
         wait_for(lambda: daemon.snapshot()["phase"] == "training", 20, "job 1 submitted")
         grasps: list[int] = []
@@ -284,21 +272,11 @@ def test_daemon_refusing_a_trained_result_cleans_the_staged_copy(tmp_path: Path)
     base = make_bundle(incoming, seed=0)
     bad = broken_bundle(tmp_path / "trainer-side")  # verifies on the wire, Q out of range
     honest = HostileTrainer(bad, "honest")
-    cfg = agent_config(
-        tmp_path,
-        base,
-        lifecycle={"exploration_grasps": 20},
-        detector={"enabled": False},
-        trainer={"endpoint": honest.endpoint, "agent_id": "robot-h", **LINK},
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, base, honest.endpoint, "robot-h", 20, LINK)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
+    th = serve(daemon)
     root = cfg.data_path("")
     try:
-        assert daemon.ready.wait(30)
         assert request(daemon.endpoints["commands"], "mark-condition", {"name": "glare"})["ok"]
 
         def refused() -> bool:

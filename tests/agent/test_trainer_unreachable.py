@@ -18,16 +18,14 @@ from typing import Any
 
 import pytest
 
-from agent.cli import _attach_trainer_link
 from agent.ctl import request
-from agent.daemon import Daemon
 from testkit.daemon import (
     Restart,
     Running,
-    agent_config,
+    linked_config,
+    linked_daemon,
     query,
     serve,
-    trainer_table,
     training_on_a_job,
     wait_match,
 )
@@ -60,22 +58,19 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
     port = free_port()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
-    cfg = agent_config(
+    cfg = linked_config(
         tmp_path,
         incoming / base,
-        lifecycle={"exploration_grasps": EXPLORE},
-        detector={"enabled": False},
+        f"tcp://127.0.0.1:{port}",  # nobody there yet
+        "robot-u",
+        EXPLORE,
+        {"backoff_min_s": 0.2, "backoff_max_s": 1.0},
         probation={"enabled": False},
         # the latency check compares a child measured now with the parent measured at
         # start-up: on a loaded test machine that ratio is noise (not what this test is about)
         policy={"max_latency_factor": 20.0},
-        trainer=trainer_table(  # nobody there yet
-            f"tcp://127.0.0.1:{port}", "robot-u", backoff_min_s=0.2, backoff_max_s=1.0
-        ),
     )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
     th = serve(daemon)
     tr: TrainerProcess | None = None
     try:
