@@ -145,7 +145,7 @@ def simulate_fleet(
             if t == change:
                 ref_at_change = ref_n.copy()
             success = u01[k] < (p0 if t < change or p_after is None else p_after)
-            chart_step(stat, success, d, u, h, t, change, alarms, delay, waiting)
+            chart_step(stat, success, t, change, d, u, h, alarms, delay, waiting)
             grow = ref_n < max_reference
             win_s += success & grow
             win_n += grow

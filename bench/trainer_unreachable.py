@@ -27,16 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.ctl import request
-from testkit.daemon import linked_config, linked_daemon, serve
+from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
 from testkit.fakes import FakeDriver
-from testkit.trainer import (
-    TINY_FINETUNE,
-    TrainerProcess,
-    free_port,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from testkit.net import free_port, wait_for
+from testkit.trainer import TINY_FINETUNE, TrainerProcess, make_parent, write_service_config
 
 
 def rss_mb() -> float:
@@ -150,9 +144,7 @@ def main() -> None:
             )
             out["delivered_exactly_once"] = ok
         finally:
-            daemon.request_stop()
-            th.join(30)
-            link.close()
+            stop_linked(daemon, th, link)
             if tr is not None:
                 tr.stop()
         print(json.dumps(out))

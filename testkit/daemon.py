@@ -173,6 +173,14 @@ def linked_daemon(cfg: AgentConfig, driver: FakeDriver) -> tuple[Daemon, Trainer
     return daemon, link
 
 
+def stop_linked(daemon: Daemon, thread: threading.Thread, link: TrainerLink) -> None:
+    """Stop a daemon of :func:`linked_daemon` running on ``thread`` (:func:`serve`), then
+    close its link (the daemon's last job reports go through it)."""
+    daemon.request_stop()
+    thread.join(30)
+    link.close()
+
+
 def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
     """Rows from the agent's grasp log, read through a connection of this thread."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)

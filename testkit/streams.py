@@ -64,7 +64,7 @@ def simulate_streams(
         for k in range(m):
             t = start + k
             success = u01[k] < (p_before if t < change else p_late)
-            hit = chart_step(s, success, d, u, h, t, change, alarms, delay, waiting)
+            hit = chart_step(s, success, t, change, d, u, h, alarms, delay, waiting)
             first[hit & (first == steps)] = t + 1
         if start + m >= change and not waiting.any():
             break
@@ -74,11 +74,11 @@ def simulate_streams(
 def chart_step(
     stat: npt.NDArray[np.int64],
     success: npt.NDArray[np.bool_],
+    t: int,
+    change: int,
     down: npt.NDArray[np.int64],
     up: npt.NDArray[np.int64],
     threshold: npt.NDArray[np.int64],
-    t: int,
-    change: int,
     alarms: npt.NDArray[np.int64],
     delay: npt.NDArray[np.int64],
     waiting: npt.NDArray[np.bool_],

@@ -291,38 +291,19 @@ def test_ctl_cli_human_and_json_output(start_daemon: Start) -> None:
     r.wait_for(lambda s: s["grasps"] >= 2)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    base = [sys.executable, "-m", "agent.cli", "ctl"]
     ep = ["--endpoint", r.daemon.endpoints["commands"]]
-    out = subprocess.run(
-        [*base, "status", *ep], capture_output=True, text=True, env=env, timeout=60, cwd=root
-    )
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "agent.cli", "ctl", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=root)
+
+    out = ctl("status", *ep)
     assert out.returncode == 0 and "phase: serving" in out.stdout
-    out = subprocess.run(
-        [*base, "stats", "--json", *ep],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("stats", "--json", *ep)
     assert json.loads(out.stdout)["ok"] is True
-    out = subprocess.run(
-        [*base, "rollback", "nope", *ep],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("rollback", "nope", *ep)
     assert out.returncode == 1 and "error [not_found]" in out.stdout
-    out = subprocess.run(
-        [*base, "status", "--timeout", "0.5", "--endpoint", "tcp://127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("status", "--timeout", "0.5", "--endpoint", "tcp://127.0.0.1:1")
     assert out.returncode == 3 and "no reply" in out.stderr
 
 

@@ -171,15 +171,22 @@ def _fault_recorded(s: Supervised, child: str) -> None:
     assert len(alarms) == 1 and "hung" in alarms[0], alarms
 
 
+def _hanging_after_a_change(s: Supervised, tmp: Path) -> tuple[str, str]:
+    """Once ``s`` has grasped 5 times, promote a child that hangs on a white image, then change
+    the world (the child now hangs on every image): the parent and the child."""
+    s.wait(lambda: bool((st := s.status()) and st["grasps"] >= 5), 60)
+    base, child = _promote_hanging_child(s, tmp)
+    s.world.touch()
+    return base, child
+
+
 def test_policy_hanging_after_a_world_change_is_cut_off_without_a_watchdog_abort(
     tmp_path: Path,
 ) -> None:
     s = Supervised(tmp_path, make_bundle(tmp_path / "base"), deadline_s=1.0)
     s.start()
     try:
-        s.wait(lambda: bool((st := s.status()) and st["grasps"] >= 5), 60)
-        base, child = _promote_hanging_child(s, tmp_path)
-        s.world.touch()  # the world changes: the child now hangs on every image
+        base, child = _hanging_after_a_change(s, tmp_path)
         n = len(s.db_rows("SELECT id FROM grasps"))
         s.wait(s.serving(base, grasps=n + 20), 40)
         assert s.aborts <= 1 and s.deaths == []  # cut off by the guard: no abort at all
@@ -197,9 +204,7 @@ def test_agent_killed_inside_a_long_decision_never_serves_that_policy_again(
     s = Supervised(tmp_path, make_bundle(tmp_path / "base"), deadline_s=60.0)
     s.start()
     try:
-        s.wait(lambda: bool((st := s.status()) and st["grasps"] >= 5), 60)
-        base, child = _promote_hanging_child(s, tmp_path)
-        s.world.touch()
+        base, child = _hanging_after_a_change(s, tmp_path)
         s.wait(s.marker.exists, 40)  # the guard names the policy once it is half-way late
         assert s.proc is not None
         s.proc.send_signal(signal.SIGKILL)  # the death the guard could not prevent

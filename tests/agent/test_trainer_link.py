@@ -314,7 +314,7 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
     to end: mark a condition, explore, export, job, fine-tune on the trainer, bundle back,
     swap."""
     from agent.ctl import request
-    from testkit.daemon import linked_config, linked_daemon, serve
+    from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
     from testkit.fakes import FakeDriver
 
     class LearnableDriver(FakeDriver):
@@ -357,9 +357,7 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         assert meta["parent_id"] == base and meta["condition"] == "checkerboard"
         wait_for(lambda: link.phases().get(1) == "done", 10, "result acknowledged")
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         tr.stop()
 
 

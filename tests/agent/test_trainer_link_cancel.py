@@ -17,14 +17,8 @@ from typing import Any
 import pytest
 
 from agent.daemon import Daemon
-from testkit.trainer import (
-    TrainerProcess,
-    free_port,
-    make_export,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from testkit.net import free_port, wait_for
+from testkit.trainer import TrainerProcess, make_export, make_parent, write_service_config
 from tests.agent.test_trainer_link import make_link
 from tests.trainer.test_service_cancel import FOREVER
 
@@ -52,6 +46,13 @@ def count_cancels(daemon: Daemon) -> list[int]:
     return calls
 
 
+def away_trainer(tmp_path: Path) -> tuple[TrainerProcess, Path, str]:
+    """A trainer that trains forever, not started yet (away), the agent's policy store under
+    ``tmp_path/agent`` and the parent policy in it."""
+    store = tmp_path / "agent" / "policies"
+    return forever_trainer(tmp_path), store, make_parent(store)
+
+
 def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
     return {int(r["agent_job"]): r for r in tr.jobs()["jobs"]}
 
@@ -59,10 +60,7 @@ def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
 def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one_at_once(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    tr = forever_trainer(tmp_path, port)
-    store = tmp_path / "agent" / "policies"
-    parent = make_parent(store)
+    tr, store, parent = away_trainer(tmp_path)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-c", store)
     try:
         # the trainer is away: job 1 is cancelled before the link could send anything
@@ -98,7 +96,7 @@ def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one
 
 def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: Path) -> None:
     from agent.ctl import request
-    from testkit.daemon import linked_config, linked_daemon, serve
+    from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
     from testkit.fakes import FakeDriver
 
     tr = forever_trainer(tmp_path).start()
@@ -141,9 +139,7 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
         assert calls == [1]  # the job's owner cancels once; the link's reports are news
         assert link.phases()[1] == "cancelled"
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         tr.stop()
     # a link that lost a cancel in a crash is handed the cancelled jobs again at each start;
     # this one, done with job 1, leaves it as it is
@@ -155,18 +151,13 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
         time.sleep(0.3)
         assert link.phases()[1] == "cancelled"
     finally:
-        again.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(again, th, link)
 
 
 def test_a_cancel_recorded_by_the_link_survives_an_agent_restart(tmp_path: Path) -> None:
     """The link records the cancel before anything else: a new link on the same records
     (the agent restarted before the trainer was reachable) sends it, and nothing uploads."""
-    port = free_port()
-    tr = forever_trainer(tmp_path, port)
-    store = tmp_path / "agent" / "policies"
-    parent = make_parent(store)
+    tr, store, parent = away_trainer(tmp_path)
     link, _ = make_link(tmp_path / "agent", tr.endpoint, "robot-r", store)
     try:
         link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard"), parent)

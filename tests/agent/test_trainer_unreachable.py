@@ -26,18 +26,13 @@ from testkit.daemon import (
     linked_daemon,
     query,
     serve,
+    stop_linked,
     training_on_a_job,
     wait_match,
 )
 from testkit.fakes import FakeDriver, make_bundle
-from testkit.trainer import (
-    TINY_FINETUNE,
-    TrainerProcess,
-    free_port,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from testkit.net import free_port, wait_for
+from testkit.trainer import TINY_FINETUNE, TrainerProcess, make_parent, write_service_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -159,9 +154,7 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         errors = query(daemon.db_path, "SELECT data FROM events WHERE topic = 'agent.error'")
         assert errors == [], [dict(r) for r in errors]
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         if tr is not None:
             tr.stop()
 
