@@ -234,12 +234,18 @@ def test_after_an_alert_the_reference_is_the_grasps_that_follow(start_daemon: St
     assert [t for t, _ in sub.seen].count("agent.alarm") == 1
 
 
-def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
-    r = start_daemon()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def _commands_socket(r: Running, kind: int) -> zmq.Socket[bytes]:
+    """A ``kind`` socket connected to ``r``'s command endpoint, 5 s receive timeout."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.RCVTIMEO, 5000)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(r.daemon.endpoints["commands"])
+    return sock
+
+
+def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
+    r = start_daemon()
+    sock = _commands_socket(r, zmq.DEALER)
     cases: list[tuple[list[bytes], str]] = [
         ([b"not json"], "bad_json"),
         ([b'{"v": 9, "type": "command"}'], "bad_version"),
@@ -271,10 +277,7 @@ def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
 
 def test_req_clients_are_answered_too(start_daemon: Start) -> None:
     r = start_daemon()
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(r.daemon.endpoints["commands"])
+    sock = _commands_socket(r, zmq.REQ)
     sock.send_multipart(encode("command", {"id": "r1", "command": "status"}))
     reply = decode(sock.recv_multipart())
     assert reply.header["ok"] and reply.header["id"] == "r1"
