@@ -45,7 +45,7 @@ from agent.detector import (
     llr_increments,
     run_lengths,
 )
-from testkit.streams import binomial_weights
+from testkit.streams import binomial_weights, chart_step
 
 CHANGE_AT = 500
 CHANGES = (500, 2000)
@@ -145,15 +145,7 @@ def simulate_fleet(
             if t == change:
                 ref_at_change = ref_n.copy()
             success = u01[k] < (p0 if t < change or p_after is None else p_after)
-            stat = np.where(success, np.maximum(stat - d, 0), stat + u)
-            hit = stat >= h
-            if t < change:
-                alarms += hit
-            else:
-                new = hit & waiting
-                delay[new] = t + 1 - change
-                waiting &= ~hit
-            stat[hit] = 0
+            chart_step(stat, success, t, change, d, u, h, alarms, delay, waiting)
             grow = ref_n < max_reference
             win_s += success & grow
             win_n += grow

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from agent.detector import SuccessDropDetector
+from bench.flags import flags, parser
 
 
 def clustered_stream(
@@ -94,20 +95,15 @@ def delay(args: argparse.Namespace, phi: float, block: int, rng: np.random.Gener
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--robots", type=int, default=60, help="in-control streams per cell")
     ap.add_argument("--delay-robots", type=int, default=60, help="streams per delay cell")
     ap.add_argument("--horizon", type=int, default=10_000, help="grasps per in-control stream")
-    ap.add_argument("--arl0", type=float, default=1000.0)
-    ap.add_argument("--min-drop", type=float, default=0.15)
-    ap.add_argument("--reference-grasps", type=int, default=100)
-    ap.add_argument("--p0", type=float, default=0.75)
-    ap.add_argument("--drop", type=float, default=0.2)
-    ap.add_argument("--change-at", type=int, default=300)
     ap.add_argument("--set-size", type=int, default=20, help="grasps per object set")
     ap.add_argument("--block", type=int, default=20, help="detector.block_grasps when on")
     ap.add_argument("--phis", default="1,2,3", help="true dispersions to simulate")
-    ap.add_argument("--seed", type=int, default=0)
+    flags(ap, arl0=1000.0, min_drop=0.15, reference_grasps=100, p0=0.75, drop=0.2)
+    flags(ap, change_at=300, seed=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     rows = []

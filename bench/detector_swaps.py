@@ -21,7 +21,6 @@ length. Last line of stdout: one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from agent.config import DetectorConfig, ProbationConfig
 from agent.watch import OutcomeWatch
+from bench.flags import flags, parser
 
 
 def stream(rng: np.random.Generator, n: int, model: str, p0: float, phi: float) -> list[bool]:
@@ -47,15 +47,10 @@ def stream(rng: np.random.Generator, n: int, model: str, p0: float, phi: float) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", choices=["beta", "bad-sets"], default="beta")
-    ap.add_argument("--phi", type=float, default=2.5)
-    ap.add_argument("--p0", type=float, default=0.7)
     ap.add_argument("--parent-phi", type=float, default=None, help="the parent's (beta model)")
-    ap.add_argument("--arl0", type=float, default=5000.0)
-    ap.add_argument("--after", type=int, default=1000)
-    ap.add_argument("--swaps", type=int, default=80)
-    ap.add_argument("--seed", type=int, default=3)
+    flags(ap, phi=2.5, p0=0.7, arl0=5000.0, after=1000, swaps=80, seed=3)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     t0 = time.monotonic()

@@ -38,7 +38,6 @@ Last line of stdout: one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing as mp
@@ -53,6 +52,7 @@ from typing import Any
 from agent.config import config_from_dict
 from agent.ctl import request
 from agent.daemon import Daemon
+from bench.flags import flags, parser
 from drivers.sim.cell import SimCell
 from drivers.sim.conditions import Condition
 from drivers.sim.config import SimConfig, cell_config
@@ -264,15 +264,10 @@ def per_alarm(monitored: int, alarms: int, arl0: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=2)
+    ap = parser(__doc__)
     ap.add_argument("--first-run", type=int, default=0, help="runs K.. (sim seed 1000 + K)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--base", type=int, default=300)
-    ap.add_argument("--baseline", type=int, default=5000)
-    ap.add_argument("--transparent", type=int, default=5000)
-    ap.add_argument("--arl0", type=float, default=1000.0)
     ap.add_argument("--opacity", type=float, default=0.5, help="the transparent objects' opacity")
+    flags(ap, runs=2, workers=2, base=300, baseline=5000, transparent=5000, arl0=1000.0)
     ap.add_argument("--child", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "loop_false_alarms")
     a = ap.parse_args()

@@ -19,7 +19,6 @@ alarm and its ratio to the ARL0. Last line of stdout: one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from agent.config import DetectorConfig, ProbationConfig
 from agent.watch import OutcomeWatch
+from bench.flags import flags, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,13 +80,10 @@ def dispersion_aligned(sets: list[list[bool]]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("streams", nargs="+", type=Path)
     ap.add_argument("--arl0", type=float, nargs="+", default=[1000.0, 5000.0])
-    ap.add_argument("--resampled", type=int, default=400_000)
-    ap.add_argument("--probation", type=int, default=13)
-    ap.add_argument("--reference", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    flags(ap, resampled=400_000, probation=13, reference=200, seed=0)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     streams = [child_stream(p) for p in a.streams]

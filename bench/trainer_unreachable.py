@@ -26,19 +26,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.cli import _attach_trainer_link
 from agent.ctl import request
-from agent.daemon import Daemon
-from testkit.daemon import agent_config, serve, trainer_table
+from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
 from testkit.fakes import FakeDriver
-from testkit.trainer import (
-    TINY_FINETUNE,
-    TrainerProcess,
-    free_port,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from testkit.net import free_port, wait_for
+from testkit.trainer import TINY_FINETUNE, TrainerProcess, make_parent, write_service_config
 
 
 def rss_mb() -> float:
@@ -57,19 +49,16 @@ def main() -> None:
         tmp = Path(tmp_)
         port = free_port()
         base = make_parent(tmp / "incoming")
-        cfg = agent_config(
+        cfg = linked_config(
             tmp,
             tmp / "incoming" / base,
-            lifecycle={"exploration_grasps": args.explore},
-            detector={"enabled": False},
+            f"tcp://127.0.0.1:{port}",
+            "bench",
+            args.explore,
+            {"backoff_min_s": 0.2, "backoff_max_s": 2.0},
             probation={"enabled": False},
-            trainer=trainer_table(
-                f"tcp://127.0.0.1:{port}", "bench", backoff_min_s=0.2, backoff_max_s=2.0
-            ),
         )
-        daemon = Daemon(cfg, FakeDriver(p_success=0.5))
-        link = _attach_trainer_link(daemon, cfg)
-        assert link is not None
+        daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
         th = serve(daemon, ready_s=60)
         tr: TrainerProcess | None = None
         out: dict[str, Any] = {"grasps_away": args.grasps, "jobs": args.jobs}
@@ -155,9 +144,7 @@ def main() -> None:
             )
             out["delivered_exactly_once"] = ok
         finally:
-            daemon.request_stop()
-            th.join(30)
-            link.close()
+            stop_linked(daemon, th, link)
             if tr is not None:
                 tr.stop()
         print(json.dumps(out))

@@ -21,6 +21,7 @@ from agent.bundle import META_FILE, MODEL_FILE, WEIGHTS_FILE, write_bundle
 from agent.cem import CemParams
 from agent.config import PolicyConfig
 from agent.spec import Spec
+from testkit.fakes import q_nodes
 
 PCFG = PolicyConfig(warmup_runs=1, latency_runs=2, probe_images=4)
 """Validation as the tests run it: one warm-up, two timed runs, four probe images."""
@@ -75,15 +76,7 @@ def q_model(
         numpy_helper.from_array(np.asarray(2.0, np.float32), "two"),
     ]
     nodes = [
-        helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["img_f"], ["img_mean"], keepdims=0),
-        helper.make_node("Mul", ["img_mean", "gain"], ["img_term"]),
-        helper.make_node("Sub", [actions_name, "target"], ["diff"]),
-        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
-        helper.make_node("MatMul", ["sq", "ones"], ["dist"]),
-        helper.make_node("Mul", ["dist", "neg_sharp"], ["logit_a"]),
-        helper.make_node("Add", ["logit_a", "img_term"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["q0"]),
+        *q_nodes(actions_name, "q0"),
         *(tail if tail is not None else [helper.make_node("Identity", ["q0"], ["q"])]),
     ]
     graph = helper.make_graph(

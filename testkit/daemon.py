@@ -14,9 +14,11 @@ from typing import Any
 
 import zmq
 
+from agent.cli import _attach_trainer_link
 from agent.config import AgentConfig, config_from_dict
 from agent.ctl import request
 from agent.daemon import Daemon
+from agent.link import TrainerLink
 from agent.wire import decode
 from testkit.fakes import FakeDriver
 
@@ -136,6 +138,47 @@ def trainer_table(endpoint: str, agent_id: str, **over: Any) -> dict[str, Any]:
         "chunk_bytes": 65536,
         **over,
     }
+
+
+def linked_config(
+    tmp_path: Path,
+    bundle: Path,
+    endpoint: str,
+    agent_id: str,
+    explore: int,
+    link: dict[str, Any] | None = None,
+    **over: dict[str, Any],
+) -> AgentConfig:
+    """A test config (:func:`agent_config`) for a daemon that hands its jobs to a trainer at
+    ``endpoint``: ``explore`` exploration grasps per condition, the detector off (the
+    conditions are marked by hand), a ``[trainer]`` table of :func:`trainer_table` with
+    ``link`` merged into it."""
+    return agent_config(
+        tmp_path,
+        bundle,
+        lifecycle={"exploration_grasps": explore},
+        detector={"enabled": False},
+        trainer=trainer_table(endpoint, agent_id, **(link or {})),
+        **over,
+    )
+
+
+def linked_daemon(cfg: AgentConfig, driver: FakeDriver) -> tuple[Daemon, TrainerLink]:
+    """A daemon on ``driver`` with its trainer link attached as ``robot-agent run`` attaches
+    it (``agent.cli._attach_trainer_link``), not yet running (:func:`serve` runs it). The
+    caller closes the link after stopping the daemon."""
+    daemon = Daemon(cfg, driver)
+    link = _attach_trainer_link(daemon, cfg)
+    assert link is not None, "the config names no trainer endpoint"
+    return daemon, link
+
+
+def stop_linked(daemon: Daemon, thread: threading.Thread, link: TrainerLink) -> None:
+    """Stop a daemon of :func:`linked_daemon` running on ``thread`` (:func:`serve`), then
+    close its link (the daemon's last job reports go through it)."""
+    daemon.request_stop()
+    thread.join(30)
+    link.close()
 
 
 def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:

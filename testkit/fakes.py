@@ -91,6 +91,25 @@ def make_fake_driver(
     return FakeDriver(p_success=p_success, seed=seed, grasp_time_s=grasp_time_s)
 
 
+def q_nodes(actions: str, out: str) -> list[Any]:
+    """The ONNX nodes of the tiny Q-function, ``out`` = sigmoid(neg_sharp * |``actions`` -
+    target|^2 + gain * mean(image)) over the initializers ``target``, ``ones`` (3 ones),
+    ``neg_sharp`` and ``gain``; the image term is an image-only subgraph (a trunk to split)."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["img_f"], ["img_mean"], keepdims=0),
+        helper.make_node("Mul", ["img_mean", "gain"], ["img_term"]),
+        helper.make_node("Sub", [actions, "target"], ["diff"]),
+        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
+        helper.make_node("MatMul", ["sq", "ones"], ["dist"]),
+        helper.make_node("Mul", ["dist", "neg_sharp"], ["logit_a"]),
+        helper.make_node("Add", ["logit_a", "img_term"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], [out]),
+    ]
+
+
 def tiny_model(
     target: tuple[float, float, float] = (0.3, -0.2, 0.1),
     sharp: float = 4.0,
@@ -110,17 +129,7 @@ def tiny_model(
         numpy_helper.from_array(np.asarray(-sharp, np.float32), "neg_sharp"),
         numpy_helper.from_array(np.asarray(image_gain, np.float32), "gain"),
     ]
-    nodes = [
-        helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["img_f"], ["img_mean"], keepdims=0),
-        helper.make_node("Mul", ["img_mean", "gain"], ["img_term"]),
-        helper.make_node("Sub", ["actions", "target"], ["diff"]),
-        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
-        helper.make_node("MatMul", ["sq", "ones"], ["dist"]),
-        helper.make_node("Mul", ["dist", "neg_sharp"], ["logit_a"]),
-        helper.make_node("Add", ["logit_a", "img_term"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["q"]),
-    ]
+    nodes = q_nodes("actions", "q")
     graph = helper.make_graph(
         nodes,
         "tiny_q",

@@ -64,20 +64,40 @@ def simulate_streams(
         for k in range(m):
             t = start + k
             success = u01[k] < (p_before if t < change else p_late)
-            s = np.where(success, np.maximum(s - d, 0), s + u)
-            hit = s >= h
-            if hit.any():
-                first[hit & (first == steps)] = t + 1
-                if t < change:
-                    alarms += hit
-                else:
-                    new = hit & waiting
-                    delay[new] = t + 1 - change
-                    waiting &= ~hit
-                s[hit] = 0
+            hit = chart_step(s, success, t, change, d, u, h, alarms, delay, waiting)
+            first[hit & (first == steps)] = t + 1
         if start + m >= change and not waiting.any():
             break
     return StreamRun(alarms=alarms, first_alarm=first, delay=delay)
+
+
+def chart_step(
+    stat: npt.NDArray[np.int64],
+    success: npt.NDArray[np.bool_],
+    t: int,
+    change: int,
+    down: npt.NDArray[np.int64],
+    up: npt.NDArray[np.int64],
+    threshold: npt.NDArray[np.int64],
+    alarms: npt.NDArray[np.int64],
+    delay: npt.NDArray[np.int64],
+    waiting: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.bool_]:
+    """Grasp ``t`` (0-based) of every chart, in place: ``stat`` moves down on a success and up
+    on a failure, and a chart at its threshold alarms and restarts at 0 (as the daemon's). An
+    alarm before ``change`` counts in ``alarms``; the first at or after it sets ``delay``
+    and clears ``waiting``. Returns which charts alarmed."""
+    stat[:] = np.where(success, np.maximum(stat - down, 0), stat + up)
+    hit = stat >= threshold
+    if hit.any():
+        if t < change:
+            alarms += hit
+        else:
+            new = hit & waiting
+            delay[new] = t + 1 - change
+            waiting &= ~hit
+        stat[hit] = 0
+    return hit
 
 
 def binomial_weights(

@@ -234,12 +234,18 @@ def test_after_an_alert_the_reference_is_the_grasps_that_follow(start_daemon: St
     assert [t for t, _ in sub.seen].count("agent.alarm") == 1
 
 
-def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
-    r = start_daemon()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def _commands_socket(r: Running, kind: int) -> zmq.Socket[bytes]:
+    """A ``kind`` socket connected to ``r``'s command endpoint, 5 s receive timeout."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.RCVTIMEO, 5000)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(r.daemon.endpoints["commands"])
+    return sock
+
+
+def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
+    r = start_daemon()
+    sock = _commands_socket(r, zmq.DEALER)
     cases: list[tuple[list[bytes], str]] = [
         ([b"not json"], "bad_json"),
         ([b'{"v": 9, "type": "command"}'], "bad_version"),
@@ -271,10 +277,7 @@ def test_malformed_messages_get_error_replies(start_daemon: Start) -> None:
 
 def test_req_clients_are_answered_too(start_daemon: Start) -> None:
     r = start_daemon()
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(r.daemon.endpoints["commands"])
+    sock = _commands_socket(r, zmq.REQ)
     sock.send_multipart(encode("command", {"id": "r1", "command": "status"}))
     reply = decode(sock.recv_multipart())
     assert reply.header["ok"] and reply.header["id"] == "r1"
@@ -291,38 +294,19 @@ def test_ctl_cli_human_and_json_output(start_daemon: Start) -> None:
     r.wait_for(lambda s: s["grasps"] >= 2)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    base = [sys.executable, "-m", "agent.cli", "ctl"]
     ep = ["--endpoint", r.daemon.endpoints["commands"]]
-    out = subprocess.run(
-        [*base, "status", *ep], capture_output=True, text=True, env=env, timeout=60, cwd=root
-    )
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "agent.cli", "ctl", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=root)
+
+    out = ctl("status", *ep)
     assert out.returncode == 0 and "phase: serving" in out.stdout
-    out = subprocess.run(
-        [*base, "stats", "--json", *ep],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("stats", "--json", *ep)
     assert json.loads(out.stdout)["ok"] is True
-    out = subprocess.run(
-        [*base, "rollback", "nope", *ep],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("rollback", "nope", *ep)
     assert out.returncode == 1 and "error [not_found]" in out.stdout
-    out = subprocess.run(
-        [*base, "status", "--timeout", "0.5", "--endpoint", "tcp://127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=root,
-    )
+    out = ctl("status", "--timeout", "0.5", "--endpoint", "tcp://127.0.0.1:1")
     assert out.returncode == 3 and "no reply" in out.stderr
 
 

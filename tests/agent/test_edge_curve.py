@@ -39,6 +39,12 @@ class Keys:
     other_server_public: Path
     """Another server's public key (a client pinned to it must fail)."""
 
+    def sockets(self) -> SocketsConfig:
+        """The daemon's sockets secured with the server key, admitting the listed clients."""
+        return SocketsConfig(
+            curve_server_secret=str(self.server_secret), curve_clients_dir=str(self.clients)
+        )
+
 
 def _keygen(out: Path, name: str) -> None:
     assert main(["keygen", "--out", str(out), "--name", name]) == 0
@@ -67,10 +73,7 @@ def keys(tmp_path: Path) -> Keys:
 
 @pytest.fixture
 def secured(keys: Keys) -> Iterator[tuple[str, RecordingControl, Security]]:
-    cfg = SocketsConfig(
-        curve_server_secret=str(keys.server_secret), curve_clients_dir=str(keys.clients)
-    )
-    with command_server(cfg) as (endpoint, control, _, sec):
+    with command_server(keys.sockets()) as (endpoint, control, _, sec):
         yield endpoint, control, sec
 
 
@@ -139,15 +142,19 @@ def test_clients_without_the_right_key_execute_nothing(keys: Keys, secured: Any)
     assert control.count() == 1
 
 
+def _started_security(keys: Keys) -> tuple[zmq.Context[zmq.Socket[bytes]], Security]:
+    """A fresh context and the daemon's CURVE security of :meth:`Keys.sockets` started on it
+    (its authenticator running)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sec = Security(keys.sockets())
+    sec.start(ctx)
+    return ctx, sec
+
+
 def test_zap_domain_is_enforced(keys: Keys) -> None:
     """A socket outside the authenticator's ZAP domain admits nobody, not even a listed key."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    cfg = SocketsConfig(
-        curve_server_secret=str(keys.server_secret), curve_clients_dir=str(keys.clients)
-    )
-    sec = Security(cfg)
-    sec.start(ctx)
-    rogue = Security(cfg, domain="elsewhere")
+    ctx, sec = _started_security(keys)
+    rogue = Security(keys.sockets(), domain="elsewhere")
     rogue._keys = sec._keys  # same server keys, other domain, no authenticator of its own
     control = RecordingControl()
     srv = ServerThread(ctx, rogue, control)
@@ -184,12 +191,7 @@ def test_ctl_says_when_the_key_is_refused(keys: Keys, secured: Any) -> None:
 
 
 def test_events_need_a_listed_key(keys: Keys) -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    cfg = SocketsConfig(
-        curve_server_secret=str(keys.server_secret), curve_clients_dir=str(keys.clients)
-    )
-    sec = Security(cfg)
-    sec.start(ctx)
+    ctx, sec = _started_security(keys)
     pub = EventPublisher(ctx, "tcp://127.0.0.1:*")
     endpoint = pub.bind(sec)
 

@@ -8,6 +8,7 @@ all), and a process that dies inside a long decision anyway knows at the next st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,35 +172,39 @@ def _fault_recorded(s: Supervised, child: str) -> None:
     assert len(alarms) == 1 and "hung" in alarms[0], alarms
 
 
-def test_policy_hanging_after_a_world_change_is_cut_off_without_a_watchdog_abort(
-    tmp_path: Path,
-) -> None:
-    s = Supervised(tmp_path, make_bundle(tmp_path / "base"), deadline_s=1.0)
+@contextlib.contextmanager
+def _hanging_after_a_change(tmp: Path, deadline_s: float) -> Iterator[tuple[Supervised, str, str]]:
+    """The agent supervised with ``deadline_s``; once it has grasped 5 times, a child that
+    hangs on a white image is promoted and the world changes (the child now hangs on every
+    image): the supervised agent, the parent and the child. Stops the agent at the end."""
+    s = Supervised(tmp, make_bundle(tmp / "base"), deadline_s=deadline_s)
     s.start()
     try:
         s.wait(lambda: bool((st := s.status()) and st["grasps"] >= 5), 60)
-        base, child = _promote_hanging_child(s, tmp_path)
-        s.world.touch()  # the world changes: the child now hangs on every image
+        base, child = _promote_hanging_child(s, tmp)
+        s.world.touch()
+        yield s, base, child
+    finally:
+        s.stop()
+
+
+def test_policy_hanging_after_a_world_change_is_cut_off_without_a_watchdog_abort(
+    tmp_path: Path,
+) -> None:
+    with _hanging_after_a_change(tmp_path, deadline_s=1.0) as (s, base, child):
         n = len(s.db_rows("SELECT id FROM grasps"))
         s.wait(s.serving(base, grasps=n + 20), 40)
         assert s.aborts <= 1 and s.deaths == []  # cut off by the guard: no abort at all
         assert s.aborts == 0
         _fault_recorded(s, child)
         assert not s.marker.exists()
-    finally:
-        s.stop()
 
 
 def test_agent_killed_inside_a_long_decision_never_serves_that_policy_again(
     tmp_path: Path,
 ) -> None:
     """The deadline is long (60 s) and the process is killed in the decision before it."""
-    s = Supervised(tmp_path, make_bundle(tmp_path / "base"), deadline_s=60.0)
-    s.start()
-    try:
-        s.wait(lambda: bool((st := s.status()) and st["grasps"] >= 5), 60)
-        base, child = _promote_hanging_child(s, tmp_path)
-        s.world.touch()
+    with _hanging_after_a_change(tmp_path, deadline_s=60.0) as (s, base, child):
         s.wait(s.marker.exists, 40)  # the guard names the policy once it is half-way late
         assert s.proc is not None
         s.proc.send_signal(signal.SIGKILL)  # the death the guard could not prevent
@@ -211,5 +216,3 @@ def test_agent_killed_inside_a_long_decision_never_serves_that_policy_again(
             "SELECT count(*) FROM grasps WHERE policy_id = ? AND t_start > ?", child, killed_at
         )
         assert later == [(0,)]
-    finally:
-        s.stop()

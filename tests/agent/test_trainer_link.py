@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from agent.bundle import validate_bundle
-from agent.cli import _attach_trainer_link
 from agent.config import config_from_dict
 from agent.link import TrainerLink
 from testkit.trainer import (
@@ -255,17 +254,12 @@ def test_three_agents_on_one_trainer_fifo(tmp_path: Path) -> None:
 def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None:
     import zmq.auth
 
+    from testkit.curve import make_keys
     from testkit.trainer import Client
     from trainer.service import JobService
     from trainer.service_config import service_config_from_dict
 
-    keys, clients = tmp_path / "keys", tmp_path / "clients"
-    keys.mkdir()
-    clients.mkdir()
-    server_pub, server_sec = zmq.auth.create_certificates(keys, "trainer")
-    agent_pub, agent_sec = zmq.auth.create_certificates(keys, "robot")
-    shutil.copy(agent_pub, clients / "robot.key")
-    zmq.auth.create_certificates(keys, "intruder")
+    keys = make_keys(tmp_path)
     cfg = service_config_from_dict(
         {
             "service": {
@@ -273,8 +267,8 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
                 "data_dir": str(tmp_path / "trainer"),
                 "max_chunk_bytes": 65536,
                 "heartbeat_s": 0.2,
-                "curve_server_secret": str(server_sec),
-                "curve_clients_dir": str(clients),
+                "curve_server_secret": keys.server_secret,
+                "curve_clients_dir": keys.clients,
             },
             "finetune": {**TINY_FINETUNE, "min_gain": 1.0},  # nothing can beat the parent
         }
@@ -290,19 +284,19 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
         endpoint,
         "robot-d",
         store,
-        curve_server_public=str(server_pub),
-        curve_client_secret=str(agent_sec),
+        curve_server_public=keys.server_public,
+        curve_client_secret=keys.client_secret,
     )
     try:
         link.submit(4, make_export(tmp_path / "x" / "job-4", 200, "checkerboard", seed=5), parent)
         wait_for(lambda: link.phases().get(4) == "done", 60, "job 4 acknowledged")
         assert "no_improvement" in rec.of(4) and rec.results == []
         intruder = Client(endpoint, agent="intruder")
-        ipub, isec = zmq.auth.load_certificate(keys / "intruder.key_secret")
+        ipub, isec = zmq.auth.load_certificate(keys.stranger_secret)
         intruder.sock.close(0)
         intruder.sock = intruder.ctx.socket(zmq.DEALER)
         intruder.sock.setsockopt(zmq.LINGER, 0)
-        intruder.sock.curve_serverkey = zmq.auth.load_certificate(server_pub)[0]
+        intruder.sock.curve_serverkey = zmq.auth.load_certificate(keys.server_public)[0]
         intruder.sock.curve_publickey, intruder.sock.curve_secretkey = ipub, isec
         intruder.sock.connect(endpoint)
         intruder.send("jobs", {})
@@ -320,8 +314,7 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
     to end: mark a condition, explore, export, job, fine-tune on the trainer, bundle back,
     swap."""
     from agent.ctl import request
-    from agent.daemon import Daemon
-    from testkit.daemon import agent_config
+    from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
     from testkit.fakes import FakeDriver
 
     class LearnableDriver(FakeDriver):
@@ -344,26 +337,10 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
     tr = trainer(tmp_path, finetune={**TINY_FINETUNE, "min_gain": -1.0, "min_auc": 0.0}).start()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
-    cfg = agent_config(
-        tmp_path,
-        incoming / base,
-        lifecycle={"exploration_grasps": 80},
-        detector={"enabled": False},
-        trainer={
-            "endpoint": tr.endpoint,
-            "agent_id": "robot-w",
-            "heartbeat_s": 0.2,
-            "timeout_s": 1.0,
-            "chunk_bytes": 65536,
-        },
-    )
-    daemon = Daemon(cfg, LearnableDriver())
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, incoming / base, tr.endpoint, "robot-w", 80)
+    daemon, link = linked_daemon(cfg, LearnableDriver())
+    th = serve(daemon)
     try:
-        assert daemon.ready.wait(30)
         ep = daemon.endpoints["commands"]
         # the median is over this condition's grasps only: how many ran before the mark
         # depends on the machine's speed, and made the labels (and the verdict) vary
@@ -380,9 +357,7 @@ def test_daemon_wired_to_the_link_swaps_in_the_trained_child(tmp_path: Path) -> 
         assert meta["parent_id"] == base and meta["condition"] == "checkerboard"
         wait_for(lambda: link.phases().get(1) == "done", 10, "result acknowledged")
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         tr.stop()
 
 

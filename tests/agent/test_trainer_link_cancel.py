@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testkit.trainer import (
-    TrainerProcess,
-    free_port,
-    make_export,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from agent.daemon import Daemon
+from testkit.net import free_port, wait_for
+from testkit.trainer import TrainerProcess, make_export, make_parent, write_service_config
 from tests.agent.test_trainer_link import make_link
 from tests.trainer.test_service_cancel import FOREVER
 
@@ -37,6 +31,28 @@ def forever_trainer(tmp_path: Path, port: int | None = None) -> TrainerProcess:
     return TrainerProcess(cfg, tmp_path / "trainer.log", port)
 
 
+def count_cancels(daemon: Daemon) -> list[int]:
+    """Wrap the cancel hook the CLI wired into ``daemon``: the jobs it is called with, in order
+    (the hook still runs)."""
+    wired = daemon.cancel_hook
+    assert wired is not None
+    calls: list[int] = []
+
+    def cancel_hook(job: int) -> None:
+        calls.append(job)
+        wired(job)
+
+    daemon.set_cancel_hook(cancel_hook)
+    return calls
+
+
+def away_trainer(tmp_path: Path) -> tuple[TrainerProcess, Path, str]:
+    """A trainer that trains forever, not started yet (away), the agent's policy store under
+    ``tmp_path/agent`` and the parent policy in it."""
+    store = tmp_path / "agent" / "policies"
+    return forever_trainer(tmp_path), store, make_parent(store)
+
+
 def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
     return {int(r["agent_job"]): r for r in tr.jobs()["jobs"]}
 
@@ -44,10 +60,7 @@ def rows_by_job(tr: TrainerProcess) -> dict[int, dict[str, Any]]:
 def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one_at_once(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    tr = forever_trainer(tmp_path, port)
-    store = tmp_path / "agent" / "policies"
-    parent = make_parent(store)
+    tr, store, parent = away_trainer(tmp_path)
     link, rec = make_link(tmp_path / "agent", tr.endpoint, "robot-c", store)
     try:
         # the trainer is away: job 1 is cancelled before the link could send anything
@@ -82,44 +95,18 @@ def test_link_cancels_a_waiting_job_while_the_trainer_is_away_and_a_training_one
 
 
 def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: Path) -> None:
-    from agent.cli import _attach_trainer_link
     from agent.ctl import request
-    from agent.daemon import Daemon
-    from testkit.daemon import agent_config
+    from testkit.daemon import linked_config, linked_daemon, serve, stop_linked
     from testkit.fakes import FakeDriver
 
     tr = forever_trainer(tmp_path).start()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
-    cfg = agent_config(
-        tmp_path,
-        incoming / base,
-        lifecycle={"exploration_grasps": 60},
-        detector={"enabled": False},
-        trainer={
-            "endpoint": tr.endpoint,
-            "agent_id": "robot-m",
-            "heartbeat_s": 0.2,
-            "timeout_s": 1.0,
-            "chunk_bytes": 65536,
-        },
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    wired = daemon.cancel_hook  # what the CLI wired, counted
-    assert wired is not None
-    calls: list[int] = []
-
-    def cancel_hook(job: int) -> None:
-        calls.append(job)
-        wired(job)
-
-    daemon.set_cancel_hook(cancel_hook)
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, incoming / base, tr.endpoint, "robot-m", 60)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
+    calls = count_cancels(daemon)
+    th = serve(daemon)
     try:
-        assert daemon.ready.wait(30)
         ep = daemon.endpoints["commands"]
         assert request(ep, "mark-condition", {"name": "checkerboard"})["ok"]
         wait_for(lambda: rows_by_job(tr).get(1, {}).get("state") == "training", 60, "job 1")
@@ -152,43 +139,25 @@ def test_daemon_marking_a_new_condition_stops_its_job_on_the_trainer(tmp_path: P
         assert calls == [1]  # the job's owner cancels once; the link's reports are news
         assert link.phases()[1] == "cancelled"
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         tr.stop()
     # a link that lost a cancel in a crash is handed the cancelled jobs again at each start;
     # this one, done with job 1, leaves it as it is
-    again = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(again, cfg)
-    wired_again = again.cancel_hook
-    assert link is not None and wired_again is not None
-    seen: list[int] = []
-
-    def count_again(job: int) -> None:
-        seen.append(job)
-        wired_again(job)
-
-    again.set_cancel_hook(count_again)
-    th = threading.Thread(target=again.run, daemon=True)
-    th.start()
+    again, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
+    seen = count_cancels(again)
+    th = serve(again)
     try:
-        assert again.ready.wait(30)
         assert seen == [1]
         time.sleep(0.3)
         assert link.phases()[1] == "cancelled"
     finally:
-        again.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(again, th, link)
 
 
 def test_a_cancel_recorded_by_the_link_survives_an_agent_restart(tmp_path: Path) -> None:
     """The link records the cancel before anything else: a new link on the same records
     (the agent restarted before the trainer was reachable) sends it, and nothing uploads."""
-    port = free_port()
-    tr = forever_trainer(tmp_path, port)
-    store = tmp_path / "agent" / "policies"
-    parent = make_parent(store)
+    tr, store, parent = away_trainer(tmp_path)
     link, _ = make_link(tmp_path / "agent", tr.endpoint, "robot-r", store)
     try:
         link.submit(1, make_export(tmp_path / "x" / "job-1", 200, "checkerboard"), parent)

@@ -21,13 +21,11 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.cli import _attach_trainer_link
 from agent.ctl import request
-from agent.daemon import Daemon
 from agent.jobwire import chunk_sha, manifest_of_dir, read_chunk
 from agent.link import TrainerLink
 from agent.wire import WireError, decode, encode
-from testkit.daemon import agent_config, query
+from testkit.daemon import linked_config, linked_daemon, query, serve, stop_linked
 from testkit.fakes import FakeDriver, broken_bundle, make_bundle
 from testkit.trainer import make_export, wait_for
 from tests.agent.test_trainer_link import make_link
@@ -181,20 +179,10 @@ def test_daemon_job_fails_on_an_unverifiable_result_and_grasping_goes_on(
     base = make_bundle(incoming, seed=0)
     result = make_bundle(tmp_path / "trainer-side", seed=7, parent_id=base.name)
     hostile = HostileTrainer(result, mode)
-    cfg = agent_config(
-        tmp_path,
-        base,
-        lifecycle={"exploration_grasps": 20},
-        detector={"enabled": False},
-        trainer={"endpoint": hostile.endpoint, "agent_id": "robot-h", **LINK},
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, base, hostile.endpoint, "robot-h", 20, LINK)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
+    th = serve(daemon)
     try:
-        assert daemon.ready.wait(30)
         assert request(daemon.endpoints["commands"], "mark-condition", {"name": "glare"})["ok"]
         wait_for(lambda: daemon.snapshot()["phase"] == "training", 20, "job 1 submitted")
         grasps: list[int] = []
@@ -214,9 +202,7 @@ def test_daemon_job_fails_on_an_unverifiable_result_and_grasping_goes_on(
         wait_for(lambda: daemon.snapshot()["job"] not in (None, 1), 30, "a second job")
         assert query(daemon.db_path, "SELECT data FROM events WHERE topic = 'agent.error'") == []
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         hostile.close()
 
 
@@ -227,13 +213,19 @@ def staged(root: Path, job: int) -> Path:
     return root / "trainer-link" / "staging" / f"job-{job}"
 
 
-def test_released_result_leaves_no_staged_copy_and_is_never_offered_again(
-    tmp_path: Path,
-) -> None:
+def honest_trainer(tmp_path: Path) -> tuple[Path, Path, Path, HostileTrainer]:
+    """The agent's policy store under ``tmp_path/agent`` with a parent in it, and a trainer
+    that serves a sound child of it: the store, the parent, the child and the trainer."""
     store = tmp_path / "agent" / "policies"
     parent = make_bundle(store, seed=0)
     result = make_bundle(tmp_path / "trainer-side", seed=7, parent_id=parent.name)
-    honest = HostileTrainer(result, "honest")
+    return store, parent, result, HostileTrainer(result, "honest")
+
+
+def test_released_result_leaves_no_staged_copy_and_is_never_offered_again(
+    tmp_path: Path,
+) -> None:
+    store, parent, result, honest = honest_trainer(tmp_path)
     link, rec = make_link(tmp_path / "agent", honest.endpoint, "robot-h", store, **LINK)
     try:
         link.submit(1, make_export(tmp_path / "x" / "job-1", 20, "glare"), parent.name)
@@ -255,10 +247,7 @@ def test_released_result_leaves_no_staged_copy_and_is_never_offered_again(
 def test_result_never_imported_after_its_offers_fails_the_job_at_start(tmp_path: Path) -> None:
     """The daemon went down before importing the result, at every offer: the link does not
     leave the job "improved" for ever (the daemon would wait in TRAINING); it says failed."""
-    store = tmp_path / "agent" / "policies"
-    parent = make_bundle(store, seed=0)
-    result = make_bundle(tmp_path / "trainer-side", seed=7, parent_id=parent.name)
-    honest = HostileTrainer(result, "honest")
+    store, parent, _, honest = honest_trainer(tmp_path)
     link, rec = make_link(tmp_path / "agent", honest.endpoint, "robot-h", store, **LINK)
     try:
         link.submit(1, make_export(tmp_path / "x" / "job-1", 20, "glare"), parent.name)
@@ -284,21 +273,11 @@ def test_daemon_refusing_a_trained_result_cleans_the_staged_copy(tmp_path: Path)
     base = make_bundle(incoming, seed=0)
     bad = broken_bundle(tmp_path / "trainer-side")  # verifies on the wire, Q out of range
     honest = HostileTrainer(bad, "honest")
-    cfg = agent_config(
-        tmp_path,
-        base,
-        lifecycle={"exploration_grasps": 20},
-        detector={"enabled": False},
-        trainer={"endpoint": honest.endpoint, "agent_id": "robot-h", **LINK},
-    )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
-    th = threading.Thread(target=daemon.run, daemon=True)
-    th.start()
+    cfg = linked_config(tmp_path, base, honest.endpoint, "robot-h", 20, LINK)
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5, grasp_time_s=0.002))
+    th = serve(daemon)
     root = cfg.data_path("")
     try:
-        assert daemon.ready.wait(30)
         assert request(daemon.endpoints["commands"], "mark-condition", {"name": "glare"})["ok"]
 
         def refused() -> bool:
@@ -309,9 +288,7 @@ def test_daemon_refusing_a_trained_result_cleans_the_staged_copy(tmp_path: Path)
         wait_for(lambda: not staged(root, 1).exists(), 5, "the staged copy removed")
         assert daemon.snapshot()["policy"] == base.name
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
     again = TrainerLink(cfg, daemon.store, lambda p, j: offered.append(j), lambda *a: None)
     offered: list[int] = []
     again.start()

@@ -18,28 +18,21 @@ from typing import Any
 
 import pytest
 
-from agent.cli import _attach_trainer_link
 from agent.ctl import request
-from agent.daemon import Daemon
 from testkit.daemon import (
     Restart,
     Running,
-    agent_config,
+    linked_config,
+    linked_daemon,
     query,
     serve,
-    trainer_table,
+    stop_linked,
     training_on_a_job,
     wait_match,
 )
 from testkit.fakes import FakeDriver, make_bundle
-from testkit.trainer import (
-    TINY_FINETUNE,
-    TrainerProcess,
-    free_port,
-    make_parent,
-    wait_for,
-    write_service_config,
-)
+from testkit.net import free_port, wait_for
+from testkit.trainer import TINY_FINETUNE, TrainerProcess, make_parent, write_service_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,22 +53,19 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
     port = free_port()
     incoming = tmp_path / "incoming"
     base = make_parent(incoming)
-    cfg = agent_config(
+    cfg = linked_config(
         tmp_path,
         incoming / base,
-        lifecycle={"exploration_grasps": EXPLORE},
-        detector={"enabled": False},
+        f"tcp://127.0.0.1:{port}",  # nobody there yet
+        "robot-u",
+        EXPLORE,
+        {"backoff_min_s": 0.2, "backoff_max_s": 1.0},
         probation={"enabled": False},
         # the latency check compares a child measured now with the parent measured at
         # start-up: on a loaded test machine that ratio is noise (not what this test is about)
         policy={"max_latency_factor": 20.0},
-        trainer=trainer_table(  # nobody there yet
-            f"tcp://127.0.0.1:{port}", "robot-u", backoff_min_s=0.2, backoff_max_s=1.0
-        ),
     )
-    daemon = Daemon(cfg, FakeDriver(p_success=0.5))
-    link = _attach_trainer_link(daemon, cfg)
-    assert link is not None
+    daemon, link = linked_daemon(cfg, FakeDriver(p_success=0.5))
     th = serve(daemon)
     tr: TrainerProcess | None = None
     try:
@@ -164,9 +154,7 @@ def test_trainer_unreachable_for_2000_grasps_memory_bounded_each_job_delivered_o
         errors = query(daemon.db_path, "SELECT data FROM events WHERE topic = 'agent.error'")
         assert errors == [], [dict(r) for r in errors]
     finally:
-        daemon.request_stop()
-        th.join(30)
-        link.close()
+        stop_linked(daemon, th, link)
         if tr is not None:
             tr.stop()
 

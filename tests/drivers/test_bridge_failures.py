@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -145,12 +146,20 @@ def test_heartbeats_keep_a_long_grasp_alive(port: int) -> None:
     assert r.duration_s >= 1.0 and len(robot.grasps) == 1
 
 
-def test_bridge_frozen_during_a_grasp_means_outcome_unknown(port: int) -> None:
+@contextlib.contextmanager
+def gated(port: int) -> Iterator[tuple[ToyRobot, ServerThread, BridgeDriver]]:
+    """A robot whose grasps wait for its gate (closed), its bridge served, and a started
+    client with a 0.3 s timeout; the client is the caller's to close."""
     robot = ToyRobot()
     robot.gate.clear()
     with ServerThread(robot, port) as srv:
         d = client(port, timeout_s=0.3)
         d.start()
+        yield robot, srv, d
+
+
+def test_bridge_frozen_during_a_grasp_means_outcome_unknown(port: int) -> None:
+    with gated(port) as (robot, srv, d):
         threading.Timer(0.2, srv.frozen.set).start()
         t0 = time.monotonic()
         with pytest.raises(DriverUnavailable, match="outcome unknown"):
@@ -164,11 +173,7 @@ def test_bridge_frozen_during_a_grasp_means_outcome_unknown(port: int) -> None:
 
 def test_lost_reply_is_recovered_without_grasping_twice(port: int) -> None:
     """A grasp whose bridge went quiet is asked for again by id: attached, never re-run."""
-    robot = ToyRobot()
-    robot.gate.clear()
-    with ServerThread(robot, port) as srv:
-        d = client(port, timeout_s=0.3)
-        d.start()
+    with gated(port) as (robot, srv, d):
         # the socket loop pauses for longer than timeout_s mid-grasp, then recovers
         threading.Timer(0.1, srv.frozen.set).start()
         threading.Timer(0.5, srv.frozen.clear).start()

@@ -12,6 +12,7 @@ import zmq.auth
 
 from plumbing.config_loader import ConfigError
 from plumbing.curve import ClientKeys, Security, is_loopback_endpoint, require_curve
+from testkit.curve import Keys, make_keys
 
 
 @pytest.mark.parametrize(
@@ -54,25 +55,9 @@ class Server:
     curve_clients_dir: str = ""
 
 
-@dataclass(frozen=True)
-class Keys:
-    server_secret: str
-    server_public: str
-    client_secret: str
-    stranger_secret: str
-    clients: str
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
-    d, clients = tmp_path / "keys", tmp_path / "clients"
-    d.mkdir()
-    clients.mkdir()
-    server_public, server_secret = zmq.auth.create_certificates(d, "server")
-    client_public, client_secret = zmq.auth.create_certificates(d, "client")
-    _, stranger_secret = zmq.auth.create_certificates(d, "stranger")
-    (clients / "client.key").write_text(Path(client_public).read_text())
-    return Keys(server_secret, server_public, client_secret, stranger_secret, str(clients))
+    return make_keys(tmp_path)
 
 
 def test_a_bare_server_refuses_to_start_or_bind_off_loopback() -> None:
