@@ -230,11 +230,13 @@ class SimCell(StartClose):
         return cond
 
     def _apply_schedule(self) -> None:
-        """Switch to the scheduled condition when the grasp count reaches its entry."""
+        """Switch to the scheduled condition (with the step's parameters, else the defaults)
+        when the grasp count reaches its step."""
         i = self._schedule.index_at(self._grasps)
         if i >= 0 and i != self._scheduled:
             self._scheduled = i
-            self.set_condition(self._schedule.entries[i][1])
+            step = self._schedule.steps[i]
+            self.set_condition(step.name, step.params_dict)
 
     def privileged(self) -> Privileged:
         """Ground truth of the last observation (simulation only)."""
