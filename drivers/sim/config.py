@@ -77,7 +77,7 @@ class SimDriverConfig:
     """The sim cell's own sub-table of the agent config (``[driver.sim]``)."""
 
     schedule: tuple[Any, ...] = ()
-    """Conditions by grasp count since start: [[0, "baseline"], [300, "harsh_lighting", {intensity = 0.5}]]."""  # noqa: E501  (one line: it is the example TOML's comment)
+    """Conditions by grasp count: [[0, "baseline"], [300, "transparent", {opacity = 0.3}]]."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from agent.bundle import validate_bundle
 from agent.bundle_errors import BundleError
 from agent.config import config_from_dict
-from drivers.sim.conditions import CONDITION_NAMES
+from drivers.sim.conditions import CONDITION_NAMES, make_condition
 from plumbing.config_loader import ConfigError
 from trainer.demo.setup import (
     SCHEDULES,
@@ -107,7 +107,8 @@ def check(
         steps = plan.steps()  # the parameters, checked by the sim's own schedule parser
     except ValueError as exc:
         raise ValueError(f"--schedule {schedule!r}: {exc}") from exc
-    if any((a.name, a.params) == (b.name, b.params) for a, b in itertools.pairwise(steps)):
+    worlds = [make_condition(s.name, s.params_dict) for s in steps]
+    if any(a == b for a, b in itertools.pairwise(worlds)):
         raise ValueError(f"--schedule {schedule!r}: a condition follows itself (no change)")
     if window < 1:
         raise ValueError(f"--window {window}: must be >= 1")
