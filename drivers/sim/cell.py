@@ -236,7 +236,9 @@ class SimCell(StartClose):
         if i >= 0 and i != self._scheduled:
             self._scheduled = i
             step = self._schedule.steps[i]
-            self.set_condition(step.name, step.params_dict)
+            # None for a step without parameters, as set_condition(name): a subclass may read None
+            # as "none given" and set its own (bench/loop_false_alarms.py's SeveritySimCell does)
+            self.set_condition(step.name, step.params_dict or None)
 
     def privileged(self) -> Privileged:
         """Ground truth of the last observation (simulation only)."""

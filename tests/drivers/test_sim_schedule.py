@@ -194,3 +194,22 @@ def test_cell_applies_a_steps_parameters_when_it_switches_and_defaults_without()
     assert seen[2] == defaults  # a step without parameters: the defaults, not the last step's
     # intensity 0 is indoor light: the full lamp at the next step changes what the camera sees
     assert np.abs(images[1] - images[0]).mean() > 2
+
+
+def test_step_without_parameters_reaches_set_condition_as_none_for_subclasses() -> None:
+    """bench/loop_false_alarms.py's cell sets its own severity when the schedule gives none."""
+    from drivers.sim.conditions import Condition
+
+    calls: list[tuple[str, dict[str, float] | None]] = []
+
+    class Recording(SimCell):
+        def set_condition(self, name: str, params: dict[str, float] | None = None) -> Condition:
+            calls.append((name, params))
+            return super().set_condition(name, params)
+
+    cfg = SimConfig(
+        n_objects=1, schedule=((0, "transparent"), (1, "checkerboard", {"contrast": 0.5}))
+    )
+    with Recording(cfg) as cell:
+        cell.execute(np.zeros(3, np.float32))
+    assert calls == [("transparent", None), ("checkerboard", {"contrast": 0.5})]
