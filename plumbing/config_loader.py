@@ -86,6 +86,8 @@ def build_dataclass(cls: type[Any], raw: Any, prefix: str = "") -> Any:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if tp is Any:  # the class (or its owner's check) validates this value itself
+        return value
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return build_dataclass(tp, value, key + ".")

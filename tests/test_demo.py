@@ -504,3 +504,66 @@ def test_a_drop_below_min_drop_is_not_called_missed() -> None:
     assert "missed" not in text and "below the detector's min_drop" in text
     big = summarise(grasps, [], [(0, "baseline"), (400, "transparent")], min_drop=0.05)
     assert big.segments[1].missed and "missed (a drop with no alarm)" in summary_text(big)
+
+
+def test_schedule_option_steps_with_parameters_reach_the_sim_cell_and_label_segments(
+    tmp_path: Path,
+) -> None:
+    """``--schedule`` takes the sim's step syntax: the parameters go into the generated agent
+    config, through the agent's config loader into the cell, and label the report's segments."""
+    from agent.driver_types import make_driver
+    from drivers.registry import BUILTIN
+    from drivers.sim.cell import SimCell
+    from trainer.demo.options import options_from_args
+
+    step = "harsh_lighting:light_azimuth_deg=200:intensity=0.5"
+    args = build_parser().parse_args(
+        ["--out", str(tmp_path / "run"), "--schedule", f"baseline,{step},harsh_lighting"]
+    )
+    demo = Demo(options_from_args(args), io.StringIO())  # checks only: nothing starts
+    plan = demo.plan
+    assert plan.schedule() == [
+        [0, "baseline"],
+        [300, "harsh_lighting", {"light_azimuth_deg": 200.0, "intensity": 0.5}],
+        [1100, "harsh_lighting"],
+    ]
+    labelled = plan.labelled()
+    assert labelled == [
+        (0, "baseline"),
+        (300, "harsh_lighting(light_azimuth_deg=200, intensity=0.5)"),
+        (1100, "harsh_lighting"),
+    ]
+    ep = Endpoints("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3")
+    a = agent_config(demo.checked.agent_template, plan, tmp_path / "agent", ep, demo.checked.bundle)
+    cfg = config_from_dict(tomllib.loads(dumps_toml(a)), BUILTIN)
+    assert cfg.driver.settings.sim.schedule[1][2] == {"light_azimuth_deg": 200, "intensity": 0.5}
+    cell = make_driver(cfg.driver, BUILTIN)
+    assert isinstance(cell, SimCell)
+    assert cell.config.schedule[1] == (300, "harsh_lighting", plan.schedule()[1][2])
+    # the analysis keys segments by label: the same condition twice is two segments
+    grasps = [Grasp(i, float(i), True, PARENT, "serve") for i in range(1200)]
+    segs = summarise(grasps, [], labelled).segments
+    assert [s.condition for s in segs] == [n for _, n in labelled]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "says"),
+    [
+        (
+            "baseline,harsh_lighting:azimuth=200",
+            "condition 'harsh_lighting' has no parameter 'azimuth'; allowed: intensity",
+        ),
+        ("baseline,transparent:opacity", "parameter 'opacity' must look like key=value"),
+        ("baseline,transparent:opacity=lots", "parameter 'opacity': 'lots' is not a number"),
+        ("baseline,baseline:x=1", "--schedule[1]: condition 'baseline' has no parameter 'x'"),
+        # the defaults spelt out are the same world: no change
+        ("harsh_lighting:intensity=1,harsh_lighting", "a condition follows itself"),
+    ],
+)
+def test_schedule_step_parameter_errors_fail_at_once_naming_step_and_key(
+    tmp_path: Path, schedule: str, says: str
+) -> None:
+    with pytest.raises(ValueError) as ei:  # the checks, before anything starts
+        Demo(DemoOptions(out=tmp_path / "run", schedule=schedule), io.StringIO())
+    assert says in str(ei.value)
+    assert not (tmp_path / "run").exists()

@@ -230,11 +230,15 @@ class SimCell(StartClose):
         return cond
 
     def _apply_schedule(self) -> None:
-        """Switch to the scheduled condition when the grasp count reaches its entry."""
+        """Switch to the scheduled condition (with the step's parameters, else the defaults)
+        when the grasp count reaches its step."""
         i = self._schedule.index_at(self._grasps)
         if i >= 0 and i != self._scheduled:
             self._scheduled = i
-            self.set_condition(self._schedule.entries[i][1])
+            step = self._schedule.steps[i]
+            # None for a step without parameters, as set_condition(name): a subclass may read None
+            # as "none given" and set its own (bench/loop_false_alarms.py's SeveritySimCell does)
+            self.set_condition(step.name, step.params_dict or None)
 
     def privileged(self) -> Privileged:
         """Ground truth of the last observation (simulation only)."""

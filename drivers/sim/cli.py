@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,18 +130,13 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_schedule_arg(text: str) -> tuple[tuple[int, str], ...]:
-    """``"0:baseline,300:harsh_lighting"`` -> ((0, "baseline"), (300, "harsh_lighting"))."""
-    from drivers.sim.schedule import parse_schedule
+def parse_schedule_arg(text: str) -> tuple[tuple[Any, ...], ...]:
+    """``"0:baseline,300:harsh_lighting:intensity=0.5"`` -> ((0, "baseline"), (300,
+    "harsh_lighting", {"intensity": 0.5})); see :mod:`drivers.sim.schedule` for the syntax."""
+    from drivers.sim.schedule import parse_schedule_text
 
-    entries: list[list[object]] = []
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        count, sep, name = item.partition(":")
-        if not sep or not count.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"schedule entry {item!r} must look like COUNT:NAME")
-        entries.append([int(count), name.strip()])
     try:
-        return parse_schedule(entries).entries
+        return parse_schedule_text(text).entries
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -216,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         type=parse_schedule_arg,
         default=(),
-        help="conditions by grasp count, e.g. 0:baseline,300:harsh_lighting",
+        help="conditions by grasp count, each step COUNT:NAME[:key=value...], e.g. "
+        "0:baseline,300:harsh_lighting:light_azimuth_deg=200",
     )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--objects", type=int, default=5, help="objects in the bin")

@@ -59,8 +59,9 @@ class SimConfig:
     """Initial condition name (see drivers.sim.conditions)."""
     condition_params: dict[str, float] = field(default_factory=dict)
     """Severity overrides of the initial condition."""
-    schedule: tuple[tuple[int, str], ...] = ()
-    """(grasp count since start, condition) pairs: the world changes by itself (see schedule.py)."""
+    schedule: tuple[tuple[Any, ...], ...] = ()
+    """(grasp count since start, condition[, {parameters}]) steps: the world changes by itself
+    (see schedule.py)."""
     success_height_m: float = 0.12
     """An object is lifted when its base is this far above the floor."""
     step_penalty: float = 0.0
@@ -75,8 +76,8 @@ class SimConfig:
 class SimDriverConfig:
     """The sim cell's own sub-table of the agent config (``[driver.sim]``)."""
 
-    schedule: tuple[tuple[int, str], ...] = ()
-    """Conditions by grasp count since the cell started: [[0, "baseline"], [300, "transparent"]]."""
+    schedule: tuple[Any, ...] = ()
+    """Conditions by grasp count: [[0, "baseline"], [300, "transparent", {opacity = 0.3}]]."""
 
 
 @dataclass(frozen=True)
@@ -119,4 +120,5 @@ def check_settings(s: SimDriverSettings, prefix: str = "driver.") -> None:
 
 def cell_config(s: SimDriverSettings) -> SimConfig:
     """The cell's config for these settings."""
-    return SimConfig(seed=s.seed, condition=s.condition, schedule=s.sim.schedule, **s.options)
+    schedule = parse_schedule(s.sim.schedule, "driver.sim.schedule").entries
+    return SimConfig(seed=s.seed, condition=s.condition, schedule=schedule, **s.options)

@@ -44,6 +44,20 @@ def test_sim_schedule_from_toml_reaches_the_cell(tmp_path: Path) -> None:
     assert cell.config.schedule == ((0, "baseline"), (300, "harsh_lighting"), (600, "transparent"))
 
 
+def test_sim_schedule_step_parameters_from_toml_reach_the_cell(tmp_path: Path) -> None:
+    p = tmp_path / "a.toml"
+    p.write_text(
+        '[driver]\ntype = "sim"\n[driver.sim]\n'
+        'schedule = [[0, "baseline"], [300, "harsh_lighting", {light_azimuth_deg = 200}]]\n'
+    )
+    cell = make_driver(load_config(p).driver)
+    assert isinstance(cell, SimCell)
+    assert cell.config.schedule == (
+        (0, "baseline"),
+        (300, "harsh_lighting", {"light_azimuth_deg": 200.0}),
+    )
+
+
 def test_bridge_type_builds_a_bridge_driver_with_its_table() -> None:
     cfg = config_from_dict(
         {
@@ -78,11 +92,24 @@ def test_bridge_type_builds_a_bridge_driver_with_its_table() -> None:
         ({"sim": {"schedule": [[0, "fog"]]}}, "driver.sim.schedule[0]: unknown condition 'fog'"),
         (
             {"sim": {"schedule": [[0, "baseline", 1]]}},
-            "driver.sim.schedule[0] must be an array of 2",
+            "driver.sim.schedule[0]: parameters 1 must be a table",
+        ),
+        (
+            {"sim": {"schedule": [[0, "baseline", {}, 4]]}},
+            "driver.sim.schedule[0] = [0, 'baseline', {}, 4]: must be [grasp_count, ",
         ),
         (
             {"sim": {"schedule": [["a", "baseline"]]}},
-            "driver.sim.schedule[0][0] must be an integer",
+            "driver.sim.schedule[0]: grasp count 'a' must be an integer",
+        ),
+        (
+            {"sim": {"schedule": [[0, "baseline"], [9, "harsh_lighting", {"azimuth": 200}]]}},
+            "driver.sim.schedule[1]: condition 'harsh_lighting' has no parameter 'azimuth'; "
+            "allowed: intensity, light_azimuth_deg",
+        ),
+        (
+            {"sim": {"schedule": [[0, "transparent", {"opacity": "high"}]]}},
+            "driver.sim.schedule[0]: condition 'transparent' parameter 'opacity' must be a number",
         ),
         (
             {"type": "bridge", "bridge": {"endpoint": "tcp://10.0.0.2:5570"}},

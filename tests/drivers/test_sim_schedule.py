@@ -97,3 +97,119 @@ def test_sim_bridge_process_follows_its_schedule_unannounced() -> None:
     same = np.abs(images[1] - images[0]).mean()
     changed = np.abs(images[2] - images[1]).mean()
     assert changed > 5 and changed > 3 * same  # the floor turned into a checkerboard at grasp 2
+
+
+def test_schedule_step_parameters_parse_to_steps_entries_and_labels() -> None:
+    s = parse_schedule(
+        [[0, "baseline"], [3, "harsh_lighting", {"light_azimuth_deg": 200, "intensity": 0.9}]]
+    )
+    assert s.steps[1].params == (("light_azimuth_deg", 200.0), ("intensity", 0.9))
+    assert s.steps[1].label == "harsh_lighting(light_azimuth_deg=200, intensity=0.9)"
+    assert s.steps[0].label == "baseline"
+    assert s.entries == (
+        (0, "baseline"),
+        (3, "harsh_lighting", {"light_azimuth_deg": 200.0, "intensity": 0.9}),
+    )
+    assert parse_schedule(s.entries) == s  # the config form parses back to the same schedule
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (
+            [[0, "harsh_lighting", {"azimuth": 200}]],
+            "schedule[0]: condition 'harsh_lighting' has no parameter 'azimuth'; allowed: "
+            "intensity, light_azimuth_deg, light_elevation_deg",
+        ),
+        (
+            [[0, "baseline"], [4, "baseline", {"intensity": 1}]],
+            "schedule[1]: condition 'baseline' has no parameter 'intensity'; allowed: (none)",
+        ),
+        (
+            [[0, "transparent", {"opacity": True}]],
+            "schedule[0]: condition 'transparent' parameter 'opacity' must be a number",
+        ),
+        ([[0, "transparent", [0.3]]], "schedule[0]: parameters [0.3] must be a table"),
+        ([[0, "transparent", {}, 1]], "or [grasp_count, condition_name, {parameters}]"),
+    ],
+)
+def test_bad_schedule_step_parameters_name_the_step_and_the_allowed_keys(
+    raw: list,  # type: ignore[type-arg]
+    needle: str,
+) -> None:
+    with pytest.raises(ValueError) as ei:
+        parse_schedule(raw)
+    assert needle in str(ei.value)
+
+
+def test_schedule_cli_steps_take_key_value_segments() -> None:
+    import argparse
+
+    from drivers.sim.cli import build_parser, parse_schedule_arg
+
+    assert parse_schedule_arg(
+        "0:baseline,300:harsh_lighting:light_azimuth_deg=200:intensity=0.9,600:transparent"
+    ) == (
+        (0, "baseline"),
+        (300, "harsh_lighting", {"light_azimuth_deg": 200.0, "intensity": 0.9}),
+        (600, "transparent"),
+    )
+    args = build_parser().parse_args(["bridge", "--schedule", "0:offset_gripper:offset_cm=4"])
+    assert args.schedule == ((0, "offset_gripper", {"offset_cm": 4.0}),)
+    bad = [
+        ("0:harsh_lighting:azimuth=200", "--schedule[0]: condition 'harsh_lighting' has no "),
+        ("0:harsh_lighting:intensity", "--schedule[0] '0:harsh_lighting:intensity': parameter"),
+        ("0:harsh_lighting:intensity=high", "parameter 'intensity': 'high' is not a number"),
+        ("0:baseline,5:checkerboard:contrast=0.5:x=1", "--schedule[1]: condition 'checkerboard'"),
+        ("5:", "must look like COUNT:NAME or COUNT:NAME:key=value"),
+    ]
+    for text, needle in bad:
+        with pytest.raises(argparse.ArgumentTypeError) as ei:
+            parse_schedule_arg(text)
+        assert needle in str(ei.value), (text, str(ei.value))
+
+
+def test_cell_applies_a_steps_parameters_when_it_switches_and_defaults_without() -> None:
+    from drivers.sim.conditions import HarshLighting, condition_params
+
+    cfg = SimConfig(
+        seed=2,
+        n_objects=2,
+        schedule=(
+            (0, "harsh_lighting", {"intensity": 0.0}),
+            (1, "harsh_lighting", {"light_azimuth_deg": 200.0}),
+            (2, "harsh_lighting"),
+        ),
+    )
+    seen: list[dict[str, float]] = []
+    images = []
+    with SimCell(cfg) as cell:
+        for _ in range(3):
+            seen.append(condition_params(cell.condition))
+            images.append(cell.observe().image.astype(int))
+            cell.execute(np.zeros(3, np.float32))
+    defaults = condition_params(HarshLighting())
+    assert seen[0] == {**defaults, "intensity": 0.0}
+    assert seen[1] == {**defaults, "light_azimuth_deg": 200.0}
+    assert seen[2] == defaults  # a step without parameters: the defaults, not the last step's
+    # intensity 0 is indoor light: the full lamp at the next step changes what the camera sees
+    assert np.abs(images[1] - images[0]).mean() > 2
+
+
+def test_step_without_parameters_reaches_set_condition_as_none_for_subclasses() -> None:
+    """bench/loop_false_alarms.py's cell sets its own severity when the schedule gives none."""
+    from drivers.sim.conditions import Condition
+
+    calls: list[tuple[str, dict[str, float] | None]] = []
+
+    class Recording(SimCell):
+        def set_condition(self, name: str, params: dict[str, float] | None = None) -> Condition:
+            calls.append((name, params))
+            return super().set_condition(name, params)
+
+    cfg = SimConfig(
+        n_objects=1, schedule=((0, "transparent"), (1, "checkerboard", {"contrast": 0.5}))
+    )
+    with Recording(cfg) as cell:
+        cell.execute(np.zeros(3, np.float32))
+    assert calls == [("transparent", None), ("checkerboard", {"contrast": 0.5})]

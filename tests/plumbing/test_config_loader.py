@@ -6,7 +6,7 @@ import argparse
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -122,3 +122,14 @@ def test_from_options_keeps_the_default_of_an_option_not_given() -> None:
     args = argparse.Namespace(name="y", n=None, rate=2.0, unrelated=1)
     cfg = from_options(Outer, args, rate=3.0)
     assert cfg == Outer(name="y", n=Outer().n, rate=3.0)  # None: default; given wins
+
+
+def test_any_typed_items_pass_through_for_their_owner_to_check() -> None:
+    @dataclass(frozen=True)
+    class Steps:
+        steps: tuple[Any, ...] = ()
+
+    raw = {"steps": [[0, "a"], [5, "b", {"k": 1.5}]]}
+    assert build_dataclass(Steps, raw).steps == ([0, "a"], [5, "b", {"k": 1.5}])
+    with pytest.raises(ConfigError, match=r"t\.steps must be an array"):
+        build_dataclass(Steps, {"steps": 3}, "t.")

@@ -17,7 +17,7 @@ from typing import Any
 from agent.bundle import validate_bundle
 from agent.bundle_errors import BundleError
 from agent.config import config_from_dict
-from drivers.sim.conditions import CONDITION_NAMES
+from drivers.sim.conditions import CONDITION_NAMES, make_condition
 from plumbing.config_loader import ConfigError
 from trainer.demo.setup import (
     SCHEDULES,
@@ -91,14 +91,24 @@ def check(
 ) -> Checked:
     """Check a run's options (paths already resolved); raises ValueError naming the option."""
     conditions = parse_conditions(schedule)
-    unknown = [c for c in conditions if c not in CONDITION_NAMES]
+    plan = RunPlan(conditions, baseline_grasps, grasps_per_condition)
+    try:
+        names = plan.names()
+    except ValueError as exc:
+        raise ValueError(f"--schedule {schedule!r}: {exc}") from exc
+    unknown = [c for c in names if c not in CONDITION_NAMES]
     if unknown:
         raise ValueError(
             f"--schedule {schedule!r}: unknown condition(s) {', '.join(map(repr, unknown))}; "
             f"use {' or '.join(SCHEDULES)} or a comma-separated list of "
-            f"{', '.join(CONDITION_NAMES)}"
+            f"{', '.join(CONDITION_NAMES)} (each optionally NAME:key=value[:key=value...])"
         )
-    if any(a == b for a, b in itertools.pairwise(conditions)):
+    try:
+        steps = plan.steps()  # the parameters, checked by the sim's own schedule parser
+    except ValueError as exc:
+        raise ValueError(f"--schedule {schedule!r}: {exc}") from exc
+    worlds = [make_condition(s.name, s.params_dict) for s in steps]
+    if any(a == b for a, b in itertools.pairwise(worlds)):
         raise ValueError(f"--schedule {schedule!r}: a condition follows itself (no change)")
     if window < 1:
         raise ValueError(f"--window {window}: must be >= 1")
@@ -135,7 +145,6 @@ def check(
     except BundleError as exc:
         raise ValueError(f"--bundle {bundle}: not a usable policy bundle ({exc})") from exc
     base = base_source(base_grasps, base_archive, bundle_id)
-    plan = RunPlan(conditions, baseline_grasps, grasps_per_condition)
     ep = Endpoints("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3")
     data = Path("/nonexistent/robot-demo-check")
     try:

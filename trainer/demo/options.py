@@ -28,7 +28,8 @@ class DemoOptions:
     schedule: str = "default"
     """The world's conditions in order: "default" (baseline -> harsh_lighting -> transparent
     -> checkerboard), "paper" (adds extend_gripper -> offset_gripper) or a comma-separated
-    list of conditions (the first is the start)."""
+    list of conditions (the first is the start), each NAME or NAME:key=value[:key=value...]
+    to set its severity (e.g. harsh_lighting:light_azimuth_deg=200)."""
     baseline_grasps: int = 300
     """Grasps under the first condition (at least the detector's reference, 200)."""
     grasps_per_condition: int = 800

@@ -194,7 +194,7 @@ class Demo:
     def watch(self, agent: Child, trainer: Child, events: EventStream, commands: str) -> None:
         """Show events until the agent exits (or the time limit, a failed child, a stop)."""
         view = LiveView(
-            [(int(c), str(n)) for c, n in self.plan.schedule()],
+            self.plan.labelled(),
             self.plan.total_grasps,
             self.opts.window,
         )
@@ -243,7 +243,7 @@ class Demo:
         """PNG, summary.txt and summary.json from the agent's grasp log."""
         db = self.out / "agent" / "grasps.db"
         grasps, events = read_run(db)
-        schedule = [(int(c), str(n)) for c, n in self.plan.schedule()]
+        schedule = self.plan.labelled()
         total = self.plan.total_grasps
         reason = self.stop_reason
         if reason is None and len(grasps) < total:
@@ -310,8 +310,8 @@ class Demo:
                 return 130
             a_path, t_path, ep = self.write_configs(base)
             self.say(
-                f"world: {' -> '.join(self.plan.conditions)} at grasps "
-                f"{[c for c, _ in self.plan.schedule()]}; {self.plan.total_grasps} grasps in all"
+                f"world: {' -> '.join(label for _, label in self.plan.labelled())} at grasps "
+                f"{self.plan.counts()}; {self.plan.total_grasps} grasps in all"
                 " (the agent is not told)"
             )
             py = sys.executable

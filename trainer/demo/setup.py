@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.sim.schedule import Step, parse_schedule, split_step
+
 SCHEDULES: dict[str, tuple[str, ...]] = {
     "default": ("baseline", "harsh_lighting", "transparent", "checkerboard"),
     "paper": (
@@ -36,18 +38,40 @@ class RunPlan:
     """What one demo run does."""
 
     conditions: tuple[str, ...]
-    """The world's conditions in order (the first is where it starts)."""
+    """The world's steps in order (the first is where it starts), each ``NAME`` or
+    ``NAME:key=value[:key=value...]`` (severity parameters, see drivers.sim.schedule)."""
     baseline_grasps: int
     """Grasps under the first condition."""
     grasps_per_condition: int
     """Grasps under each later condition."""
 
+    def counts(self) -> list[int]:
+        """The grasp count at which each step begins."""
+        later = range(len(self.conditions) - 1)
+        return [0] + [self.baseline_grasps + i * self.grasps_per_condition for i in later]
+
     def schedule(self) -> list[list[Any]]:
-        """The sim driver's ``[driver.sim] schedule``: [[grasp count, condition], ...]."""
-        out: list[list[Any]] = [[0, self.conditions[0]]]
-        for i, name in enumerate(self.conditions[1:]):
-            out.append([self.baseline_grasps + i * self.grasps_per_condition, name])
+        """The sim driver's ``[driver.sim] schedule``: [[grasp count, condition], ...], a step
+        with parameters as [grasp count, condition, {parameters}] (ValueError on a step whose
+        ``key=value`` is malformed)."""
+        out: list[list[Any]] = []
+        for count, text in zip(self.counts(), self.conditions, strict=True):
+            name, params = split_step(text)
+            out.append([count, name, params] if params else [count, name])
         return out
+
+    def steps(self) -> tuple[Step, ...]:
+        """The checked schedule (ValueError naming the step, the key and the allowed keys)."""
+        return parse_schedule(self.schedule(), "--schedule").steps
+
+    def names(self) -> tuple[str, ...]:
+        """The condition name of each step."""
+        return tuple(split_step(text)[0] for text in self.conditions)
+
+    def labelled(self) -> list[tuple[int, str]]:
+        """(grasp count, label) of each step, the label ``name`` or ``name(key=value, ...)``:
+        what the analysis, plot and terminal key segments by."""
+        return [(s.count, s.label) for s in self.steps()]
 
     @property
     def total_grasps(self) -> int:
@@ -56,7 +80,8 @@ class RunPlan:
 
 
 def parse_conditions(text: str) -> tuple[str, ...]:
-    """A schedule name ("default", "paper") or a comma-separated list of conditions."""
+    """A schedule name ("default", "paper") or a comma-separated list of steps, each
+    ``NAME`` or ``NAME:key=value[:key=value...]``."""
     if text in SCHEDULES:
         return SCHEDULES[text]
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -98,14 +123,14 @@ def agent_config(
     table["max_grasps"] = plan.total_grasps
     driver = _table(cfg, "driver")
     driver["type"] = "sim"
-    driver["condition"] = plan.conditions[0]
+    driver["condition"] = plan.names()[0]
     sim = dict(driver.get("sim", {}))
     sim["schedule"] = plan.schedule()
     driver["sim"] = sim
     _table(cfg, "policy")["bundle"] = str(bundle)
     life = _table(cfg, "lifecycle")
     life["on_alarm"] = "mark"
-    life["initial_condition"] = plan.conditions[0]
+    life["initial_condition"] = plan.names()[0]
     if exploration_grasps is not None:
         life["exploration_grasps"] = exploration_grasps
     sockets = _table(cfg, "sockets")
