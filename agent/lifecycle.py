@@ -5,30 +5,78 @@
     SERVING(c, p) --alarm(mark) | mark-condition--> EXPLORING(c', p)   collect N grasps
     EXPLORING(c', p) --alarm(mark)-->   EXPLORING(c'', p)  the world changed again: explore afresh
     EXPLORING --N grasps | finetune-->  TRAINING(c', p)                job submitted; p serves
-    TRAINING --policy ready-->          SERVING(c', p')  on probation against p
-    TRAINING --no improvement-->        SERVING(c', p)   the parent serves on
+    TRAINING --policy ready-->          RACING(c', p | p')  p' races p on the robot's grasps
+    RACING --p' wins-->                 EXPLORING(c', p') the next round, or SERVING(c', p')
+    RACING --p wins-->                  EXPLORING(c', p)  the next round, or SERVING(c', p)
+    TRAINING --no improvement-->        EXPLORING(c', p)  the next round, or SERVING(c', p)
     TRAINING --export kept-->           SERVING(c', p)   no trainer: the export waits on disk
+    TRAINING --policy ready, no race--> SERVING(c', p')  on probation against p
     on probation --passed-->            p' joins the good policies (last good = p')
     on probation --failed-->            SERVING(c', last good)  p' rejected, alarm
     any --policy fault (p)-->           last good other than p; p rejected, alarm
     any --promote ID-->                 SERVING(c, ID)  on probation against the old policy
     any --rollback ID-->                SERVING(c, ID)  trusted: joins the good policies
 
-The state is the one owner of "which policy is active" (``policy``) and of
-the persisted "last good" pointer (the last of ``good``: policies that passed
-probation or that an operator rolled back to, most recent last). The daemon
-never swaps a policy in unless an event here says so.
+Rounds (:mod:`agent.rounds`): after a change, a race (or a job without a child) is followed
+by another round (collect ``rounds.round_grasps`` grasps, train, race) until the serving
+policy's race level is back within a margin of the level before the change, or on a
+plateau or a budget; then the agent serves. A race (:mod:`agent.race`) serves the parent and
+the child on alternate grasps (:attr:`State.serving`) and decides by a sequential paired
+test: the winner serves and joins the good policies, a losing child is rejected.
 
-:func:`step` takes a state and an event and returns the next state and the
-effects the daemon must carry out (submit a job, swap or roll back the policy,
-reject a policy, publish an alarm). Illegal events raise :class:`LifecycleError`.
+The state is the one owner of "which policy is active" (``policy``; during a race, the
+parent: :attr:`State.serving` names the arm of the next grasp) and of the persisted "last
+good" pointer (the last of ``good``: policies that passed probation, won a race or that an
+operator rolled back to, most recent last). The daemon never swaps a policy in unless an
+event here says so.
+
+:func:`step` takes a state and an event and returns the next state and the effects the daemon
+must carry out (submit a job, swap or roll back the policy, reject a policy, publish an alarm
+or a race's news). Illegal events raise :class:`LifecycleError`. The events and effects are
+declared in :mod:`agent.lifecycle_events` (re-exported here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from agent import rounds as rd
+from agent.lifecycle_events import Alarm as Alarm
+from agent.lifecycle_events import CancelJob as CancelJob
+from agent.lifecycle_events import Effect as Effect
+from agent.lifecycle_events import Event as Event
+from agent.lifecycle_events import Finetune as Finetune
+from agent.lifecycle_events import GraspDone as GraspDone
+from agent.lifecycle_events import JobFailed as JobFailed
+from agent.lifecycle_events import JobKept as JobKept
+from agent.lifecycle_events import JobNoImprovement as JobNoImprovement
+from agent.lifecycle_events import JobSubmitted as JobSubmitted
+from agent.lifecycle_events import MarkCondition as MarkCondition
+from agent.lifecycle_events import NewCondition as NewCondition
+from agent.lifecycle_events import PolicyFault as PolicyFault
+from agent.lifecycle_events import PolicyReady as PolicyReady
+from agent.lifecycle_events import ProbationFailed as ProbationFailed
+from agent.lifecycle_events import ProbationPassed as ProbationPassed
+from agent.lifecycle_events import Promote as Promote
+from agent.lifecycle_events import RaiseAlarm as RaiseAlarm
+from agent.lifecycle_events import RejectPolicy as RejectPolicy
+from agent.lifecycle_events import Report as Report
+from agent.lifecycle_events import Rollback as Rollback
+from agent.lifecycle_events import SubmitJob as SubmitJob
+from agent.lifecycle_events import SwapPolicy as SwapPolicy
+from agent.lifecycle_events import report
+from agent.lifecycle_race import (
+    abandon_race,
+    race_grasp,
+    round_over,
+    start_race,
+    stop,
+    withdraw,
+)
+from agent.lifecycle_state import MAX_GOOD as MAX_GOOD
+from agent.lifecycle_state import Phase as Phase
+from agent.lifecycle_state import State as State
+from agent.lifecycle_state import with_good
 from plumbing.names import SAFE_NAME_RULE, is_safe_name
 
 
@@ -39,264 +87,8 @@ def check_condition_name(name: str) -> None:
         raise ValueError(f"bad condition name {name!r}: use {SAFE_NAME_RULE}, without '..'")
 
 
-class Phase(StrEnum):
-    SERVING = "serving"
-    EXPLORING = "exploring"
-    TRAINING = "training"
-
-
 class LifecycleError(ValueError):
     """An event is not allowed in the current state."""
-
-
-@dataclass(frozen=True)
-class State:
-    """Where the agent is in its lifecycle."""
-
-    phase: Phase
-    """SERVING, EXPLORING or TRAINING."""
-    condition: str
-    """Current condition name."""
-    policy: str | None
-    """Active policy id (None: nothing to serve)."""
-    explored: int = 0
-    """Grasps collected in the current exploration."""
-    explore_target: int = 200
-    """Grasps to collect before submitting a job."""
-    job: int | None = None
-    """Fine-tune job in flight (TRAINING)."""
-    probation_parent: str | None = None
-    """Policy the active one is on probation against (None: not on probation)."""
-    good: tuple[str, ...] = ()
-    """Policies that passed probation (or were rolled back to), most recent last (<= 8)."""
-
-    @property
-    def last_good(self) -> str | None:
-        """The persisted "last good" pointer."""
-        return self.good[-1] if self.good else None
-
-    @property
-    def fallback(self) -> str | None:
-        """Where a fault or a failed probation lands: the latest good policy other than the
-        active one (kept warm by the daemon)."""
-        for p in reversed(self.good):
-            if p != self.policy:
-                return p
-        return None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "phase": self.phase.value,
-            "condition": self.condition,
-            "policy": self.policy,
-            "explored": self.explored,
-            "explore_target": self.explore_target,
-            "job": self.job,
-            "probation_parent": self.probation_parent,
-            "good": list(self.good),
-            "last_good": self.last_good,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> State:
-        job = d.get("job")
-        return cls(
-            phase=Phase(str(d["phase"])),
-            condition=str(d["condition"]),
-            policy=None if d.get("policy") is None else str(d["policy"]),
-            explored=int(str(d.get("explored", 0))),
-            explore_target=int(str(d.get("explore_target", 200))),
-            job=None if job is None else int(str(job)),
-            probation_parent=None
-            if d.get("probation_parent") is None
-            else str(d["probation_parent"]),
-            good=tuple(str(p) for p in _as_list(d.get("good"))),
-        )
-
-
-def _as_list(v: object) -> list[object]:
-    return list(v) if isinstance(v, list | tuple) else []
-
-
-MAX_GOOD = 8
-"""How many good policies the state remembers."""
-
-
-def _with_good(good: tuple[str, ...], policy: str) -> tuple[str, ...]:
-    return (*(p for p in good if p != policy), policy)[-MAX_GOOD:]
-
-
-# -- events ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MarkCondition:
-    """The world changed (operator or alarm): explore the new condition."""
-
-    name: str
-    note: str = ""
-    source: str = "operator"
-
-
-@dataclass(frozen=True)
-class GraspDone:
-    """A grasp finished."""
-
-    success: bool
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """The detector fired; ``auto_mark`` says whether to mark a new condition."""
-
-    auto_mark: bool
-    new_condition: str = ""
-
-
-@dataclass(frozen=True)
-class Finetune:
-    """Submit a fine-tune job now."""
-
-
-@dataclass(frozen=True)
-class JobSubmitted:
-    """The daemon created job ``job``."""
-
-    job: int
-
-
-@dataclass(frozen=True)
-class JobFailed:
-    """The job in flight failed."""
-
-    job: int
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class PolicyReady:
-    """A trained policy passed its checks and was loaded."""
-
-    policy: str
-    job: int | None = None
-
-
-@dataclass(frozen=True)
-class Promote:
-    """Operator: serve this policy now."""
-
-    policy: str
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """Operator: go back to this earlier policy."""
-
-    policy: str
-
-
-@dataclass(frozen=True)
-class ProbationPassed:
-    """The probation test accepted the active policy: it becomes the last good one."""
-
-
-@dataclass(frozen=True)
-class ProbationFailed:
-    """The probation test found the active policy worse than the policy it replaced."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class PolicyFault:
-    """``policy`` misbehaved at run time (or could not be loaded): take it out of service."""
-
-    policy: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class JobNoImprovement:
-    """The trainer found no candidate better than the parent: the parent serves on."""
-
-    job: int
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class JobKept:
-    """The job's export is written and there is no trainer to send it to: the exploration is
-    kept on disk (for ``robot-trainer finetune``) and the parent serves on."""
-
-    job: int
-
-
-Event = (
-    MarkCondition
-    | GraspDone
-    | Alarm
-    | Finetune
-    | JobSubmitted
-    | JobFailed
-    | JobKept
-    | PolicyReady
-    | Promote
-    | Rollback
-    | ProbationPassed
-    | ProbationFailed
-    | PolicyFault
-    | JobNoImprovement
-)
-
-
-# -- effects --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SubmitJob:
-    """Export the condition's data and submit a fine-tune of ``parent``."""
-
-    condition: str
-    parent: str
-
-
-@dataclass(frozen=True)
-class SwapPolicy:
-    """Serve ``policy`` from the next grasp on."""
-
-    policy: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class NewCondition:
-    """Record a new condition and reset the detector."""
-
-    name: str
-    note: str
-    source: str
-
-
-@dataclass(frozen=True)
-class RaiseAlarm:
-    """Publish one alarm: ``kind`` is a stable code, ``reason`` a sentence."""
-
-    kind: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RejectPolicy:
-    """Mark ``policy`` rejected with ``reason``; it is never served again."""
-
-    policy: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class CancelJob:
-    """The job in flight is abandoned."""
-
-    job: int
-
-
-Effect = SubmitJob | SwapPolicy | NewCondition | RaiseAlarm | CancelJob | RejectPolicy
 
 
 def step(s: State, e: Event) -> tuple[State, list[Effect]]:
@@ -309,6 +101,7 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
         if e.name == s.condition:
             raise LifecycleError(f"already in condition {e.name!r}")
         effects: list[Effect] = [NewCondition(e.name, e.note, e.source)]
+        effects += abandon_race(s, f"condition {e.name} marked")
         if s.job is not None:
             effects.append(CancelJob(s.job))
         return (
@@ -319,25 +112,25 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
                 explored=0,
                 job=None,
                 probation_parent=None,
+                rounds=rd.Rounds(level_before=e.level),
             ),
             effects,
         )
     if isinstance(e, GraspDone):
-        if s.phase is not Phase.EXPLORING:
-            return s, []
-        n = s.explored + 1
-        if n >= s.explore_target and s.policy is not None:
-            return replace(s, explored=n, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
-        return replace(s, explored=n), []
+        return _grasp_done(s, e)
     if isinstance(e, Alarm):
         serving = s.phase is Phase.SERVING and s.probation_parent is None
-        if e.auto_mark and (serving or s.phase is Phase.EXPLORING):
-            again = s.phase is Phase.EXPLORING
+        if e.auto_mark and (serving or s.phase in (Phase.EXPLORING, Phase.RACING)):
+            again = s.phase is not Phase.SERVING
             note = "marked by the detector" + (
-                f" (a second drop while exploring {s.condition})" if again else ""
+                f" (a second drop while {s.phase.value} in {s.condition})" if again else ""
             )
-            s2, eff = step(s, MarkCondition(e.new_condition, note, "alarm"))
-            what = "success rate dropped again while exploring" if again else "success rate dropped"
+            s2, eff = step(s, MarkCondition(e.new_condition, note, "alarm", e.level))
+            what = (
+                f"success rate dropped again while {s.phase.value}"
+                if again
+                else "success rate dropped"
+            )
             return s2, [RaiseAlarm("success_drop", f"{what}; new condition marked"), *eff]
         if s.phase is Phase.TRAINING:
             return s, [
@@ -347,9 +140,11 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
     if isinstance(e, Finetune):
         if s.phase is Phase.TRAINING:
             raise LifecycleError(f"a fine-tune job ({s.job}) is already in flight")
+        if s.phase is Phase.RACING:
+            raise LifecycleError("a race is running: its verdict comes first")
         if s.policy is None:
             raise LifecycleError("no active policy to fine-tune")
-        return replace(s, phase=Phase.TRAINING), [SubmitJob(s.condition, s.policy)]
+        return _submit(s)
     if isinstance(e, JobSubmitted):
         if s.phase is not Phase.TRAINING:
             raise LifecycleError("no job was requested")
@@ -360,13 +155,20 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
         return replace(s, phase=Phase.EXPLORING, job=None), [
             RaiseAlarm("job_failed", f"job {e.job} failed: {e.reason}")
         ]
-    if isinstance(e, JobNoImprovement | JobKept):
+    if isinstance(e, JobNoImprovement):
         if s.job != e.job:
             return s, []
-        return replace(s, phase=Phase.SERVING, job=None, explored=0), []
+        return round_over(replace(s, job=None), True, [])
+    if isinstance(e, JobKept):
+        if s.job != e.job:
+            return s, []
+        r = s.rounds if s.rounds is None else replace(s.rounds, stopped="no trainer")
+        return replace(s, phase=Phase.SERVING, job=None, explored=0, rounds=r), []
     if isinstance(e, PolicyReady):
         if s.phase is not Phase.TRAINING or (e.job is not None and e.job != s.job):
             raise LifecycleError("no fine-tune job is waiting for this policy")
+        if s.rounds_cfg.race and s.policy is not None and e.policy != s.policy:
+            return start_race(s, e)
         return replace(
             s,
             phase=Phase.SERVING,
@@ -376,13 +178,15 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             probation_parent=s.policy,
         ), [SwapPolicy(e.policy, f"trained in condition {s.condition}")]
     if isinstance(e, Promote | Rollback):
-        if e.policy == s.policy:
+        if e.policy == s.policy and s.phase is not Phase.RACING:
             raise LifecycleError(f"policy {e.policy} is already active")
         rollback = isinstance(e, Rollback)
         effects = [SwapPolicy(e.policy, "rollback" if rollback else "promote")]
+        effects += abandon_race(s, "rollback" if rollback else "promote")
         if s.job is not None:
             effects.append(CancelJob(s.job))
-        trusted = rollback or s.policy is None
+        trusted = rollback or s.policy is None or e.policy == s.policy
+        r = s.rounds if s.rounds is None else replace(s.rounds, race=None, stopped="operator")
         return replace(
             s,
             phase=Phase.SERVING,
@@ -390,23 +194,62 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
             job=None,
             explored=0,
             probation_parent=None if trusted else s.policy,
-            good=_with_good(s.good, e.policy) if trusted else s.good,
+            good=with_good(s.good, e.policy) if trusted else s.good,
+            rounds=r,
         ), effects
     if isinstance(e, ProbationPassed):
         if s.probation_parent is None or s.policy is None:
             return s, []
-        return replace(s, probation_parent=None, good=_with_good(s.good, s.policy)), []
+        return replace(s, probation_parent=None, good=with_good(s.good, s.policy)), []
     if isinstance(e, ProbationFailed):
         if s.probation_parent is None or s.policy is None:
             return s, []
         return _take_out(s, s.policy, "probation_failed", e.reason)
     if isinstance(e, PolicyFault):
+        race = s.race
+        if race is not None and e.policy in race.policies[1:] and e.policy != s.policy:
+            return withdraw(s, race, e)
         if e.policy != s.policy:
             return replace(s, good=tuple(p for p in s.good if p != e.policy)), [
                 RejectPolicy(e.policy, e.reason)
             ]
-        return _take_out(s, e.policy, "policy_fault", e.reason)
+        s2, effects = _take_out(s, e.policy, "policy_fault", e.reason)
+        if race is None:
+            return s2, effects
+        r = s.rounds if s.rounds is None else replace(s.rounds, race=None, stopped="parent faulted")
+        ended = abandon_race(s, "the parent faulted")
+        return replace(s2, phase=Phase.SERVING, explored=0, rounds=r), [*effects, *ended]
     raise LifecycleError(f"unknown event {e!r}")
+
+
+def _submit(s: State) -> tuple[State, list[Effect]]:
+    """TRAINING: a job for the condition with the active policy as its parent."""
+    assert s.policy is not None
+    r = s.rounds
+    effects: list[Effect] = [SubmitJob(s.condition, s.policy)]
+    if r is not None:
+        r = replace(r, round=r.round + 1)
+        effects.append(report("round", event="started", round=r.round, parent=s.policy))
+    return replace(s, phase=Phase.TRAINING, rounds=r), effects
+
+
+def _grasp_done(s: State, e: GraspDone) -> tuple[State, list[Effect]]:
+    if s.phase is Phase.RACING:
+        return race_grasp(s, e)
+    r = s.rounds
+    if r is not None and not r.stopped and s.phase is not Phase.SERVING:
+        r = replace(r, grasps=r.grasps + 1)
+    if s.phase is Phase.TRAINING:
+        return replace(s, rounds=r), []
+    if s.phase is not Phase.EXPLORING:
+        return s, []
+    n = s.explored + 1
+    s = replace(s, explored=n, rounds=r)
+    if n < s.target or s.policy is None:
+        return s, []
+    if r is not None and r.round >= s.rounds_cfg.max_rounds:
+        return stop(s, replace(r, stopped="rounds"), [])
+    return _submit(s)
 
 
 def _take_out(s: State, bad: str, kind: str, reason: str) -> tuple[State, list[Effect]]:

@@ -316,7 +316,14 @@ def record(state: State, arm: int, success: bool) -> State:
     state = replace(state, grasps=tuple(grasps), successes=tuple(successes), pending=pending)
     if len(pending) < len(state.survivors):
         return state
-    outcome = dict(pending)
+    return close_cycle(state)
+
+
+def close_cycle(state: State) -> State:
+    """Count the current cycle's pairs, then apply the eliminations and the verdict
+    (:func:`record` calls it on a cycle's last grasp; an arm withdrawn mid-cycle may close
+    a cycle early)."""
+    outcome = dict(state.pending)
     pairs = tuple(
         p.add(outcome[p.a], outcome[p.b]) if p.a in outcome and p.b in outcome else p
         for p in state.pairs

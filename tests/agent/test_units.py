@@ -13,6 +13,7 @@ from agent.cem import Cem, CemParams
 from agent.config import check_exposure, config_from_dict, example_toml, load_config
 from agent.detector import SuccessDropDetector, arl_markov, arl_simulate, design_cusum
 from agent.probation import ProbationTest, design_probation, operating_characteristic
+from agent.rounds import RoundsConfig
 from agent.wire import WireError, decode, encode
 from plumbing.config_loader import ConfigError
 
@@ -173,14 +174,17 @@ def test_detector_reset_uses_history_and_reference() -> None:
 
 # -- lifecycle ----------------------------------------------------------------------------------
 def test_lifecycle_full_cycle_and_probation_rollback() -> None:
-    s = lc.State(lc.Phase.SERVING, "base", "p0", explore_target=3)
+    # one job per change and probation (rounds and the race off: tests/agent/test_rounds.py)
+    one_shot = RoundsConfig(enabled=False, race=False)
+    s = lc.State(lc.Phase.SERVING, "base", "p0", explore_target=3, rounds_cfg=one_shot)
     s, eff = lc.step(s, lc.MarkCondition("glare", "lamp"))
     assert s.phase is lc.Phase.EXPLORING and eff == [lc.NewCondition("glare", "lamp", "operator")]
     for _ in range(2):
         s, eff = lc.step(s, lc.GraspDone(False))
         assert eff == []
     s, eff = lc.step(s, lc.GraspDone(True))
-    assert s.phase is lc.Phase.TRAINING and eff == [lc.SubmitJob("glare", "p0")]
+    assert s.phase is lc.Phase.TRAINING and eff[0] == lc.SubmitJob("glare", "p0")
+    assert [type(e) for e in eff[1:]] == [lc.Report]  # "round 1 started"
     s, _ = lc.step(s, lc.JobSubmitted(7))
     with pytest.raises(lc.LifecycleError):
         lc.step(s, lc.Finetune())
