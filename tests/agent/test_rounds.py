@@ -90,8 +90,8 @@ def test_a_child_no_better_loses_is_rejected_and_the_next_round_trains_the_paren
     turns = iter(range(10_000))
     s, eff = _race(s, lambda p: p == "p0" and next(turns) % 2 == 0)  # parent at 0.5, child 0
     assert s.rounds is not None and abs((s.rounds.level or 0) - 0.5) < 0.05
-    assert s.rounds.grasps == 3 + 2 * s.rounds.cost  # type: ignore[union-attr]
-    assert s.policy == "p0" and s.phase is lc.Phase.EXPLORING and s.rounds.plateau == 1  # type: ignore[union-attr]
+    assert s.rounds.grasps == 3 + 2 * s.rounds.cost
+    assert s.policy == "p0" and s.phase is lc.Phase.EXPLORING and s.rounds.plateau == 1
     assert s.target == CFG.round_grasps
     for _ in range(CFG.round_grasps - 1):
         s, eff = lc.step(s, lc.GraspDone(True))
