@@ -33,6 +33,7 @@ from agent.command_base import (
     name_param,
     operator_error,
 )
+from agent.race_view import race_lines
 from agent.wire import MAX_MESSAGE_BYTES, WireError, decode, encode, peek_field
 
 if TYPE_CHECKING:
@@ -58,6 +59,13 @@ class Status(Command):
 
     def run(self, agent: AgentControl, args: dict[str, str]) -> dict[str, Any]:
         return agent.snapshot()
+
+    @classmethod
+    def render(cls, result: dict[str, Any]) -> str:
+        """The usual ``key: value`` lines; the race as standings, one line per arm."""
+        race = result.get("race")
+        text = super().render({k: v for k, v in result.items() if k != "race"})
+        return text + "\n" + "\n".join(race_lines(race)) if isinstance(race, dict) else text
 
 
 class MarkCondition(Command):

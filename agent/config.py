@@ -21,6 +21,8 @@ from typing import Any, Literal
 from agent.cem import CemParams
 from agent.driver import DriverType
 from agent.driver_types import DriverConfig, driver_config, driver_type, installed_types
+from agent.race import RaceConfig
+from agent.rounds import RoundsConfig
 from plumbing.config_loader import ConfigError, build_dataclass, check_scheme, load_toml, toml_table
 from plumbing.config_loader import need as _need
 from plumbing.curve import check_server_exposure, require_curve
@@ -243,7 +245,11 @@ class AgentConfig:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     """Conditions and fine-tuning."""
     probation: ProbationConfig = field(default_factory=ProbationConfig)
-    """Probation of swapped-in policies."""
+    """Probation of promoted policies (and of trained ones when ``rounds.race`` is off)."""
+    race: RaceConfig = field(default_factory=RaceConfig)
+    """The race of a trained child against its parent (docs/race.md)."""
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    """Learning in rounds under a condition until the drop is recovered."""
     sockets: SocketsConfig = field(default_factory=SocketsConfig)
     """Command and event sockets."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -138,10 +138,6 @@ class Daemon:
     def driver_down(self) -> str:
         return self.outage.why
 
-    @property
-    def cancel_hook(self) -> JobHook | None:
-        return self.jobs.cancel_hook
-
     def snapshot(self) -> dict[str, Any]:
         """The latest status (any thread)."""
         return self.status.snapshot()
@@ -220,14 +216,12 @@ class Daemon:
         return status
 
     def _restore(self) -> None:
-        saved = self.log.get_kv("lifecycle")
-        if saved:
-            self.state = lc.State.from_dict(saved)
-        self.state = replace(self.state, explore_target=self.cfg.lifecycle.exploration_grasps)
+        saved, c = self.log.get_kv("lifecycle"), self.cfg
+        s = lc.State.from_dict(saved) if saved else self.state
+        s = replace(s, rounds_cfg=c.rounds, race_cfg=c.race)
+        self.state = replace(s, explore_target=c.lifecycle.exploration_grasps)
         cond = self.log.condition(self.state.condition)
-        cid = (
-            int(cond["id"]) if cond else self.log.add_condition(self.state.condition, "", "initial")
-        )
+        cid = int(cond["id"]) if cond else self.log.add_condition(s.condition, "", "initial")
         self.condition_id = self.slot.probe_condition = cid
         self.grasps = self.log.count_grasps()
 
@@ -291,7 +285,7 @@ class Daemon:
             self._run_posted(fn)
         while (res := self.slot.loader.poll()) is not None:
             self._run_posted(functools.partial(self.slot.loaded, res))
-        if self.state.policy in self.slot.faulted:
+        if self.state.serving in self.slot.faulted:
             self._run_posted(self.slot.retry_fault)
 
     def _run_posted(self, fn: Callable[[], None]) -> None:
@@ -311,8 +305,8 @@ class Daemon:
             return  # nothing was executed for this decision: no grasp to log
         self.grasps += 1
         self.status.recent.append(rec.success)
-        self.journal.record_grasp(rec)
-        self.outcomes.grasped(rec.success)
+        gid = self.journal.record_grasp(rec)
+        self.outcomes.grasped(rec.success, rec.policy_id, gid)
         if self.grasps % 10 == 0:
             line = self._line()
             self.notifier.status(line)
@@ -324,6 +318,8 @@ class Daemon:
         (:func:`agent.effects.record_step`), then the events are published and the
         in-memory follow-ups carried out."""
         old = self.state
+        if isinstance(event, lc.MarkCondition) and event.level is None:
+            event = replace(event, level=self.outcomes.level_before())
         new, effects = lc.step(old, event)
         if new == old and not effects:
             return old
@@ -345,6 +341,8 @@ class Daemon:
             self.jobs.abandoned(job)
         if rec.swapped:  # may step again: its events follow these, as in the table
             self._after_swap()
+        elif old.phase != self.state.phase and lc.Phase.RACING in (old.phase, self.state.phase):
+            self.outcomes.reset_detector()  # a race began or ended without a swap
         self.slot.ensure_warm()
         return self.state
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from agent import lifecycle as lc
 from agent.grasplog import GraspLog
+from agent.jobs import held_until
 from agent.policy import Policy
 from agent.topics import Topic
 
@@ -37,8 +38,9 @@ class Recorded:
     """Recorded events, to publish in this order."""
     condition_id: int | None = None
     """The id of a condition the step created."""
-    export: tuple[int, str] | None = None
-    """(job, condition) whose dataset must be exported."""
+    export: tuple[int, str, int] | None = None
+    """(job, condition, after) whose dataset must be exported: the condition's grasps after
+    row ``after`` (the earlier ones are with the trainer already)."""
     rejected: list[str] = field(default_factory=list)
     """Policies taken out of service (drop their sessions)."""
     cancelled: list[int] = field(default_factory=list)
@@ -91,7 +93,11 @@ def _record(
         job_data: dict[str, Any] = {"job": job, "status": "exporting"}
         job_data |= {"condition": eff.condition, "parent": eff.parent}
         rec.events.append((Topic.JOB, job_data, now))
-        rec.export = (job, eff.condition)
+        rec.export = (
+            job,
+            eff.condition,
+            held_until(log, int(cond["id"]) if cond else condition_id),
+        )
     elif isinstance(eff, lc.CancelJob):
         log.update_job(eff.job, "cancelled")
         rec.cancelled.append(eff.job)
@@ -105,6 +111,9 @@ def _record(
         data = {"policy": eff.policy, "reason": eff.reason}
         rec.events.append((Topic.POLICY_REJECTED, data, now))
         rec.rejected.append(eff.policy)
+    elif isinstance(eff, lc.Report):
+        topic = Topic.RACE if eff.subject == "race" else Topic.ROUND
+        rec.events.append((topic, {**eff.payload, "condition": new.condition}, now))
     elif isinstance(eff, lc.SwapPolicy):
         log.activate_policy(eff.policy, eff.reason)
         back = eff.reason in BACK_REASONS

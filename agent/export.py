@@ -43,8 +43,11 @@ def export_condition(
     dest: Path,
     spec: Spec,
     modes: tuple[str, ...] = ("serve", "explore"),
+    after: int = 0,
 ) -> dict[str, Any]:
-    """Write the dataset of ``condition`` to ``dest`` (must not exist); returns its index.
+    """Write the dataset of ``condition`` (its grasps after row ``after``: a round sends only
+    what the trainer does not hold) to ``dest`` (must not exist); returns its index, whose
+    ``until`` is the last grasp row in it (``after`` when it is empty).
 
     ``log`` is the writer or a :class:`agent.grasplog.LogReader` (the daemon's
     exporter thread uses its own read-only connection)."""
@@ -54,7 +57,7 @@ def export_condition(
     dest = Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists")
-    rows = log.export_rows(int(cond["id"]), modes)
+    rows = log.export_rows(int(cond["id"]), modes, after)
     n = len(rows)
     arrays: dict[str, np.ndarray[Any, Any]] = {
         "images": np.zeros((n, *spec.image_shape), np.uint8),
@@ -101,6 +104,8 @@ def export_condition(
         "spec": spec.to_dict(),
         "transitions": n,
         "grasps": len(np.unique(arrays["grasp_ids"])),
+        "after": after,
+        "until": int(arrays["grasp_ids"].max()) if n else after,
         "successes": int(arrays["successes"][arrays["dones"]].sum()) if n else 0,
         "policies": sorted(policies),
         "arrays": {

@@ -123,7 +123,7 @@ class Exporter:
         self.busy_timeout_ms = busy_timeout_ms
         self.budget_bytes = budget_bytes
         self.ended = frozenset(ended)
-        self._jobs: queue.Queue[tuple[int, str] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[int, str, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -131,9 +131,10 @@ class Exporter:
             self._thread = threading.Thread(target=self._work, name="exporter", daemon=True)
             self._thread.start()
 
-    def submit(self, job: int, condition: str) -> None:
-        """Queue the export of ``condition`` for ``job`` (thread-safe, returns at once)."""
-        self._jobs.put((job, condition))
+    def submit(self, job: int, condition: str, after: int = 0) -> None:
+        """Queue the export of ``condition``'s grasps after row ``after`` for ``job``
+        (thread-safe, returns at once)."""
+        self._jobs.put((job, condition, after))
 
     def close(self, timeout: float = 30.0) -> None:
         if self._thread is not None:
@@ -144,10 +145,10 @@ class Exporter:
     def _work(self) -> None:
         with LogReader(self.db_path, self.busy_timeout_ms) as reader:
             while (item := self._jobs.get()) is not None:
-                job, condition = item
+                job, condition, after = item
                 try:
                     dest = confined(self.root, f"job-{job:06d}-{condition}")
-                    index = export_condition(reader, condition, dest, self.spec)
+                    index = export_condition(reader, condition, dest, self.spec, after=after)
                 except Exception as exc:  # reported to the control thread, never lost
                     log.exception("export of job %d failed", job)
                     done = ExportDone(job, condition, None, {}, f"{type(exc).__name__}: {exc}")

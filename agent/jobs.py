@@ -75,6 +75,24 @@ EXPORT_NOT_NEEDED = VERDICTS | {JobStatus.CANCELLED, JobStatus.KEPT}
 """Statuses of an ended (or superseded) job: its export may go to keep the disk budget."""
 
 
+HELD = (
+    JobStatus.TRAINING,
+    JobStatus.DOWNLOADING,
+    JobStatus.IMPROVED,
+    JobStatus.DONE,
+    JobStatus.NO_IMPROVEMENT,
+)
+"""Statuses that say the trainer holds the job's whole dataset."""
+
+
+def held_until(log: GraspLog, condition_id: int) -> int:
+    """The last grasp of this condition that the trainer holds already (0: none): the largest
+    ``until`` of the condition's earlier exports whose jobs reached the trainer. A round's job
+    sends only the grasps after it; the trainer trains on the lineage's data of the condition."""
+    marks = [log.get_kv(f"export_until:{job}") for job in log.jobs_of(condition_id, HELD)]
+    return max((int(m) for m in marks if isinstance(m, int)), default=0)
+
+
 @dataclass(frozen=True)
 class JobRow:
     """One row of the ``jobs`` table."""
@@ -163,7 +181,8 @@ class Jobs:
         if job is None or row is None:
             return
         if not row.export_path:
-            self.host.exporter.submit(job, self.host.state.condition)
+            after = held_until(self.log, row.condition_id)
+            self.host.exporter.submit(job, self.host.state.condition, after)
         elif row.status is JobStatus.QUEUED:
             self._export_hook(row, Path(row.export_path))
         elif row.status is JobStatus.IMPROVED and is_bundle_id(result := row.result_id()):
@@ -206,6 +225,7 @@ class Jobs:
             # over directly) is not set back to queued, and the job is not submitted again
             status, current = row.status, False
         self._set(done.job, status, export_path=str(done.path))
+        self.log.set_kv(f"export_until:{done.job}", int(done.index.get("until", 0)))
         self.host.journal.emit(
             Topic.JOB,
             {

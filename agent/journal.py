@@ -181,12 +181,12 @@ class Journal:
             log.exception("could not record an error event")
 
     # -- grasps ---------------------------------------------------------------------------
-    def record_grasp(self, rec: GraspRecord) -> None:
+    def record_grasp(self, rec: GraspRecord) -> int:
         """Commit, then publish (a grasp seen on the PUB socket is durable); on a full disk,
-        hold it in memory and raise one alarm."""
+        hold it in memory and raise one alarm. Returns the grasp's row id (0: held)."""
         if self.held:
             self.held.hold(rec)
-            return
+            return 0
         try:
             gid = self.log.log_grasp(rec, self._store_images)
         except Exception as exc:
@@ -194,8 +194,9 @@ class Journal:
                 raise
             self.held.hold(rec)
             self.disk_full(exc)
-            return
+            return 0
         self._committed(gid, rec)
+        return gid
 
     def _committed(self, gid: int, rec: GraspRecord) -> None:
         self.last_grasp = {

@@ -78,6 +78,32 @@ class LogQueries:
         )
         return [bool(r[0]) for r in reversed(rows)]
 
+    def jobs_of(self, condition_id: int, statuses: Sequence[str]) -> list[int]:
+        """Ids of the condition's jobs whose status is one of ``statuses``."""
+        marks = ",".join("?" for _ in statuses)
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT id FROM jobs WHERE condition_id = ? AND status IN ({marks}) ORDER BY id",
+                (condition_id, *statuses),
+            )
+            .fetchall()
+        )
+        return [int(r[0]) for r in rows]
+
+    def grasps_after(self, grasp_id: int) -> list[tuple[int, str, bool]]:
+        """(id, policy, success) of the serve/explore grasps after row ``grasp_id``, in order."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, policy_id, success FROM grasps WHERE id > ? AND mode != 'eval' "
+                "ORDER BY id",
+                (grasp_id,),
+            )
+            .fetchall()
+        )
+        return [(int(r[0]), str(r[1]), bool(r[2])) for r in rows]
+
     def recent_outcomes_any(self, policy_id: str, limit: int) -> list[bool]:
         """Success flags of a policy's latest serve/explore grasps in any condition."""
         rows = (
@@ -125,8 +151,11 @@ class LogQueries:
             r["data"] = json.loads(r["data"])
         return rows
 
-    def export_rows(self, condition_id: int, modes: Sequence[str]) -> list[tuple[Any, ...]]:
-        """Transitions (with their grasp's fields) of a condition's grasps in ``modes``."""
+    def export_rows(
+        self, condition_id: int, modes: Sequence[str], after: int = 0
+    ) -> list[tuple[Any, ...]]:
+        """Transitions (with their grasp's fields) of a condition's grasps in ``modes`` after
+        grasp row ``after``."""
         marks = ",".join("?" for _ in modes)
         return (
             self._conn()
@@ -135,8 +164,8 @@ class LogQueries:
                 "g.policy_id, g.t_start, g.t_end, g.mode, g.reward, g.q, g.sensed_by "
                 "FROM transitions t JOIN grasps g ON g.id = t.grasp_id "
                 f"WHERE g.condition_id = ? AND g.mode IN ({marks}) AND t.image IS NOT NULL "
-                "ORDER BY t.grasp_id, t.step",
-                (condition_id, *modes),
+                "AND g.id > ? ORDER BY t.grasp_id, t.step",
+                (condition_id, *modes, after),
             )
             .fetchall()
         )

@@ -56,10 +56,10 @@ class Outcomes:
         self.watch = OutcomeWatch(cfg.detector, cfg.probation)
         """The drop detector and the probation test of the active policy."""
 
-    def grasped(self, success: bool) -> None:
-        """One grasp ended (and was recorded)."""
+    def grasped(self, success: bool, policy: str | None = None, grasp: int = 0) -> None:
+        """One grasp under ``policy`` ended (and was recorded as row ``grasp``; 0: held)."""
         try:
-            self.host.step(lc.GraspDone(success))
+            self.host.step(lc.GraspDone(success, policy, grasp))
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
@@ -77,7 +77,8 @@ class Outcomes:
             details = {**j.details, "action": self.cfg.lifecycle.on_alarm}
             auto = self.cfg.lifecycle.on_alarm == "mark"
             before = h.state.condition
-            h.try_step(lc.Alarm(auto_mark=auto, new_condition=self._auto_name()), details)
+            alarm = lc.Alarm(auto, self._auto_name(), self.level_before())
+            h.try_step(alarm, details)
             if h.state.condition == before:  # alert only: one alarm per drop, not a storm
                 self.reset_detector(fresh=True)
             return
@@ -94,9 +95,29 @@ class Outcomes:
             h.try_step(lc.ProbationPassed())
         self.reset_detector()
 
-    def resume(self) -> None:
-        """At start-up: go on with the probation the lifecycle persisted, or calibrate."""
+    def level_before(self) -> float | None:
+        """The serving policy's success rate before a change: the rate its chart was designed
+        on, else its latest grasps in this condition (None: fewer than 20)."""
+        design = self.watch.detector.design
+        if design is not None:
+            return float(design.p0)
         s = self.host.state
+        recent = (
+            []
+            if s.policy is None
+            else self.log.recent_outcomes(s.policy, self.host.condition_id, 200)
+        )
+        return sum(recent) / len(recent) if len(recent) >= 20 else None
+
+    def resume(self) -> None:
+        """At start-up: count the race grasps the log holds past the persisted race (a crash
+        between a grasp and its step), then go on with the probation the lifecycle persisted,
+        or calibrate."""
+        s = self.host.state
+        if s.race is not None and s.rounds is not None:
+            for gid, policy, success in self.log.grasps_after(s.rounds.last_grasp):
+                self.host.try_step(lc.GraspDone(bool(success), str(policy), int(gid)))
+            s = self.host.state
         if s.probation_parent and s.policy:
             self.start_probation()
         elif s.policy:

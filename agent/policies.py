@@ -151,8 +151,9 @@ class PolicySlot:
         self._last_retry = 0.0
 
     def serving(self) -> Policy | None:
-        """The active policy, once warm."""
-        return self.warm.get(self.host.state.policy)
+        """The policy that serves the next grasp (the active one; while racing, the arm
+        whose turn it is), once warm."""
+        return self.warm.get(self.host.state.serving)
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self, marker: Path) -> None:
@@ -180,7 +181,7 @@ class PolicySlot:
             return
         pid = found.get("policy")
         s = self.host.state
-        if isinstance(pid, str) and (pid == s.policy or pid in s.good):
+        if isinstance(pid, str) and (pid == s.policy or pid in s.good or pid in s.racing):
             active = found.get("active_s")
             secs = f" after {active:.1f} s" if isinstance(active, float | int) else ""
             self.fault(pid, "hung", f"the previous run died in a decision of this policy{secs}")
@@ -207,9 +208,10 @@ class PolicySlot:
         )
 
     def ensure_warm(self) -> None:
-        """Keep the active policy and the fallback loaded; drop any other session."""
+        """Keep the active policy, the fallback and the racing arms loaded; drop any other
+        session."""
         s = self.host.state
-        wanted = [p for p in (s.policy, s.fallback) if p]
+        wanted = list(dict.fromkeys(p for p in (s.policy, s.fallback, *s.racing) if p))
         self.warm.keep(*wanted)
         for pid in wanted:
             key = str(self.store / pid)
@@ -341,8 +343,8 @@ class PolicySlot:
         self.warm.drop(policy_id)
 
     def retry_fault(self) -> None:
-        """The active policy is out of service but its step failed: try the step again."""
-        pid = self.host.state.policy
+        """The serving policy is out of service but its step failed: try the step again."""
+        pid = self.host.state.serving
         if pid is None or pid not in self.faulted:
             return
         now = time.monotonic()

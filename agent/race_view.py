@@ -71,6 +71,62 @@ def standings(state: State) -> list[dict[str, object]]:
                 "llr": round(pair_llr(state, arm, against), 4),
                 "eliminated_at": round(cfg.lower(k), 4),
                 "certified_at": round(cfg.upper(k), 4) if against == 0 else None,
+                **_to_decision(state, arm, against),
             }
         rows.append(row)
     return rows
+
+
+def _to_decision(state: State, arm: int, against: int) -> dict[str, object]:
+    """The fewest discordant pairs still needed to decide ``arm``'s test: wins to be certified
+    (against the parent) and losses to be eliminated, with no pair going the other way."""
+    cfg, k = state.config, state.candidates
+    llr = pair_llr(state, arm, against)
+    up, down = math.log(2 * cfg.q1), -math.log(2 * (1 - cfg.q1))
+    wins = max(0, math.ceil((cfg.upper(k) - llr) / up - 1e-9)) if against == 0 else None
+    return {
+        "wins_to_certify": wins,
+        "losses_to_eliminate": max(0, math.ceil((llr - cfg.lower(k)) / down - 1e-9)),
+    }
+
+
+def view(state: State) -> dict[str, object]:
+    """The race for ``ctl status``: grasps so far, the cap and how many grasps it leaves at
+    most, the leader, the cost so far and the standings."""
+    return {
+        "grasps": state.total,
+        "max_grasps": state.config.max_grasps,
+        "grasps_left_at_most": max(0, state.config.max_grasps - state.total),
+        "leader": state.policies[leader(state)],
+        "cost": sum(state.grasps[a] for a in state.out),
+        "standings": standings(state),
+    }
+
+
+def race_lines(view: dict[str, object]) -> list[str]:
+    """:func:`view` for a person: a header line, then one line per arm."""
+    head = (
+        f"race: {view['grasps']} grasps (at most {view['grasps_left_at_most']} more), "
+        f"leader {str(view['leader'])[:12]}, cost {view['cost']} grasps"
+    )
+    lines = [head]
+    rows = view.get("standings")
+    for r in rows if isinstance(rows, list) else []:
+        lo, hi = r["interval"]
+        rate = "-" if r["rate"] is None else f"{r['rate']:.3f}"
+        line = (
+            f"  arm {r['arm']} {str(r['policy'])[:12]} {r['role']:<10} "
+            f"{r['successes']}/{r['grasps']} = {rate} [{lo:.2f}, {hi:.2f}]"
+        )
+        t = r.get("test")
+        if isinstance(t, dict):
+            certify = t["wins_to_certify"]
+            line += (
+                f"; pairs won {t['won']} lost {t['lost']}, llr {t['llr']}: "
+                + (f"certified after {certify} more wins, " if certify is not None else "")
+                + f"out after {t['losses_to_eliminate']} more losses"
+            )
+        elif r["eliminated"]:
+            line += f"; out at race grasp {r['eliminated_at']} ({r['reason']})"
+        lines.append(line)
+    return lines

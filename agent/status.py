@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import lifecycle as lc
+from agent import race_view
 from agent.watch import OutcomeWatch
 from plumbing.sd_notify import Notifier
 
@@ -108,6 +109,8 @@ class Status:
             "grasps": d.grasps,
             "detector": detector,
             "probation": probation,
+            "race": None if s.race is None else race_view.view(s.race),
+            "rounds": None if s.rounds is None else rounds_view(s),
             "storage": {"status": "full" if d.journal.storage_full else "ok", "held": len(held)},
             "driver": {"state": "down" if d.driver_down else "up", "message": d.driver_down},
             "last_grasp": d.journal.last_grasp,
@@ -152,3 +155,21 @@ class Status:
         self._notifier.ready(line)
         self.ready.set()
         self._notifier.status(line)
+
+
+def rounds_view(s: lc.State) -> dict[str, Any]:
+    """The rounds under the current condition for ``ctl status`` (the race is its own key)."""
+    assert s.rounds is not None
+    cfg = s.rounds_cfg
+    view = {k: v for k, v in s.rounds.to_dict().items() if k not in ("race", "last_grasp")}
+    return {
+        **view,
+        "collected": s.explored if s.phase is lc.Phase.EXPLORING else None,
+        "next_job_at": s.target if s.phase is lc.Phase.EXPLORING else None,
+        "settings": {
+            "enabled": cfg.enabled,
+            "margin": cfg.margin,
+            "max_rounds": cfg.max_rounds,
+            "max_grasps": cfg.max_grasps,
+        },
+    }

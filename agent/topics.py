@@ -34,3 +34,7 @@ class Topic(StrEnum):
     POLICY_ROLLED_BACK = "agent.policy.rolled_back"
     POLICY_PROBATION = "agent.policy.probation"
     """A probation verdict on the active policy."""
+    RACE = "agent.race"
+    """A race of trained children against their parent: started, eliminated, decided, abandoned."""
+    ROUND = "agent.round"
+    """Learning in rounds under a condition: a round started, collecting for the next, ended."""

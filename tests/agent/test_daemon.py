@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -104,8 +105,11 @@ def test_mark_condition_explores_then_finetune_submits_a_job(start_daemon: Start
 def test_exploration_target_submits_a_job_and_trained_policy_swaps(
     start_daemon: Start, tmp_path: Path
 ) -> None:
+    # without the race (rounds.race off) a trained child goes on probation against its parent;
     # alpha 0.001: a child as good as its parent passes (P(rollback) < 0.001, not 0.04)
-    r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
+    r = start_daemon(
+        lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}, rounds={"race": False}
+    )
     sub = r.subscriber()
     r.ctl("mark-condition", name="offset")
     job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
@@ -128,6 +132,66 @@ def test_exploration_target_submits_a_job_and_trained_policy_swaps(
         db.execute("SELECT parent_id FROM policies WHERE id = ?", (st["policy"],)).fetchone()[0]
         == old
     )
+
+
+def test_a_trained_child_races_its_parent_and_the_next_round_sends_only_new_grasps(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    # the fake driver succeeds at 0.8 whatever the policy: the race reaches its cap (20
+    # grasps) and ties go to the parent; the level (0.8) is below the level before the
+    # change (set to 0.99 below), so a second round follows after 6 more grasps
+    r = start_daemon(
+        lifecycle={"exploration_grasps": 5},
+        race={"max_grasps": 20},
+        rounds={"round_grasps": 6, "margin": 0.01},
+    )
+    sub = r.subscriber()
+    r.wait_for(lambda s: s["grasps"] >= 3)
+    r.daemon.outcomes.level_before = lambda: 0.99  # type: ignore[method-assign]
+    r.ctl("mark-condition", name="glare")
+    job = wait_match(sub, "agent.job", lambda d: d["status"] == "queued")
+    parent = r.wait_for(lambda s: s["phase"] == "training")["policy"]
+    r.daemon.job_update(job["job"], "training", {"progress": 0.5})
+    child = make_bundle(tmp_path / "trained", seed=9, parent_id=parent)
+    r.daemon.offer_trained(child, job["job"])
+    started = sub.wait("agent.race")
+    assert started["event"] == "started" and started["parent"] == parent
+    kid = started["candidates"][0]
+    st = r.wait_for(lambda s: s["phase"] == "racing" and s["race"]["grasps"] >= 4)
+    arms = {row["policy"]: row for row in st["race"]["standings"]}
+    assert set(arms) == {parent, kid} and st["policy"] == parent
+    decided = wait_match(sub, "agent.race", lambda d: d["event"] == "decided")
+    assert decided["winner"] == parent and decided["reason"] == "cap"
+    assert decided["cost"] == sum(a["grasps"] for a in decided["arms"] if a["policy"] == kid)
+    nxt = wait_match(sub, "agent.round", lambda d: d["event"] in ("collecting", "ended"))
+    assert nxt["event"] == "collecting" and nxt["round"] == 2
+    db = _db(r)
+    served = [p for (p,) in db.execute("SELECT policy_id FROM grasps ORDER BY id")]
+    race = [p for p in served if p == kid]
+    assert len(race) == decided["cost"] >= 9
+    first = served.index(kid)  # alternate grasps: the parent and the child in turn
+    assert set(served[first - 1 : first + 3]) == {parent, kid}
+    assert db.execute("SELECT status FROM policies WHERE id = ?", (kid,)).fetchone()[0] == (
+        "rejected"
+    )
+    job2 = wait_match(sub, "agent.job", lambda d: d["job"] != job["job"] and "grasps" in d)
+    until1 = db.execute("SELECT value FROM kv WHERE key = ?", (f"export_until:{job['job']}",))
+    mark = int(until1.fetchone()[0])
+    index = json.loads((Path(job2["export"]) / "index.json").read_text())
+    assert (
+        index["after"] == mark > 0
+        and index["grasps"]
+        == db.execute(
+            "SELECT COUNT(*) FROM grasps g JOIN conditions c ON c.id = g.condition_id "
+            "WHERE c.name = 'glare' AND g.id > ? AND g.id <= ?",
+            (mark, index["until"]),
+        ).fetchone()[0]
+    )
+    st = r.wait_for(lambda s: s["phase"] == "training")
+    assert st["rounds"]["round"] == 2 and st["rounds"]["races"] == 1
+    assert kid not in st["warm"]  # a loser is never served again: no grasp after its race
+    n_kid = db.execute("SELECT COUNT(*) FROM grasps WHERE policy_id = ?", (kid,)).fetchone()[0]
+    assert n_kid == decided["cost"]
 
 
 def test_job_with_no_improvement_keeps_the_parent_serving(start_daemon: Start) -> None:

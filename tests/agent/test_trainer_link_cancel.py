@@ -34,7 +34,7 @@ def forever_trainer(tmp_path: Path, port: int | None = None) -> TrainerProcess:
 def count_cancels(daemon: Daemon) -> list[int]:
     """Wrap the cancel hook the CLI wired into ``daemon``: the jobs it is called with, in order
     (the hook still runs)."""
-    wired = daemon.cancel_hook
+    wired = daemon.jobs.cancel_hook
     assert wired is not None
     calls: list[int] = []
 
