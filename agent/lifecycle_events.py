@@ -61,10 +61,12 @@ class JobFailed:
 
 @dataclass(frozen=True)
 class PolicyReady:
-    """A trained policy passed its checks and was loaded."""
+    """A trained policy passed its checks and was loaded; ``grasp`` is the latest grasp row in
+    the log then (a race counts only the grasps after it)."""
 
     policy: str
     job: int | None = None
+    grasp: int = 0
 
 
 @dataclass(frozen=True)

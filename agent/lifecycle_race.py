@@ -34,9 +34,8 @@ def start_race(s: State, e: PolicyReady) -> tuple[State, list[Effect]]:
         round=r.round,
         condition=s.condition,
     )
-    return replace(s, phase=Phase.RACING, job=None, explored=0, rounds=replace(r, race=race)), [
-        news
-    ]
+    r = replace(r, race=race, last_grasp=max(r.last_grasp, e.grasp))
+    return replace(s, phase=Phase.RACING, job=None, explored=0, rounds=r), [news]
 
 
 def race_grasp(s: State, e: GraspDone) -> tuple[State, list[Effect]]:

@@ -265,7 +265,7 @@ class PolicySlot:
             if pol.id == self.host.state.policy:
                 self.host.served()
         elif isinstance(req, Trained):
-            self.host.step(lc.PolicyReady(pol.id, req.job))
+            self.host.step(lc.PolicyReady(pol.id, req.job, self.log.last_grasp_id()))
             if req.job is not None:
                 self.host.jobs.result_served(req.job, pol.id)
         elif isinstance(req, Rollback):

@@ -27,10 +27,10 @@ def _changed(cfg: RoundsConfig = CFG, level: float | None = 0.8) -> lc.State:
     return s
 
 
-def _trained(s: lc.State, child: str, job: int) -> lc.State:
+def _trained(s: lc.State, child: str, job: int, grasp: int = 10) -> lc.State:
     assert s.phase is lc.Phase.TRAINING
     s, _ = lc.step(s, lc.JobSubmitted(job))
-    s, eff = lc.step(s, lc.PolicyReady(child, job))
+    s, eff = lc.step(s, lc.PolicyReady(child, job, grasp))
     assert s.phase is lc.Phase.RACING and s.policy == s.race.policies[0]  # type: ignore[union-attr]
     assert [e.payload["event"] for e in eff if isinstance(e, lc.Report)] == ["started"]
     return s
@@ -130,6 +130,9 @@ def test_a_race_grasp_is_counted_once_and_only_for_the_arm_whose_turn_it_was() -
     other = "c1" if first == "p0" else "p0"
     s1, _ = lc.step(s, lc.GraspDone(True, other, 11))  # not its turn: changes nothing
     assert s1 == s
+    assert s.rounds is not None and s.rounds.last_grasp == 10  # the log's latest at the start
+    before, _ = lc.step(s, lc.GraspDone(True, first, 9))  # a grasp from before the race
+    assert before == s
     s1, _ = lc.step(s, lc.GraspDone(True, first, 11))
     assert s1.race.total == 1 and s1.rounds.last_grasp == 11  # type: ignore[union-attr]
     s2, _ = lc.step(s1, lc.GraspDone(True, s1.serving, 11))  # replayed after a restart
