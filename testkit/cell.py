@@ -61,11 +61,26 @@ def write_agent_toml(
     return path
 
 
+def tables_with(tables: dict[str, dict[str, Any]], warmup_runs: int) -> dict[str, dict[str, Any]]:
+    """The Cell's own [policy] and [probation] settings, then ``tables`` over them."""
+    own: dict[str, dict[str, Any]] = {
+        "policy": {"warmup_runs": warmup_runs},
+        "probation": {"max_grasps": 40, "alpha": 0.001},
+    }
+    return {**own, **tables}
+
+
 class Cell:
     """A daemon process on the fake driver with fixed loopback ports, restartable."""
 
     def __init__(
-        self, tmp: Path, bundle: Path, grasp_time_s: float = 0.005, warmup_runs: int = 1
+        self,
+        tmp: Path,
+        bundle: Path,
+        grasp_time_s: float = 0.005,
+        warmup_runs: int = 1,
+        options: dict[str, Any] | None = None,
+        **tables: dict[str, Any],
     ) -> None:
         self.tmp = tmp
         self.cmd_ep = f"tcp://127.0.0.1:{free_port()}"
@@ -77,9 +92,9 @@ class Cell:
             bundle,
             self.cmd_ep,
             self.evt_ep,
-            options={"grasp_time_s": grasp_time_s},
-            policy={"warmup_runs": warmup_runs},
-            probation={"max_grasps": 40, "alpha": 0.001},
+            "testkit.fakes:make_fake_driver",
+            {"grasp_time_s": grasp_time_s, **(options or {})},
+            **tables_with(tables, warmup_runs),
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -84,10 +85,29 @@ class FakeDriver(StartClose):
         self.closed += 1
 
 
+class FileWorldDriver(FakeDriver):
+    """A fake robot whose success rate is read from a file before each grasp: a test changes
+    the world by writing it, and the world outlives a restart of the agent process."""
+
+    def __init__(self, world: Path, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.world = world
+
+    def execute(self, action: npt.NDArray[np.float32]) -> StepResult:
+        with contextlib.suppress(OSError, ValueError):
+            self.p_success = float(self.world.read_text())
+        return super().execute(action)
+
+
 def make_fake_driver(
-    seed: int = 0, p_success: float = 0.8, grasp_time_s: float = 0.0
+    seed: int = 0, p_success: float = 0.8, grasp_time_s: float = 0.0, world: str = ""
 ) -> FakeDriver:
-    """Factory for ``driver.type = "import"`` configs (subprocess tests)."""
+    """Factory for ``driver.type = "import"`` configs (subprocess tests); ``world``: a file
+    holding the success rate (:class:`FileWorldDriver`)."""
+    if world:
+        return FileWorldDriver(
+            Path(world), p_success=p_success, seed=seed, grasp_time_s=grasp_time_s
+        )
     return FakeDriver(p_success=p_success, seed=seed, grasp_time_s=grasp_time_s)
 
 
