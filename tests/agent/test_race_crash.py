@@ -44,7 +44,9 @@ def _db(cell: Cell) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{cell.db}?mode=ro", uri=True, timeout=10)
 
 
-def _until(cell: Cell, pred: Callable[[dict[str, Any]], bool], what: str, s: float = 90) -> dict[str, Any]:
+def _until(
+    cell: Cell, pred: Callable[[dict[str, Any]], bool], what: str, s: float = 90
+) -> dict[str, Any]:
     deadline = time.monotonic() + s
     while True:
         st = cell.status()
@@ -117,8 +119,8 @@ def test_agent_killed_mid_race_and_mid_round_loses_no_grasp_and_serves_no_loser(
             cell.proc.kill()
         trainer.stop()
     events = _race_events(cell)
-    (t0, started), = [(t, d) for t, d in events if d["event"] == "started"]
-    (t1, verdict), = [(t, d) for t, d in events if d["event"] == "decided"]
+    ((t0, started),) = [(t, d) for t, d in events if d["event"] == "started"]
+    ((t1, verdict),) = [(t, d) for t, d in events if d["event"] == "decided"]
     assert verdict["winner"] == base and verdict["reason"] == "cap"
     with _db(cell) as db:
         grasps = db.execute("SELECT id, policy_id, t_start FROM grasps ORDER BY id").fetchall()

@@ -70,7 +70,9 @@ def test_a_bundle_failing_after_its_hash_check_is_rejected_under_its_id(
 def test_corrupted_trained_result_fails_its_job_and_the_genuine_one_serves_after_the_next(
     start_daemon: Callable[..., Running], tmp_path: Path
 ) -> None:
-    r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
+    r = start_daemon(
+        lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}, rounds={"race": False}
+    )
     sub, first, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     bad = corrupted_copy(child, tmp_path / "bad" / child.name)

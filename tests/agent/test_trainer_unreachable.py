@@ -165,7 +165,9 @@ def test_trained_bundle_offered_again_or_for_a_cancelled_job_is_never_swapped_in
     """The link offers a result it delivered again at start (up to 3 times) when the daemon
     did not import it, and delivers the results of jobs the daemon cancelled (a new
     condition came first): neither swaps, duplicates a row or raises a control error."""
-    r = start_daemon(lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001})
+    r = start_daemon(
+        lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}, rounds={"race": False}
+    )
     sub, job, old = training_on_a_job(r)
     child = make_bundle(tmp_path / "trained", seed=9, parent_id=old)
     r.daemon.offer_trained(child, job)
