@@ -156,7 +156,7 @@ def _decide(
     """The result of a trained arm: the child bundle when :mod:`.selection` ships one
     (under ``out/bundles``), else "no_improvement"; the meta records the decision."""
     curve = st["curve"]
-    best = selection.best(cfg, curve, jb.parent)
+    best = selection.pick(cfg, curve, jb.parent)
     se = 0.0
     chosen: Candidate | None = None
     net: QNet | None = None
@@ -166,7 +166,7 @@ def _decide(
         se = early_stop.paired_se(
             cfg.measure, p, jb.parent_p, y, jb.data.held_new_groups, seed=cfg.seed
         )
-        chosen = selection.choose(cfg, curve, jb.parent, se)
+        chosen = selection.ship(cfg, curve, jb.parent, se)
     steps_run = max((e["step"] for e in curve), default=0)
     meta: dict[str, Any] = {
         "condition": condition,
@@ -194,6 +194,9 @@ def _decide(
             "se": round(se, 6),
             "curve": curve,
             "rule": selection.rule_text(cfg),
+            "gate": cfg.gate,
+            "candidates": selection.considered(cfg, curve, jb.parent, best, se),
+            "verdict": selection.verdict(cfg, best, chosen, jb.parent, se),
         },
     }
     if chosen is None or net is None:
