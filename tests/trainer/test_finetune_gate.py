@@ -133,3 +133,15 @@ def test_considered_lists_the_judged_step_and_its_best_runners_up() -> None:
 def test_rule_text_names_the_race_gate_only_under_it() -> None:
     assert "race gate" in selection.rule_text(RACE) and "0.55" in selection.rule_text(RACE)
     assert "race gate" not in selection.rule_text(STRICT)
+
+
+def test_the_gate_is_set_from_the_cli_and_the_services_finetune_table() -> None:
+    from trainer.cli import build_parser, from_options
+    from trainer.service.server import build_options
+
+    argv = ["finetune", "--parent", "p", "--new", "n", "--out", "o", "--gate", "strict"]
+    cfg = from_options(FinetuneConfig, build_parser().parse_args([*argv, "--race-min-auc", "0.6"]))
+    assert (cfg.gate, cfg.race_min_auc) == ("strict", 0.6)
+    assert build_options(FinetuneConfig, {"gate": "strict"}).gate == "strict"
+    with pytest.raises(ValueError, match="gate must be one of"):
+        build_options(FinetuneConfig, {"gate": "offline"})
