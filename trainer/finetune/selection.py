@@ -4,8 +4,10 @@ A fine-tune job validates its training arm every ``eval_every`` steps; each
 validation is a curve entry (``step``, ``score_new``, ``score_prior``,
 ``prior_slack``, ``new`` and ``prior`` summaries; see
 :func:`trainer.finetune.data.score_candidate`) and so a candidate. The parent
-is candidate zero (:data:`PARENT_STEP`): a child ships only when it beats the
-parent, so the trainer never hands back a worse policy than the robot runs.
+is candidate zero (:data:`PARENT_STEP`). Under the strict gate a child ships
+only when it beats the parent offline; under the race gate (the default) one
+within noise of the parent ships too and the agent's race against the parent
+on the robot decides, so a worse child is caught there, not here.
 
 - The forgetting rule (:func:`eligible`): a candidate's prior-slice score may
   fall below the parent's by at most the largest of ``prior_tolerance``, its
