@@ -268,3 +268,21 @@ def test_a_large_new_gain_may_buy_a_small_prior_loss_but_never_a_large_one() -> 
     huge_loss = Candidate(50, 0.99, 0.76, 0.018, prior_bce=0.47, new_auc=0.99)
     assert not eligible(huge_loss, parent, 0.02, 1.15, trade)  # the cap: 0.05 < 0.061
     assert trade.allowance(big, parent) == pytest.approx(0.049)
+
+
+def test_a_job_stored_before_the_gate_existed_resumes_only_under_the_strict_gate(
+    tmp_path: Path,
+) -> None:
+    new = _dataset(tmp_path / "new", 40, 1, True, "c")
+    parent = _parent(tmp_path / "b")
+    stop = threading.Event()
+    stop.set()
+    strict = dataclasses.replace(FAST, gate="strict")
+    finetune(strict, parent, new, [], tmp_path / "job", stop=stop)
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    for k in ("gate", "race_min_auc"):
+        del job["config"][k]  # as an older trainer wrote it
+    (tmp_path / "job" / "job.json").write_text(json.dumps(job))
+    assert finetune(strict, parent, new, [], tmp_path / "job", stop=stop).status == "stopped"
+    with pytest.raises(ValueError, match="different fine-tune job"):
+        finetune(FAST, parent, new, [], tmp_path / "job", stop=stop)

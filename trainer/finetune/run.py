@@ -42,6 +42,9 @@ def _identity(job: dict[str, Any]) -> Any:
     j = json.loads(json.dumps(job))
     for k in ("threads", "device"):
         j["config"].pop(k, None)
+    # A job stored before the gate existed ran the strict gate: it resumes under "strict".
+    j["config"].setdefault("gate", "strict")
+    j["config"].setdefault("race_min_auc", FinetuneConfig.race_min_auc)
     return j
 
 
