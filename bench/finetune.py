@@ -6,7 +6,8 @@ Usage: python -m bench.finetune [--grasps 25,50,100,200,400,800] [--challenges a
 For each challenge at its default severity: collect max(N) exploration grasps
 with the base policy (training objects, 20% exploratory actions), fine-tune
 the base policy on the first N of them (``trainer.finetune`` defaults: early
-stopping, 50/50 batches with the base replay data), and evaluate parent and
+stopping, 50/50 batches with the base replay data; ``--gate strict`` by default,
+the offline gate the committed table measures), and evaluate parent and
 child on test objects through the daemon's serving path (ONNX Runtime + numpy
 CEM 64/6/3 as configs/sim.toml serves, ``bench/policy_eval.py``) under the
 challenge and on baseline; also "scratch" (same recipe, random init) at the
@@ -169,6 +170,13 @@ def main() -> None:
     )
     ap.add_argument("--eval-every", type=int, default=FinetuneConfig().eval_every)
     ap.add_argument("--patience", type=int, default=FinetuneConfig().patience)
+    ap.add_argument(
+        "--gate",
+        default="strict",
+        choices=("strict", "race"),
+        help="FinetuneConfig.gate: strict (a child ships only when it beats the parent "
+        "offline: what this table measures) or race (the agent's filter)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite runs it)")
     args = ap.parse_args()
     cfg = FinetuneConfig(
@@ -178,6 +186,7 @@ def main() -> None:
         augment=args.augment,
         eval_every=args.eval_every,
         patience=args.patience,
+        gate=args.gate,
     )
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""

@@ -7,8 +7,9 @@ left under the bench directories (``<challenge>/ft-<N>``, ``sweep-<N>``) and
 re-decides each job from its stored validation curve (held-out AUC, BCE and
 the prior-slice figures of every candidate) under four rules:
 
-- ``auc``: the shipped rule (best held-out AUC among candidates that pass the
-  forgetting rule; wins by ``max(min_gain, se_margin x SE)`` and AUC >= min_auc).
+- ``auc``: the strict gate's rule (``gate = "strict"``; best held-out AUC among
+  candidates that pass the forgetting rule; wins by ``max(min_gain, se_margin x SE)``
+  and AUC >= min_auc).
 - ``hybrid`` ("BCE for when, AUC for whether"): among the candidates that pass
   the forgetting rule and whose AUC beats the parent's by the same gate, the
   lowest held-out BCE; "no improvement" when none qualifies.

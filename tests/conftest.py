@@ -36,6 +36,8 @@ FILES: dict[str, str] = {
     "trainer/test_trainer_qnet.py": "unit",
     "trainer/test_trainer_cem.py": "unit",
     "trainer/test_finetune_selection.py": "unit",
+    "trainer/test_finetune_gate.py": "unit",
+    "trainer/test_finetune_rounds.py": "integration",
     "agent/test_link_jobs.py": "unit",
     "agent/test_export_budget.py": "contract",
     "drivers/test_sim_look.py": "unit",

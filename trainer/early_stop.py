@@ -14,7 +14,10 @@ Selection (:func:`choose`): among candidates whose prior-data score did not
 drop by more than ``prior_tolerance`` below the parent's (the forgetting
 rule), take the best new-data score; it wins only if it beats the parent by
 more than ``max(min_gain, se_margin * SE)``, SE being the paired bootstrap
-standard error of the difference over held-out episodes.
+standard error of the difference over held-out episodes. The race gate
+(:func:`choose_race`) is a filter instead: the best eligible candidate ships
+unless it is clearly worse than the parent (:func:`clearly_worse`), and the
+robot's race between the two decides.
 """
 
 from __future__ import annotations
@@ -192,3 +195,56 @@ def choose(
     if best.step == parent.step or best.new_auc < min_auc:
         return None
     return best if beats(best.new - parent.new, se, min_gain, se_margin) else None
+
+
+def top_candidate(
+    cands: Sequence[Candidate],
+    parent: Candidate,
+    prior_tolerance: float,
+    bce_ratio: float = float("inf"),
+    trade: Trade = NO_TRADE,
+) -> Candidate | None:
+    """The eligible non-parent candidate with the best new-data score (earliest on ties),
+    even below the parent's; None when no candidate passes the forgetting rule."""
+    top: Candidate | None = None
+    for c in cands:
+        if c.step == parent.step or not eligible(c, parent, prior_tolerance, bce_ratio, trade):
+            continue
+        if top is None or c.new > top.new:
+            top = c
+    return top
+
+
+def clearly_worse(
+    c: Candidate, parent: Candidate, se: float, se_margin: float, min_auc: float
+) -> bool:
+    """Whether ``c`` is clearly worse than the parent on the held-out new data: its score
+    is below the parent's by more than ``se_margin`` x ``se`` (the paired bootstrap SE of
+    the difference), or its new-data AUC is below ``min_auc``."""
+    return c.new - parent.new < -se_margin * se or c.new_auc < min_auc
+
+
+def choose_race(
+    cands: Sequence[Candidate],
+    parent: Candidate,
+    prior_tolerance: float,
+    min_gain: float,
+    se: float,
+    se_margin: float,
+    bce_ratio: float = float("inf"),
+    min_auc: float = 0.0,
+    trade: Trade = NO_TRADE,
+    race_min_auc: float = 0.0,
+) -> Candidate | None:
+    """The race gate: the :func:`top_candidate` ships unless :func:`clearly_worse` (with
+    ``race_min_auc``); whatever the strict :func:`choose` ships (same ``se``) ships too, so
+    the race gate only ever adds candidates. ``se`` belongs to the top candidate."""
+    top = top_candidate(cands, parent, prior_tolerance, bce_ratio, trade)
+    if top is None:
+        return None
+    strict = choose(
+        cands, parent, prior_tolerance, min_gain, se, se_margin, bce_ratio, min_auc, trade
+    )
+    if strict is not None or not clearly_worse(top, parent, se, se_margin, race_min_auc):
+        return top
+    return None

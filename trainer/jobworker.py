@@ -195,7 +195,7 @@ class Worker:
             bid = store_bundle(Path(result.bundle_path), spec.bundles)
             return Finished("improved", bid, f"bundle {bid}")
         if result.status == "no_improvement":
-            return Finished("no_improvement", "", "no candidate beat the parent on held-out data")
+            return Finished("no_improvement", "", "no candidate passed the gate on held-out data")
         raise ValueError(f"runner returned status {result.status!r}")
 
 

@@ -270,7 +270,8 @@ def test_curve_link_no_improvement_and_wrong_key_refused(tmp_path: Path) -> None
                 "curve_server_secret": keys.server_secret,
                 "curve_clients_dir": keys.clients,
             },
-            "finetune": {**TINY_FINETUNE, "min_gain": 1.0},  # nothing can beat the parent
+            # the strict gate: nothing can beat the parent by 1.0
+            "finetune": {**TINY_FINETUNE, "gate": "strict", "min_gain": 1.0},
         }
     )
     svc = JobService(cfg)

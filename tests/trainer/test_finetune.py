@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -115,14 +116,46 @@ def test_finetune_optimiser_runs_at_a_quarter_of_the_pretraining_rate(tmp_path: 
     assert seen and all(lr == pytest.approx(0.25 * PretrainConfig().lr) for lr in seen)
 
 
-def test_early_stopping_returns_no_improvement_on_noise(tmp_path: Path) -> None:
+def test_strict_early_stopping_returns_no_improvement_on_noise(tmp_path: Path) -> None:
     new = _dataset(tmp_path / "new", 400, 1, False, "c")
     prior = _dataset(tmp_path / "base", 200, 2, False, "baseline")
-    res = finetune(FAST, _parent(tmp_path / "b"), new, [prior], tmp_path / "job")
+    strict = dataclasses.replace(FAST, gate="strict")
+    res = finetune(strict, _parent(tmp_path / "b"), new, [prior], tmp_path / "job")
     assert res.status == "no_improvement"
     assert res.bundle_path is None and res.bundle_id is None
     assert not (tmp_path / "job" / "bundles").exists()
     assert res.meta["validation"]["curve"]
+    assert res.meta["validation"]["gate"] == "strict"
+    assert "the parent stays" in res.meta["validation"]["verdict"]
+
+
+def test_the_race_gate_ships_a_child_within_noise_that_the_strict_gate_refuses(
+    tmp_path: Path,
+) -> None:
+    """A margin of 50 SE: no gain passes the strict gate, a child not below the parent
+    passes the race gate's filter; on coin-flip data an AUC floor of 0.9 refuses it."""
+    new = _dataset(tmp_path / "new", 80, 1, True, "c")
+    noise = _dataset(tmp_path / "noise", 80, 3, False, "c")
+    prior = _dataset(tmp_path / "base", 80, 2, True, "baseline")
+    parent = _parent(tmp_path / "b")
+    wide = dataclasses.replace(FAST, se_margin=50.0, augment="off")
+    runs = {
+        "strict": (dataclasses.replace(wide, gate="strict"), new),
+        "race": (wide, new),
+        "floor": (dataclasses.replace(wide, race_min_auc=0.9), noise),
+    }
+    res = {k: finetune(c, parent, d, [prior], tmp_path / k) for k, (c, d) in runs.items()}
+    assert res["strict"].status == "no_improvement"
+    assert res["race"].status == "improved" and res["race"].bundle_path is not None
+    assert res["floor"].status == "no_improvement"
+    v = validate_bundle(res["race"].bundle_path).meta["validation"]
+    assert v["gate"] == "race" and "the robot decides" in v["verdict"]
+    assert 1 <= len(v["candidates"]) <= 3
+    shipped = v["candidates"][0]
+    assert shipped["step"] == v["chosen"]["step"] == v["best_step"]
+    assert shipped["eligible"] and not shipped["clearly_worse"]
+    assert set(shipped) == {"step", "score_new", "gain", "score_prior", "eligible", "clearly_worse"}
+    assert "clearly worse" in res["floor"].meta["validation"]["verdict"]
 
 
 def test_learnable_new_data_gives_a_valid_child_with_lineage(tmp_path: Path) -> None:
@@ -235,3 +268,21 @@ def test_a_large_new_gain_may_buy_a_small_prior_loss_but_never_a_large_one() -> 
     huge_loss = Candidate(50, 0.99, 0.76, 0.018, prior_bce=0.47, new_auc=0.99)
     assert not eligible(huge_loss, parent, 0.02, 1.15, trade)  # the cap: 0.05 < 0.061
     assert trade.allowance(big, parent) == pytest.approx(0.049)
+
+
+def test_a_job_stored_before_the_gate_existed_resumes_only_under_the_strict_gate(
+    tmp_path: Path,
+) -> None:
+    new = _dataset(tmp_path / "new", 40, 1, True, "c")
+    parent = _parent(tmp_path / "b")
+    stop = threading.Event()
+    stop.set()
+    strict = dataclasses.replace(FAST, gate="strict")
+    finetune(strict, parent, new, [], tmp_path / "job", stop=stop)
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    for k in ("gate", "race_min_auc"):
+        del job["config"][k]  # as an older trainer wrote it
+    (tmp_path / "job" / "job.json").write_text(json.dumps(job))
+    assert finetune(strict, parent, new, [], tmp_path / "job", stop=stop).status == "stopped"
+    with pytest.raises(ValueError, match="different fine-tune job"):
+        finetune(FAST, parent, new, [], tmp_path / "job", stop=stop)

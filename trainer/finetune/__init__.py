@@ -12,10 +12,12 @@ What the paper lacks (section VI-B), decided from data the trainer has:
   (stratified by outcome). Every ``eval_every`` steps the candidate is scored
   on it (``measure``, see :mod:`trainer.early_stop`) and on a held-out slice
   of the prior data (forgetting). The parent is candidate zero. The run stops
-  after ``patience`` evaluations without a new best. When no candidate beats
-  the parent (by more than ``max(min_gain, se_margin x bootstrap SE)``, and
-  within ``prior_tolerance`` on the prior slice) the result is
-  ``"no_improvement"`` and no bundle is written.
+  after ``patience`` evaluations without a new best. The gate (``gate``, see
+  :mod:`trainer.finetune.selection`): "race" (default) ships the best candidate
+  that passes the forgetting rule unless it is clearly worse than the parent
+  (the agent's race on the robot decides); "strict" ships only one that beats
+  the parent by more than ``max(min_gain, se_margin x bootstrap SE)``. Otherwise
+  the result is ``"no_improvement"`` and no bundle is written.
 - Augmentation (``augment="auto"``): the flip/rotation augmentation assumes a
   mirror-symmetric robot, which a changed robot may not be. Two arms, with and
   without it, train ``probe_steps`` each; the one scoring better on the

@@ -148,7 +148,7 @@ class Arms:
             )
             entry["loss"] = round(loss, 6) if np.isfinite(loss) else None
             st["curve"].append(entry)
-            if selection.eligible(cfg, cand, self.parent) and cand.new > st["best_new"]:
+            if selection.keeps(cfg, cand, self.parent, int(st["best_step"]), st["best_new"]):
                 tmp = d / ".best.tmp"
                 save_file(
                     {k: v.detach().cpu().contiguous() for k, v in learner.net.state_dict().items()},

@@ -17,6 +17,9 @@ from trainer.qnet import QNetConfig
 Status = Literal["improved", "no_improvement", "stopped"]
 Progress = Callable[[dict[str, Any]], None]
 
+GATES = ("race", "strict")
+"""Values of :attr:`FinetuneConfig.gate`."""
+
 SHIFT_TAG = "-shift"
 """Directory suffix of the shifted arm (the unshifted probe keeps the plain name)."""
 
@@ -64,7 +67,16 @@ class FinetuneConfig:
     prior_bce_ratio: float = 1.15
     """Largest allowed prior-slice BCE as a multiple of the parent's (forgetting rule)."""
     min_auc: float = 0.6
-    """The winner's held-out new-data AUC must reach this (better than chance)."""
+    """The winner's held-out new-data AUC must reach this (better than chance; strict gate)."""
+    gate: Literal["race", "strict"] = "race"
+    """What ships. "race": the offline gate is a filter: the eligible candidate with the best
+    held-out new-data score ships unless it is clearly worse than the parent (score below
+    the parent's by more than ``se_margin`` x SE, or AUC below ``race_min_auc``), and the
+    robot's race against the parent decides; what "strict" ships ships too. "strict": a child
+    ships only when it beats the parent by ``max(min_gain, se_margin x SE)`` with AUC >=
+    ``min_auc``."""
+    race_min_auc: float = 0.55
+    """Race gate: a candidate whose held-out new-data AUC is below this is clearly worse."""
     seed: int = 0
     """Seed of the split, initialisation, sampling and augmentation."""
     threads: int = 2
@@ -91,6 +103,10 @@ class FinetuneConfig:
             raise ValueError("holdout shares must be in (0, 1)")
         if not 0.0 <= self.prior_share < 1.0:
             raise ValueError("prior_share must be in [0, 1)")
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, not {self.gate!r}")
+        if not 0.0 <= self.race_min_auc <= 1.0:
+            raise ValueError("race_min_auc must be in [0, 1]")
         if any(s <= 0 or s % self.eval_every for s in self.snapshot_steps):
             raise ValueError("snapshot_steps must be positive multiples of eval_every")
 

@@ -42,6 +42,9 @@ def _identity(job: dict[str, Any]) -> Any:
     j = json.loads(json.dumps(job))
     for k in ("threads", "device"):
         j["config"].pop(k, None)
+    # A job stored before the gate existed ran the strict gate: it resumes under "strict".
+    j["config"].setdefault("gate", "strict")
+    j["config"].setdefault("race_min_auc", FinetuneConfig.race_min_auc)
     return j
 
 
@@ -156,7 +159,7 @@ def _decide(
     """The result of a trained arm: the child bundle when :mod:`.selection` ships one
     (under ``out/bundles``), else "no_improvement"; the meta records the decision."""
     curve = st["curve"]
-    best = selection.best(cfg, curve, jb.parent)
+    best = selection.pick(cfg, curve, jb.parent)
     se = 0.0
     chosen: Candidate | None = None
     net: QNet | None = None
@@ -166,7 +169,7 @@ def _decide(
         se = early_stop.paired_se(
             cfg.measure, p, jb.parent_p, y, jb.data.held_new_groups, seed=cfg.seed
         )
-        chosen = selection.choose(cfg, curve, jb.parent, se)
+        chosen = selection.ship(cfg, curve, jb.parent, se)
     steps_run = max((e["step"] for e in curve), default=0)
     meta: dict[str, Any] = {
         "condition": condition,
@@ -194,6 +197,9 @@ def _decide(
             "se": round(se, 6),
             "curve": curve,
             "rule": selection.rule_text(cfg),
+            "gate": cfg.gate,
+            "candidates": selection.considered(cfg, curve, jb.parent, best, se),
+            "verdict": selection.verdict(cfg, best, chosen, jb.parent, se),
         },
     }
     if chosen is None or net is None:
