@@ -37,10 +37,14 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 @pytest.fixture
 def restartable(tmp_path: Path) -> Restart:
     """A daemon (no link) to stop and start again on one config: a tiny bundle, 5
-    exploration grasps per condition, probation at alpha 0.001."""
+    exploration grasps per condition, trained results on probation (no race) at alpha 0.001."""
     base = make_bundle(tmp_path / "incoming")
     cfg = agent_config(
-        tmp_path, base, lifecycle={"exploration_grasps": 5}, probation={"alpha": 0.001}
+        tmp_path,
+        base,
+        lifecycle={"exploration_grasps": 5},
+        probation={"alpha": 0.001},
+        rounds={"race": False},
     )
 
     def start() -> tuple[Daemon, threading.Thread]:
