@@ -2,7 +2,36 @@
 
 from __future__ import annotations
 
-from trainer.demo.analysis import Summary
+from trainer.demo.analysis import Segment, Summary
+
+
+def _rounds_lines(seg: Segment) -> list[str]:
+    """The segment's rounds, races, their cost, and the last winner's figures."""
+    lines = []
+    for r in seg.rounds:
+        if r.taken:
+            lines.append(
+                f"  rounds under {r.condition}: {r.taken} (jobs sent at "
+                f"{', '.join(map(str, r.starts))})"
+            )
+        lines += ["  " + x.story() for x in r.races]
+        if r.ended is not None:
+            lines.append("  " + r.ended.text())
+        elif r.taken:
+            lines.append("  the rounds were still going when the log ended")
+    if seg.races:
+        won = sum(x.child_won for x in seg.races)
+        lines.append(
+            f"  races {len(seg.races)} (a child won {won}), race cost {seg.race_cost} grasps "
+            "(served under the arms that lost)"
+        )
+    if seg.final is not None and seg.last_swap is not None and seg.last_swap != seg.swap:
+        lines.append(f"  after the last swap (at {seg.last_swap}) {seg.final.text()}")
+        if seg.recovered_final is not None:
+            lines.append(
+                f"  the last swapped-in policy recovered {seg.recovered_final:.0%} of the drop"
+            )
+    return lines
 
 
 def summary_text(s: Summary) -> str:
@@ -55,6 +84,7 @@ def summary_text(s: Summary) -> str:
         rec = seg.recovered
         if rec is not None:
             lines.append(f"  recovered {rec:.0%} of the drop")
+        lines += _rounds_lines(seg)
     changes = s.segments[1:]
     if changes:
         found = [seg.condition for seg in changes if seg.alarm is not None]
