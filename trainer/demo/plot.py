@@ -214,14 +214,16 @@ def write_png(data: PlotData, path: Path) -> None:
         )
     for start, end, result in data.races:
         ax.axvspan(start, max(end, start + 1), ymax=1 / YMAX, color=RACE, alpha=0.35, lw=0)
+        late = start > 0.85 * n  # near the right edge the label ends at the band's end
         ax.text(
-            start,
+            max(end, start + 1) if late else start,
             0.985,
-            f" race: {result}",
-            ha="left",
+            f" race: {result} " if late else f" race: {result}",
+            ha="right" if late else "left",
             va="top",
             fontsize=7,
             color=(0.15, 0.4, 0.1),
+            clip_on=True,
         )
     ax.plot(range(len(data.rolling)), data.rolling, color="black", lw=1.1)
     for lv in data.levels:

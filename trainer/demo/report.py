@@ -21,9 +21,11 @@ def _rounds_lines(seg: Segment) -> list[str]:
             lines.append("  the rounds were still going when the log ended")
     if seg.races:
         won = sum(x.child_won for x in seg.races)
+        open_ = sum(x.outcome != "decided" for x in seg.races)
         lines.append(
-            f"  races {len(seg.races)} (a child won {won}), race cost {seg.race_cost} grasps "
-            "(served under the arms that lost)"
+            f"  races {len(seg.races)} (a child won {won}"
+            + (f"; {open_} undecided" if open_ else "")
+            + f"), race cost {seg.race_cost} grasps (served under the arms that lost)"
         )
     if seg.final is not None and seg.last_swap is not None and seg.last_swap != seg.swap:
         lines.append(f"  after the last swap (at {seg.last_swap}) {seg.final.text()}")
