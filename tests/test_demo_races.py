@@ -84,6 +84,7 @@ def _events() -> list[Event]:
         _round(639.5, "collecting", round=2, grasps=320),
         Event(739.5, job, {"job": 2, "status": "exporting", "condition": "auto-1"}),
         _round(739.5, "started", round=2, parent=C1),
+        Event(759.5, job, {"job": 2, "status": "improved"}),
         _race(759.5, "started", parent=C1, candidates=[C2], job=2, round=2),
         _race(809.5, "eliminated", arm=1, policy=C2, reason="worse than the parent"),
         Event(
@@ -144,6 +145,7 @@ def _events() -> list[Event]:
 def test_races_and_rounds_are_read_from_the_event_stream() -> None:
     [r] = rounds_of(_events(), _grasps())
     assert r.condition == "auto-1" and r.starts == (500, 740, 860) and r.taken == 3
+    assert r.jobs == (1, 2, 3) and r.results == ("improved", "improved", None)
     assert [(x.started, x.ended, x.result()) for x in r.races] == [
         (560, 640, "child won"),
         (760, 820, "parent kept"),
@@ -184,7 +186,10 @@ def test_summary_counts_rounds_races_and_race_cost_per_condition() -> None:
     assert seg["recovered_final"] == pytest.approx(0.875)
     assert (doc["rounds_taken"], doc["race_cost"], len(doc["races"])) == (3, 100, 3)
     text = summary_text(s)
-    assert "rounds under auto-1: 3 (jobs sent at 500, 740, 860)" in text
+    assert (
+        "rounds under auto-1: 3 (round 1: job 1 at 500, improved; round 2: job 2 at 740, "
+        "improved; round 3: job 3 at 860, no result yet)"
+    ) in text
     assert f"race of round 2 at 760-820: parent {C1} kept (candidates eliminated;" in text
     assert "rounds ended at 940 after 3 round(s): recovered; level 90% vs 90% before" in text
     assert "races 3 (a child won 2), race cost 100 grasps" in text
@@ -320,3 +325,18 @@ def test_live_view_shows_races_and_rounds() -> None:
     )
     view.apply("agent.condition", {"condition": "auto-2", "source": "alarm"})
     assert view.phase == "exploring" and view.race is None and view.round == 0
+
+
+def test_rounds_of_an_exploration_begun_before_a_change_are_listed_where_it_began() -> None:
+    """A false alarm under baseline at 250 marks auto-1 before the world changes at 300: its
+    rounds belong to baseline (as its exploration does); harsh lighting points there."""
+    events = [
+        Event(e.t - 70 if e.topic == "agent.condition" else e.t, e.topic, e.data)
+        for e in _events()
+        if e.topic != "agent.alarm"
+    ]
+    s = summarise(_grasps(), events, SCHEDULE, 1100)
+    base, harsh = s.segments
+    assert base.rounds_taken == 3 and harsh.rounds_taken == 0 and harsh.carried
+    assert "rounds 3, races 3 (cost 100)" in plot_data(_grasps(), s).notes[0][2]
+    assert "(its rounds and races are listed under baseline)" in summary_text(s)

@@ -116,11 +116,21 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
+def _rounds_note(seg: Segment) -> list[str]:
+    """The rounds and races of the conditions marked in the segment, if any."""
+    if not seg.rounds_taken and not seg.races:
+        return []
+    races = seg.races
+    cost = f" (cost {seg.race_cost})" if races else ""
+    return [f"rounds {seg.rounds_taken}, races {len(races)}{cost}"]
+
+
 def segment_note(seg: Segment) -> str:
     """A segment's success figures in a few short lines for the PNG."""
     n = seg.between.n
     if seg.before is None:
-        return f"{_pct(seg.between.rate)} (n={n})\nfalse alarms {seg.false_alarms}"
+        lines = [f"{_pct(seg.between.rate)} (n={n})", f"false alarms {seg.false_alarms}"]
+        return "\n".join(lines + _rounds_note(seg))
     lines = [f"before {_pct(seg.before.rate)}", f"change->swap {_pct(seg.between.rate)} (n={n})"]
     if seg.after is not None:
         lines.append(f"after swap {_pct(seg.after.rate)} (n={seg.after.n})")
@@ -128,12 +138,7 @@ def segment_note(seg: Segment) -> str:
         lines.append(f"recovered {seg.recovered:.0%}")
     if seg.final is not None and seg.last_swap is not None and seg.last_swap != seg.swap:
         lines.append(f"after last swap {_pct(seg.final.rate)} (n={seg.final.n})")
-    if seg.rounds_taken:
-        races = seg.races
-        lines.append(
-            f"rounds {seg.rounds_taken}, races {len(races)}"
-            + (f" (cost {seg.race_cost})" if races else "")
-        )
+    lines += _rounds_note(seg)
     if seg.alarm is not None:
         lines.append(f"alarm +{seg.detection_delay}")
     elif seg.carried:

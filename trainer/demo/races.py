@@ -133,6 +133,11 @@ class Rounds:
     """The agent's condition name."""
     starts: tuple[int, ...] = ()
     """Grasp index of each round's job submission, in order."""
+    jobs: tuple[int | None, ...] = ()
+    """Each round's job (None where the log does not say)."""
+    results: tuple[str | None, ...] = ()
+    """Each round's job result: improved, no_improvement, failed, cancelled (None: none
+    yet)."""
     races: tuple[Race, ...] = ()
     """Its races, in order."""
     ended: RoundsEnd | None = None
@@ -147,6 +152,16 @@ class Rounds:
     def cost(self) -> int:
         """Grasps under the arms that lost, over the decided races."""
         return sum(r.cost for r in self.races)
+
+    def round_lines(self) -> list[str]:
+        """One short text per round: its job, where it went out, its result."""
+        out = []
+        for i, at in enumerate(self.starts):
+            job = self.jobs[i] if i < len(self.jobs) else None
+            result = self.results[i] if i < len(self.results) else None
+            what = f"job {job}" if job is not None else "its job"
+            out.append(f"round {i + 1}: {what} at {at}, {result or 'no result yet'}")
+        return out
 
     @property
     def first(self) -> int | None:
@@ -184,15 +199,25 @@ def rounds_of(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[Rounds]:
     acc: dict[str, dict[str, Any]] = {}
 
     def of(cond: str) -> dict[str, Any]:
-        return acc.setdefault(cond, {"starts": [], "races": [], "ended": None})
+        return acc.setdefault(cond, {"starts": [], "jobs": [], "races": [], "ended": None})
+
+    sent: dict[str, int] = {}  # the latest job exported per condition
+    verdicts: dict[int, str] = {}
 
     for idx, e in place(events, grasps):
         d = e.data
         cond = str(d.get("condition") or "")
-        if e.topic == "agent.round":
+        if e.topic == "agent.job":
+            job, status = _int(d.get("job")), str(d.get("status", ""))
+            if job is not None and status == "exporting" and cond:
+                sent[cond] = job
+            elif job is not None and status in _VERDICTS:
+                verdicts.setdefault(job, status)
+        elif e.topic == "agent.round":
             kind = d.get("event")
             if kind == "started":
                 of(cond)["starts"].append(idx)
+                of(cond)["jobs"].append(sent.pop(cond, None))
             elif kind == "ended":
                 of(cond)["ended"] = RoundsEnd(
                     idx,
@@ -230,4 +255,18 @@ def rounds_of(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[Rounds]:
                     cost=_int(d.get("cost")) or 0,
                     arms=_arms(d.get("arms")),
                 )
-    return [Rounds(c, tuple(a["starts"]), tuple(a["races"]), a["ended"]) for c, a in acc.items()]
+    return [
+        Rounds(
+            c,
+            tuple(a["starts"]),
+            tuple(a["jobs"]),
+            tuple(None if j is None else verdicts.get(j) for j in a["jobs"]),
+            tuple(a["races"]),
+            a["ended"],
+        )
+        for c, a in acc.items()
+    ]
+
+
+_VERDICTS = ("improved", "no_improvement", "failed", "cancelled", "kept")
+"""Job statuses that settle a round's job (the first one counts)."""

@@ -10,10 +10,7 @@ def _rounds_lines(seg: Segment) -> list[str]:
     lines = []
     for r in seg.rounds:
         if r.taken:
-            lines.append(
-                f"  rounds under {r.condition}: {r.taken} (jobs sent at "
-                f"{', '.join(map(str, r.starts))})"
-            )
+            lines.append(f"  rounds under {r.condition}: {r.taken} ({'; '.join(r.round_lines())})")
         lines += ["  " + x.story() for x in r.races]
         if r.ended is not None:
             lines.append("  " + r.ended.text())
@@ -61,10 +58,12 @@ def summary_text(s: Summary) -> str:
                 else "  no alarm"
             )
         for a in seg.carried:
+            rounds = [r for prev in s.segments for r in prev.rounds if r.condition == a.condition]
             lines.append(
                 f"  the exploration begun at {a.marked} under {a.world} was still running at "
                 f"this change ({a.marked}-{a.submitted if a.submitted is not None else '...'})"
                 f": its job trained on both conditions"
+                + (f" (its rounds and races are listed under {a.world})" if rounds else "")
             )
         for a in seg.explorations:
             lines.append("  " + a.story())
