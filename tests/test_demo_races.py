@@ -227,7 +227,7 @@ def test_png_draws_race_bands_and_round_markers(tmp_path: Path) -> None:
         (880, 940, "child won"),
     )
     assert [m.index for m in data.markers if m.kind == "round"] == [500, 740, 860]
-    assert "rounds 3, races 3 (cost 100)" in data.notes[1][2]
+    assert "rounds 3, races 3\nrace cost 100" in data.notes[1][2]
     assert "after last swap 85%" in data.notes[1][2]
     with_races, without = tmp_path / "with.png", tmp_path / "without.png"
     write_png(data, with_races)
@@ -338,5 +338,5 @@ def test_rounds_of_an_exploration_begun_before_a_change_are_listed_where_it_bega
     s = summarise(_grasps(), events, SCHEDULE, 1100)
     base, harsh = s.segments
     assert base.rounds_taken == 3 and harsh.rounds_taken == 0 and harsh.carried
-    assert "rounds 3, races 3 (cost 100)" in plot_data(_grasps(), s).notes[0][2]
+    assert "rounds 3, races 3\nrace cost 100" in plot_data(_grasps(), s).notes[0][2]
     assert "(its rounds and races are listed under baseline)" in summary_text(s)

@@ -121,8 +121,8 @@ def _rounds_note(seg: Segment) -> list[str]:
     if not seg.rounds_taken and not seg.races:
         return []
     races = seg.races
-    cost = f" (cost {seg.race_cost})" if races else ""
-    return [f"rounds {seg.rounds_taken}, races {len(races)}{cost}"]
+    lines = [f"rounds {seg.rounds_taken}, races {len(races)}"]
+    return lines + ([f"race cost {seg.race_cost}"] if races else [])
 
 
 def segment_note(seg: Segment) -> str:
