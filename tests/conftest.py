@@ -26,6 +26,7 @@ FILES: dict[str, str] = {
     "agent/test_detector.py": "unit",
     "agent/test_race.py": "unit",
     "agent/test_rounds.py": "unit",
+    "test_demo_races.py": "unit",
     "agent/test_race_crash.py": "e2e",
     "agent/test_units.py": "unit",
     "drivers/test_bridge_docs.py": "unit",

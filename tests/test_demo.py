@@ -311,6 +311,8 @@ def test_generated_configs_load_as_the_agent_and_trainer_read_them(tmp_path: Pat
     assert cfg.agent.max_grasps == 6400 and cfg.agent.data_dir == str(tmp_path / "agent")
     assert [list(e) for e in cfg.driver.settings.sim.schedule] == plan.schedule()
     assert cfg.sockets.event_endpoint == ep.events and cfg.trainer.endpoint == ep.trainer
+    # the demo learns in rounds, its children racing their parents (the agent's defaults)
+    assert cfg.rounds.enabled and cfg.rounds.race
     with open(REPO / "configs" / "demo-trainer.toml", "rb") as f:
         t_tmpl = tomllib.load(f)
     t = trainer_config(

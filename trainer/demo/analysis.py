@@ -8,7 +8,13 @@ splits the log into one segment per condition. Within each segment after the fir
   swap on if it had one): how well the agent did before the world changed;
 - **between**: from the change to the first trained swap in the segment (or its end):
   the old policy under the new condition (detection, exploration, training time);
-- **after**: from that swap to the segment's end: the fine-tuned policy.
+- **after**: from that swap to the segment's end: the fine-tuned policy (with rounds, the
+  later rounds' races and winners too);
+- **final**: from the segment's last trained swap (a later round's winner) to its end.
+
+A trained swap is a child swapped in at once or one that won its race against its parent.
+The rounds and races of each condition the agent marked (:mod:`trainer.demo.races`) belong
+to the segment where it was marked, as its explorations do.
 
 Each with N and a Wilson 95% interval. Events (alarms, jobs, swaps, rollbacks) are placed at
 the grasp index they happened at: the number of grasps finished when they were recorded.
@@ -21,7 +27,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trainer.demo.timeline import Arc, Event, Grasp, Marker, arcs, explore_span, markers
+from trainer.demo.races import Race, Rounds, rounds_of
+from trainer.demo.timeline import (
+    Arc,
+    Event,
+    Grasp,
+    Marker,
+    arcs,
+    explore_span,
+    markers,
+    trained_swap,
+)
 
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile."""
@@ -125,6 +141,38 @@ class Segment:
     """The world condition whose exploration produced the first trained swap."""
     min_drop: float = 0.15
     """The detector's smallest drop worth detecting (the agent's detector.min_drop)."""
+    rounds: tuple[Rounds, ...] = ()
+    """The rounds (jobs, races, why they stopped) under the conditions the agent marked in
+    the segment (with its explorations: they belong where they began)."""
+    last_swap: int | None = None
+    """Grasp index of the last trained swap in the segment (a later round's winner)."""
+    final: Interval | None = None
+    """Success from the last trained swap to the segment's end (None without a swap)."""
+
+    @property
+    def rounds_taken(self) -> int:
+        """Rounds (fine-tune jobs) begun under the segment's conditions."""
+        return sum(r.taken for r in self.rounds)
+
+    @property
+    def races(self) -> tuple[Race, ...]:
+        """Its races, in order."""
+        return tuple(x for r in self.rounds for x in r.races)
+
+    @property
+    def race_cost(self) -> int:
+        """Grasps under the arms that lost their races."""
+        return sum(r.cost for r in self.rounds)
+
+    @property
+    def recovered_final(self) -> float | None:
+        """Share of the drop won back by the last swapped-in policy (final - between)."""
+        if self.before is None or self.final is None:
+            return None
+        b, m, a = self.before.rate, self.between.rate, self.final.rate
+        if b is None or m is None or a is None or b - m <= 0:
+            return None
+        return (a - m) / (b - m)
 
     @property
     def detection_delay(self) -> int | None:
@@ -206,6 +254,8 @@ class Summary:
     """Set when the run ended before its grasp budget."""
     not_reached: tuple[str, ...] = ()
     """Scheduled conditions the run never reached."""
+    rounds: tuple[Rounds, ...] = ()
+    """The rounds and races of every agent condition that had any."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (intervals as dicts, derived figures included)."""
@@ -217,6 +267,11 @@ class Summary:
             d["dropped"] = s.dropped
             d["missed"] = s.missed
             d["small_drop"] = s.small_drop
+            d["rounds_taken"] = s.rounds_taken
+            d["races"] = [_race_json(r) for r in s.races]
+            d["race_cost"] = s.race_cost
+            d["rounds_ended"] = [r.ended.reason for r in s.rounds if r.ended is not None]
+            d["recovered_final"] = s.recovered_final
             segs.append(d)
         changes = self.segments[1:]
         return {
@@ -238,7 +293,15 @@ class Summary:
             "not_reached": list(self.not_reached),
             "conditions": segs,
             "markers": [asdict(m) for m in self.markers],
+            "rounds_taken": sum(r.taken for r in self.rounds),
+            "races": [_race_json(x) for r in self.rounds for x in r.races],
+            "race_cost": sum(r.cost for r in self.rounds),
         }
+
+
+def _race_json(r: Race) -> dict[str, Any]:
+    """A race as JSON, with its result and whether the child won."""
+    return {**asdict(r), "result": r.result(), "child_won": r.child_won}
 
 
 def segment_bounds(schedule: Sequence[tuple[int, str]], total: int) -> list[tuple[str, int, int]]:
@@ -269,14 +332,24 @@ def summarise(
     is marked stopped with that reason; ``min_drop``: the agent's detector.min_drop."""
     ms = markers(events, grasps)
     all_arcs = arcs(ms, events, grasps, schedule)
+    all_rounds = rounds_of(events, grasps)
+    marked = {a.condition for a in all_arcs}
     segs: list[Segment] = []
     prev_from: int | None = None
     for name, start, end in segment_bounds(schedule, len(grasps)):
-        trained = [m for m in _within(ms, "swap", start, end) if m.detail.startswith("trained")]
+        trained = [m for m in _within(ms, "swap", start, end) if trained_swap(m.detail)]
         swap = trained[0] if trained else None
+        last = trained[-1] if trained else None
         drops = [m for m in _within(ms, "alarm", start, end) if m.detail == "success_drop"]
         marks = _within(ms, "condition", start, end)
         own = tuple(a for a in all_arcs if start <= a.marked < end)
+        names = {a.condition for a in own}
+        mine = tuple(
+            r
+            for r in all_rounds
+            if r.condition in names
+            or (r.condition not in marked and r.first is not None and start <= r.first < end)
+        )
         carried = tuple(
             a for a in all_arcs if segs and a.marked < start and start in explore_span(a, end)
         )
@@ -304,6 +377,9 @@ def summarise(
                 carried=carried,
                 swap_from=source.world if source else None,
                 min_drop=min_drop,
+                rounds=mine,
+                last_swap=last.index if last else None,
+                final=rate_of(grasps[last.index : end]) if last else None,
             )
         )
         prev_from = swap.index if swap else start
@@ -312,4 +388,12 @@ def summarise(
         stopped = Stop(len(grasps), planned, stop_reason or "the agent stopped before its budget")
     reached = {s.condition for s in segs}
     later = [n for c, n in schedule if c >= len(grasps) and n not in reached]
-    return Summary(len(grasps), rate_of(grasps), tuple(segs), tuple(ms), stopped, tuple(later))
+    return Summary(
+        len(grasps),
+        rate_of(grasps),
+        tuple(segs),
+        tuple(ms),
+        stopped,
+        tuple(later),
+        tuple(all_rounds),
+    )

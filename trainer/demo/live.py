@@ -1,10 +1,11 @@
 """The demo's terminal view of the agent's PUB events (pure: events in, text out).
 
 :meth:`LiveView.apply` takes one event and returns the lines worth printing on their own
-(alarms, conditions, jobs, swaps, rollbacks, rejections, errors); :meth:`LiveView.status`
-is the one-line status: grasps, the world's condition (from the schedule: the agent does not
-know it), the agent's phase and condition, rolling success, and a progress bar while a job
-trains.
+(alarms, conditions, jobs, rounds, races, swaps, rollbacks, rejections, errors);
+:meth:`LiveView.status` is the one-line status: grasps, the world's condition (from the
+schedule: the agent does not know it), the agent's phase and condition, rolling success, the
+round under way, each arm's race grasps while a trained child races its parent, and a
+progress bar while a job trains.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class LiveView:
     muted_alarms: int = 0
     """Success-drop alarms while exploring or training since the phase began (the first is
     printed, the rest counted)."""
+    round: int = 0
+    """The round under way under the agent's condition (0: none; it counts from 1)."""
+    race: dict[str, list[int]] | None = None
+    """While a race runs: [grasps, successes] per policy, the parent first."""
 
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
@@ -86,6 +91,10 @@ class LiveView:
             self.condition = str(data.get("condition") or self.condition)
             if data.get("mode") == "explore":
                 self._set_phase("exploring")
+            if self.phase == "racing" and self.race is not None and self.policy in self.race:
+                arm = self.race[self.policy]
+                arm[0] += 1
+                arm[1] += int(bool(data.get("success")))
             return []
         at = f"[grasp {self.last_id:>5}, world: {self.world()}]"
         if topic == "agent.alarm":
@@ -111,10 +120,15 @@ class LiveView:
             return [line]
         if topic == "agent.condition":
             self.condition = str(data.get("condition", ""))
+            self.round, self.race = 0, None
             self._set_phase("exploring")
             return [f"{at} new condition {self.condition!r} ({data.get('source', '')}); exploring"]
         if topic == "agent.job":
             return self._job(at, data)
+        if topic == "agent.race":
+            return self._race(at, data)
+        if topic == "agent.round":
+            return self._round(at, data)
         if topic == "agent.policy.swapped":
             self.swaps += 1
             self.policy = str(data.get("policy", ""))
@@ -129,7 +143,8 @@ class LiveView:
         if topic == "agent.policy.rejected":
             if data.get("purpose") == "trained":  # the job ends with it (the parent serves on)
                 self.job, self.progress = None, None
-            return [f"{at} bundle {data.get('policy')} rejected: {data.get('reason', '')}"]
+            what = "child" if str(data.get("reason", "")).startswith("lost the race") else "bundle"
+            return [f"{at} {what} {data.get('policy')} rejected: {data.get('reason', '')}"]
         if topic == "agent.policy.probation":
             if self.phase == "probation":
                 self._set_phase("serving")
@@ -140,6 +155,74 @@ class LiveView:
             ]
         if topic == "agent.error":
             return [f"{at} agent error in {data.get('where')}: {data.get('message', '')}"]
+        return []
+
+    def _race(self, at: str, data: dict[str, Any]) -> list[str]:
+        event = data.get("event")
+        if event == "started":
+            parent = str(data.get("parent", ""))
+            listed = data.get("candidates")
+            children = [str(c) for c in listed] if isinstance(listed, list) else []
+            self.race = {parent: [0, 0], **{c: [0, 0] for c in children}}
+            self.job, self.progress = None, None  # the job is settled: its child races
+            if isinstance(data.get("round"), int) and data["round"] > 0:
+                self.round = int(data["round"])
+            self._set_phase("racing")
+            return [
+                f"{at} RACE round {data.get('round')}: child {', '.join(children)} vs parent "
+                f"{parent} on alternate grasps"
+            ]
+        if event == "eliminated":
+            return [f"{at} race: {data.get('policy')} eliminated ({data.get('reason', '')})"]
+        if event == "decided":
+            self.race = None
+            self._set_phase("serving")  # a swap or the next round's events follow
+            winner, kept = data.get("winner"), data.get("parent")
+            rows = data.get("arms")
+            arms = [a for a in rows if isinstance(a, dict)] if isinstance(rows, list) else []
+            figures = ", ".join(
+                f"{'parent' if a.get('policy') == kept else 'child'} "
+                f"{a.get('successes')}/{a.get('grasps')}"
+                for a in arms
+            )
+            who = f"child {winner} won" if winner != kept else f"parent {kept} kept"
+            return [
+                f"{at} RACE decided: {who} ({data.get('reason', '')}; {figures}), "
+                f"cost {data.get('cost')} grasps"
+            ]
+        if event == "abandoned":
+            self.race = None
+            return [
+                f"{at} race abandoned after {data.get('grasps')} grasps ({data.get('reason', '')})"
+            ]
+        return []
+
+    def _round(self, at: str, data: dict[str, Any]) -> list[str]:
+        event, n = data.get("event"), data.get("round")
+        if event == "started":
+            self.round = int(n) if isinstance(n, int) else self.round + 1
+            return [f"{at} round {n}: job sent (parent {data.get('parent')})"]
+        if event == "collecting":
+            self._set_phase("exploring")
+            return [
+                f"{at} round {n}: collecting grasps for its job "
+                f"({data.get('grasps')} grasps since the change)"
+            ]
+        if event == "ended":
+            self.round = 0
+            self._set_phase("serving")
+            level, before = data.get("level"), data.get("level_before")
+            levels = ""
+            if isinstance(level, int | float):
+                levels = f"level {level:.0%}"
+                if isinstance(before, int | float):
+                    levels += f" vs {before:.0%} before the change"
+                levels += "; "
+            return [
+                f"{at} rounds ended after {data.get('rounds')} round(s): {data.get('reason')} "
+                f"({levels}{data.get('grasps')} grasps since the change, race cost "
+                f"{data.get('cost')} grasps)"
+            ]
         return []
 
     def _job(self, at: str, data: dict[str, Any]) -> list[str]:
@@ -190,6 +273,14 @@ class LiveView:
             f"success(last {len(self.recent)}) {'-' if rate is None else f'{rate:4.0%}'}",
             f"alarms {self.alarms} swaps {self.swaps} rollbacks {self.rollbacks}",
         ]
+        if self.round:
+            parts.append(f"round {self.round}")
+        if self.phase == "racing" and self.race is not None:
+            arms = list(self.race.values())
+            tally = ", ".join(
+                f"{'parent' if i == 0 else 'child'} {s}/{n}" for i, (n, s) in enumerate(arms)
+            )
+            parts.append(f"race {sum(n for n, _ in arms)} grasps: {tally}")
         if self.job is not None:
             if self.progress is not None:
                 phase, step, top = self.progress

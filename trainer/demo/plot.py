@@ -1,6 +1,6 @@
 """The demo's PNG: rolling success against grasp index, with condition changes, alarms, job
-submissions and results, swaps, refused jobs and rollbacks marked, and each segment's success
-written on it.
+submissions and results, rounds, swaps, refused jobs and rollbacks marked, races shaded, and
+each segment's success written on it.
 
 :func:`plot_data` is pure (what to draw); :func:`write_png` draws it with matplotlib (in the
 ``[trainer]`` extra) and writes the run's state (complete, or where and why it stopped) into
@@ -20,6 +20,7 @@ DRAWN = (
     "alarm",
     "condition",
     "job",
+    "round",
     "job_result",
     "refused",
     "rejected",
@@ -35,6 +36,7 @@ COLOURS = {
     "alarm": (0.85, 0.1, 0.1),
     "condition": (0.45, 0.0, 0.0),
     "job": (0.1, 0.3, 0.85),
+    "round": (0.35, 0.35, 0.65),
     "job_result": (0.1, 0.6, 0.75),
     "refused": (0.55, 0.0, 0.55),
     "rejected": (0.2, 0.2, 0.2),
@@ -46,6 +48,7 @@ NAMES = {
     "alarm": "alarm (success drop)",
     "condition": "new condition marked: exploring",
     "job": "exploration done: job sent",
+    "round": "round: its job sent",
     "job_result": "job improved",
     "refused": "job refused/failed: parent serves on",
     "rejected": "child bundle refused by the agent",
@@ -57,6 +60,7 @@ SYMBOLS = {
     "alarm": "v",
     "condition": "*",
     "job": "s",
+    "round": "|",
     "job_result": "D",
     "refused": "P",
     "rejected": "x",
@@ -66,6 +70,8 @@ SYMBOLS = {
 """matplotlib marker per kind."""
 SHADES = ((0.93, 0.95, 0.98), (0.98, 0.95, 0.90))
 """Alternating background of the condition segments."""
+RACE = (0.55, 0.80, 0.45)
+"""Colour of a race's band (drawn translucent over the segment's shade)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class PlotData:
     """Figure title."""
     notes: tuple[tuple[int, int, str], ...] = ()
     """(start, end, text) per segment: its success figures, written inside it."""
+    races: tuple[tuple[int, int, str], ...] = ()
+    """(start, end, result) per race: the grasps a trained child raced its parent over."""
     stopped: str = ""
     """Where and why the run stopped early ("" for a complete run), shown in red."""
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -108,16 +116,29 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
+def _rounds_note(seg: Segment) -> list[str]:
+    """The rounds and races of the conditions marked in the segment, if any."""
+    if not seg.rounds_taken and not seg.races:
+        return []
+    races = seg.races
+    lines = [f"rounds {seg.rounds_taken}, races {len(races)}"]
+    return lines + ([f"race cost {seg.race_cost}"] if races else [])
+
+
 def segment_note(seg: Segment) -> str:
     """A segment's success figures in a few short lines for the PNG."""
     n = seg.between.n
     if seg.before is None:
-        return f"{_pct(seg.between.rate)} (n={n})\nfalse alarms {seg.false_alarms}"
+        lines = [f"{_pct(seg.between.rate)} (n={n})", f"false alarms {seg.false_alarms}"]
+        return "\n".join(lines + _rounds_note(seg))
     lines = [f"before {_pct(seg.before.rate)}", f"change->swap {_pct(seg.between.rate)} (n={n})"]
     if seg.after is not None:
         lines.append(f"after swap {_pct(seg.after.rate)} (n={seg.after.n})")
     if seg.recovered is not None:
         lines.append(f"recovered {seg.recovered:.0%}")
+    if seg.final is not None and seg.last_swap is not None and seg.last_swap != seg.swap:
+        lines.append(f"after last swap {_pct(seg.final.rate)} (n={seg.final.n})")
+    lines += _rounds_note(seg)
     if seg.alarm is not None:
         lines.append(f"alarm +{seg.detection_delay}")
     elif seg.carried:
@@ -156,6 +177,11 @@ def plot_data(
         markers=tuple(m for m in summary.markers if m.kind in DRAWN),
         title=title or f"{len(grasps)} grasps",
         notes=tuple((s.start, s.end, segment_note(s)) for s in summary.segments),
+        races=tuple(
+            (x.started, x.span(len(grasps)).stop, x.result())
+            for r in summary.rounds
+            for x in r.races
+        ),
         stopped=stopped,
         metadata={**meta, **(metadata or {})},
     )
@@ -164,9 +190,11 @@ def plot_data(
 def write_png(data: PlotData, path: Path) -> None:
     """Draw ``data`` into ``path`` with matplotlib; the title, the stop and ``metadata`` also
     go into the PNG's text chunks (``PIL.Image.open(path).text``)."""
+    from matplotlib.artist import Artist
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +217,19 @@ def write_png(data: PlotData, path: Path) -> None:
             fontsize=7.5,
             bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5},
         )
+    for start, end, result in data.races:
+        ax.axvspan(start, max(end, start + 1), ymax=1 / YMAX, color=RACE, alpha=0.35, lw=0)
+        late = start > 0.85 * n  # near the right edge the label ends at the band's end
+        ax.text(
+            max(end, start + 1) if late else start,
+            0.985,
+            f" race: {result} " if late else f" race: {result}",
+            ha="right" if late else "left",
+            va="top",
+            fontsize=7,
+            color=(0.15, 0.4, 0.1),
+            clip_on=True,
+        )
     ax.plot(range(len(data.rolling)), data.rolling, color="black", lw=1.1)
     for lv in data.levels:
         ax.hlines(lv.rate, lv.start, lv.end, colors="0.45", lw=2, alpha=0.8)
@@ -201,15 +242,23 @@ def write_png(data: PlotData, path: Path) -> None:
         if kind in ("swap", "rollback", "rejected", "refused"):
             for x in xs:
                 ax.axvline(x, color=colour, lw=1, alpha=0.7, ls="-" if kind == "swap" else ":")
+        if kind == "round":  # a thin boundary: each round's job went out here
+            for m in (m for m in data.markers if m.kind == kind):
+                ax.axvline(m.index, color=colour, lw=0.6, alpha=0.8, ls="-.")
+                ax.text(m.index, LANES[kind] + 0.012, f" r{m.detail}", fontsize=6.5, color=colour)
         ax.scatter(xs, [LANES[kind]] * len(xs), marker=SYMBOLS[kind], color=colour, s=34, zorder=3)
         seen.add(kind)
-    handles = [Line2D([], [], color="black", lw=1.1, label=f"success, last {data.window} grasps")]
+    handles: list[Artist] = [
+        Line2D([], [], color="black", lw=1.1, label=f"success, last {data.window} grasps")
+    ]
     handles.append(Line2D([], [], color="0.45", lw=2, label="mean: change->swap, after swap"))
     handles += [
         Line2D([], [], color=COLOURS[k], marker=SYMBOLS[k], ls="", label=NAMES[k])
         for k in DRAWN
         if k in seen
     ]
+    if data.races:
+        handles.append(Patch(color=RACE, alpha=0.35, label="race: child vs parent"))
     fig.legend(handles=handles, loc="lower center", fontsize=8, ncol=5, frameon=False)
     ax.set_xlim(0, n)
     ax.set_ylim(0, YMAX)

@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
-from trainer.demo.analysis import Summary
+from trainer.demo.analysis import Segment, Summary
+
+
+def _rounds_lines(seg: Segment) -> list[str]:
+    """The segment's rounds, races, their cost, and the last winner's figures."""
+    lines = []
+    for r in seg.rounds:
+        if r.taken:
+            lines.append(f"  rounds under {r.condition}: {r.taken} ({'; '.join(r.round_lines())})")
+        lines += ["  " + x.story() for x in r.races]
+        if r.ended is not None:
+            lines.append("  " + r.ended.text())
+        elif r.taken:
+            lines.append("  the rounds were still going when the log ended")
+    if seg.races:
+        won = sum(x.child_won for x in seg.races)
+        open_ = sum(x.outcome != "decided" for x in seg.races)
+        lines.append(
+            f"  races {len(seg.races)} (a child won {won}"
+            + (f"; {open_} undecided" if open_ else "")
+            + f"), race cost {seg.race_cost} grasps (served under the arms that lost)"
+        )
+    if seg.final is not None and seg.last_swap is not None and seg.last_swap != seg.swap:
+        lines.append(f"  after the last swap (at {seg.last_swap}) {seg.final.text()}")
+        if seg.recovered_final is not None:
+            lines.append(
+                f"  the last swapped-in policy recovered {seg.recovered_final:.0%} of the drop"
+            )
+    return lines
 
 
 def summary_text(s: Summary) -> str:
@@ -30,10 +58,12 @@ def summary_text(s: Summary) -> str:
                 else "  no alarm"
             )
         for a in seg.carried:
+            rounds = [r for prev in s.segments for r in prev.rounds if r.condition == a.condition]
             lines.append(
                 f"  the exploration begun at {a.marked} under {a.world} was still running at "
                 f"this change ({a.marked}-{a.submitted if a.submitted is not None else '...'})"
                 f": its job trained on both conditions"
+                + (f" (its rounds and races are listed under {a.world})" if rounds else "")
             )
         for a in seg.explorations:
             lines.append("  " + a.story())
@@ -55,6 +85,7 @@ def summary_text(s: Summary) -> str:
         rec = seg.recovered
         if rec is not None:
             lines.append(f"  recovered {rec:.0%} of the drop")
+        lines += _rounds_lines(seg)
     changes = s.segments[1:]
     if changes:
         found = [seg.condition for seg in changes if seg.alarm is not None]

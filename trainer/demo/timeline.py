@@ -48,8 +48,9 @@ class Marker:
 
     kind: str
     """alarm, condition (the agent marked a new one), job, job_result (improved), refused
-    (no improvement or failed: no child), swap, rollback, rejected, probation, or start (the
-    first policy loaded)."""
+    (no improvement or failed: no child), swap (a trained child, one that won its race, or a
+    promote), rollback, rejected, race_lost (a child that lost its race), round (a round's job
+    went out), probation, or start (the first policy loaded)."""
     index: int
     """Grasps finished when it happened."""
     label: str
@@ -60,6 +61,12 @@ class Marker:
     """Its code: the alarm kind, the job status, the swap reason, the probation verdict."""
 
 
+def trained_swap(reason: str) -> bool:
+    """A swap that put in a trained child: swapped in at once (``trained in condition ...``,
+    without a race) or after winning its race (``won the race in condition ...``)."""
+    return reason.startswith(("trained", "won the race"))
+
+
 def place(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[tuple[int, Event]]:
     """Each event with the number of grasps finished by its time (events in time order)."""
     ends = [g.t_end for g in grasps]
@@ -67,8 +74,8 @@ def place(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[tuple[int, E
 
 
 def markers(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[Marker]:
-    """The drawable events: alarms, job submissions and results, swaps, rollbacks, rejections,
-    probation verdicts."""
+    """The drawable events: alarms, job submissions and results, rounds, swaps, rollbacks,
+    rejections, probation verdicts."""
     out: list[Marker] = []
     for idx, e in place(events, grasps):
         d = e.data
@@ -96,7 +103,14 @@ def markers(events: Sequence[Event], grasps: Sequence[Grasp]) -> list[Marker]:
             reason = str(d.get("reason", ""))
             out.append(Marker("rollback", idx, f"rollback to {pol} ({reason})", pol, reason))
         elif e.topic == "agent.policy.rejected":
-            out.append(Marker("rejected", idx, f"rejected {pol}", pol, str(d.get("reason", ""))))
+            why = str(d.get("reason", ""))
+            if why.startswith("lost the race"):  # the race's band shows it
+                out.append(Marker("race_lost", idx, f"{pol} lost its race", pol, why))
+            else:
+                out.append(Marker("rejected", idx, f"rejected {pol}", pol, why))
+        elif e.topic == "agent.round" and d.get("event") == "started":
+            n = d.get("round")
+            out.append(Marker("round", idx, f"round {n}: job sent", "", str(n)))
         elif e.topic == "agent.policy.probation":
             verdict = str(d.get("verdict") or "")
             out.append(Marker("probation", idx, f"probation {verdict} ({pol})", pol, verdict))
@@ -207,7 +221,7 @@ def arcs(
                     by_job[job] = a2
             elif job in by_job and status in _RESULT_WORDS and "result" not in by_job[job]:
                 by_job[job] |= {"result": status, "result_at": idx}
-        elif e.topic == "agent.policy.swapped" and str(d.get("reason", "")).startswith("trained"):
+        elif e.topic == "agent.policy.swapped" and trained_swap(str(d.get("reason", ""))):
             a3 = by_cond.get(str(d.get("condition", "")))
             if a3 is not None and "swap" not in a3:
                 a3 |= {"swap": idx, "policy": str(d.get("policy") or "")}
