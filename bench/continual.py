@@ -92,7 +92,9 @@ def known_keys() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for f in dataclasses.fields(AgentConfig):
         t = hints[f.name]
-        out[f.name] = {g.name for g in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else set()
+        out[f.name] = (
+            {g.name for g in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else set()
+        )
     return out
 
 
@@ -198,6 +200,11 @@ class Bench:
         a = self.a
         run = self.out / f"{challenge}-{mode}"
         a_tpl, t_tpl, applied, skipped = write_templates(a, run, mode, self.known)
+        shared, mine = self.out / "base-data", run / "base-data"
+        if a.runs_at_once == 1 and not mine.exists() and not mine.is_symlink():
+            # one unpacked copy of the base replay data for every run (the demo reuses a
+            # complete one; runs at once would unpack into it together)
+            mine.symlink_to(shared.resolve(), target_is_directory=True)
         for name in skipped:
             self.say(f"warning: {challenge}/{mode}: the agent's config has no {name}: left out")
         opts = DemoOptions(
@@ -214,7 +221,7 @@ class Bench:
         stream = Prefixed(f"{challenge}/{mode}", run / "bench.log")
         t0 = time.monotonic()
         try:
-            demo = Demo(opts, stream=stream)
+            demo = Demo(opts, stream=typing.cast(typing.IO[str], stream))
             self.demos.append(demo)
             if self.stop.is_set():
                 demo.stop.set()
@@ -281,6 +288,28 @@ class Bench:
             self.evals[key] = {k: res[k] for k in ("bundle", "success", "n", "ci95", "seeds")}
         return self.evals[key]
 
+    def judged(
+        self,
+        pol: str | None,
+        paths: Mapping[str, str],
+        challenge: str,
+        base_bl: cl.Rate,
+        base_ch: cl.Rate,
+    ) -> dict[str, Any] | None:
+        """A served policy's success under the challenge and the share of the drop it
+        recovered (None for no policy: the run stopped before the checkpoint)."""
+        if pol is None:
+            return None
+        bundle = BASE if pol == self.base_id else Path(paths[pol])
+        fig = self.rate(pol, bundle, challenge)
+        rec, ci = cl.recovery(cl.Rate.of(fig), base_ch, base_bl, seed=self.a.seed)
+        return {
+            "policy": pol,
+            "success": _brief(fig),
+            "recovery": None if rec is None else round(rec, 4),
+            "recovery_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
+        }
+
     def figures(self, challenge: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The challenge's row: base levels, and per mode the recovery at each checkpoint."""
         base_bl = self.rate(self.base_id, BASE, "baseline")
@@ -293,25 +322,12 @@ class Bench:
         }
         for mode, run in runs.items():
             paths = run.pop("paths", {})
-
-            def judged(pol: str | None) -> dict[str, Any] | None:
-                if pol is None:
-                    return None
-                bundle = BASE if pol == self.base_id else Path(paths[pol])
-                fig = self.rate(pol, bundle, challenge)
-                rec, ci = cl.recovery(cl.Rate.of(fig), rc, rb, seed=self.a.seed)
-                return {
-                    "policy": pol,
-                    "success": _brief(fig),
-                    "recovery": None if rec is None else round(rec, 4),
-                    "recovery_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
-                }
-
             points = []
             for c in self.checkpoints:
-                j = judged(run["served"].get(str(c)))
+                j = self.judged(run["served"].get(str(c)), paths, challenge, rb, rc)
                 points.append({"since_change": c, **(j or {"policy": None, "recovery": None})})
-            first, final = judged(run["first_child"]), judged(run["final"])
+            first = self.judged(run["first_child"], paths, challenge, rb, rc)
+            final = self.judged(run["final"], paths, challenge, rb, rc)
             worse = None
             if first and final:
                 worse = final["success"]["success"] < first["success"]["success"]

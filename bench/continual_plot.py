@@ -67,8 +67,9 @@ def write_png(result: Mapping[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(
-        f"bench/continual: served policy re-evaluated (n={result['eval']['grasps']} per point, "
-        f"95% intervals); seed {result['seed']}",
+        "bench/continual: share of the drop recovered by the served policy\n"
+        f"(re-evaluated on {result['eval']['grasps']} grasps per point, 95% intervals; "
+        f"seed {result['seed']})",
         fontsize=10,
     )
     fig.tight_layout()
