@@ -2,8 +2,16 @@
 time, with rounds and with one-shot learning side by side on the same seeds.
 
 Usage: python -m bench.continual [--challenges a,b] [--modes rounds,oneshot] [--after 3200]
-           [--baseline-grasps 300] [--seed S] [--eval-grasps 400] [--eval-seeds 4]
-           [--workers 2] [--quick] [--out runs/continual]
+           [--baseline-grasps 300] [--exploration-grasps N] [--seed S] [--eval-grasps 400]
+           [--eval-seeds 4] [--eval-seed E] [--workers 2] [--runs-at-once 1]
+           [--time-limit MIN] [--quick] [--out runs/continual]
+
+``--seed`` is the sim's seed in every loop (and the fine-tune's), the same for every mode;
+``--exploration-grasps`` 0 keeps the template's (400); ``--eval-seed`` 0 means 1000 + 100 *
+seed (the evaluations' first bin seed, the same for every policy); ``--workers`` is
+policy_eval's processes; ``--runs-at-once`` runs a challenge's modes side by side (1 on the
+2-core machine: the demo pauses the agent while the trainer trains); ``--time-limit`` stops a
+loop after MIN minutes (0: none).
 
 For each challenge at its default severity, from the shipped base policy (policies/base),
 the real loop runs as ``robot-demo`` runs it (trainer/demo: the trainer service and the
