@@ -94,6 +94,10 @@ QUICK_FINETUNE = {
 whose gate passes any child, so the smoke run always swaps one in and evaluates it."""
 
 
+_CEM_DEFAULTS = {"samples": 64, "iterations": 2, "init_std": 0.5}
+"""policy_eval's CEM, where the agent template sets none (agent.cem.CemParams' defaults)."""
+
+
 def known_keys() -> dict[str, set[str]]:
     """The agent config's sections and each one's keys, as ``agent.config`` declares them."""
     hints = typing.get_type_hints(AgentConfig)
@@ -199,6 +203,9 @@ class Bench:
         new loop starts."""
         self.base_id = str(json.loads((BASE / "meta.json").read_text())["id"])
         self.t0 = time.monotonic()
+        template = load_toml(ROOT / "configs" / "demo-agent.toml").get("cem", {})
+        self.cem = {k: template.get(k, v) for k, v in _CEM_DEFAULTS.items()}
+        """The CEM the evaluations use: the agent template's, as the agent serves."""
 
     def say(self, text: str) -> None:
         print(f"[continual {time.monotonic() - self.t0:6.0f}s] {text}", file=sys.stderr, flush=True)
@@ -273,6 +280,7 @@ class Bench:
         statuses = cl.rounds(jobs, grasps, change)
         return {
             "grasps": len(grasps),
+            "alarms_before_change": cl.alarms_before(grasps, events, change),
             "rounds": len(statuses),
             "jobs": statuses,
             "race_cost": race.cost,
@@ -291,9 +299,19 @@ class Bench:
             a = self.a
             self.say(f"evaluating {policy} on {condition} ({a.eval_grasps} grasps)")
             res = evaluate(
-                bundle, condition, {}, a.eval_grasps, a.eval_seed, a.eval_seeds, a.workers
+                bundle,
+                condition,
+                {},
+                a.eval_grasps,
+                a.eval_seed,
+                a.eval_seeds,
+                a.workers,
+                cem_samples=int(self.cem["samples"]),
+                cem_iterations=int(self.cem["iterations"]),
+                cem_init_std=float(self.cem["init_std"]),
             )
-            self.evals[key] = {k: res[k] for k in ("bundle", "success", "n", "ci95", "seeds")}
+            keep = ("bundle", "success", "n", "ci95", "cem", "seeds")
+            self.evals[key] = {k: res[k] for k in keep}
         return self.evals[key]
 
     def judged(
@@ -361,7 +379,12 @@ class Bench:
             "after": a.after,
             "checkpoints": self.checkpoints,
             "modes": {m: MODES[m] for m in modes},
-            "eval": {"grasps": a.eval_grasps, "seeds": a.eval_seeds, "seed": a.eval_seed},
+            "eval": {
+                "grasps": a.eval_grasps,
+                "seeds": a.eval_seeds,
+                "seed": a.eval_seed,
+                "cem": self.cem,
+            },
             "challenges": {},
         }
         for challenge in [c.strip() for c in a.challenges.split(",") if c.strip()]:

@@ -75,6 +75,16 @@ def first_child(
     return None
 
 
+def alarms_before(grasps: Sequence[Grasp], events: Sequence[Event], change: int) -> int:
+    """Success-drop alarms placed before the change: false alarms, after which the agent
+    explores (and may train) on the unchanged world, in the run's measurement."""
+    return sum(
+        1
+        for at, e in place(events, grasps)
+        if at < change and e.topic == "agent.alarm" and e.data.get("kind") == "success_drop"
+    )
+
+
 def rounds(jobs: Sequence[Mapping[str, Any]], grasps: Sequence[Grasp], change: int) -> list[str]:
     """Statuses of the fine-tune jobs created after the change, oldest first (``jobs``: rows
     with ``created_at`` and ``status``)."""

@@ -53,6 +53,16 @@ def test_rounds_count_the_jobs_created_after_the_change() -> None:
     assert cl.rounds(jobs, grasps(10), 5) == ["no_improvement", "done"]
 
 
+def test_alarms_before_the_change_are_counted_as_false_alarms() -> None:
+    alarm = {"kind": "success_drop"}
+    events = [
+        Event(2.5, "agent.alarm", alarm),
+        Event(3.5, "agent.alarm", {"kind": "job_failed"}),
+        Event(6.5, "agent.alarm", alarm),
+    ]
+    assert cl.alarms_before(grasps(10), events, 5) == 1
+
+
 def test_race_cost_is_null_without_races_and_sums_each_races_last_cost() -> None:
     assert cl.race_cost([swap(1.0, "x")]).cost is None
     events = [
