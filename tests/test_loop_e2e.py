@@ -217,7 +217,8 @@ def test_world_changes_agent_detects_explores_trains_and_swaps_in_the_child(
 
             def child_grasps() -> bool:
                 under = [d for d in ev.of("agent.grasp") if d.get("policy") not in (None, BASE_ID)]
-                return len(under) >= CHILD_GRASPS
+                won = any(d.get("previous") == BASE_ID for d in ev.of("agent.policy.swapped"))
+                return won and len(under) >= CHILD_GRASPS  # the child won its race
 
             ev.wait(child_grasps, 200, "grasps under the trained child", loop.logs)
         finally:
@@ -255,7 +256,9 @@ def test_world_changes_agent_detects_explores_trains_and_swaps_in_the_child(
     assert all(g["cond"] == "baseline" and g["policy_id"] == BASE_ID for g in first)
     assert all(g["mode"] == "serve" for g in first)
     # exploration under the condition the alarm marked, with the base policy
+    # (the first EXPLORE of them: after the child's race further rounds may collect more)
     explore = [g for g in grasps if g["mode"] == "explore" and g["cond"] == new_condition]
+    explore = explore[:EXPLORE]
     assert len(explore) == EXPLORE
     assert all(g["cond"] == new_condition and g["policy_id"] == BASE_ID for g in explore)
     assert explore[0]["id"] > CHANGE_AT  # the alarm came after the change, not before
@@ -270,8 +273,7 @@ def test_world_changes_agent_detects_explores_trains_and_swaps_in_the_child(
     explored_rate = sum(g["success"] for g in explore) / len(explore)
     child_rate = sum(g["success"] for g in under_child) / len(under_child)
     assert child_rate >= explored_rate + 0.10, (explored_rate, child_rate)
-    # one job, its result the child (lineage in the grasp log)
-    assert len(job_rows) == 1
+    # the first job's result is the child (lineage in the grasp log); later rounds may follow
     assert job_rows[0]["parent_policy_id"] == BASE_ID
     assert job_rows[0]["result_policy_id"] == child
 
@@ -311,8 +313,8 @@ def test_trainer_sigkilled_mid_job_restarts_and_the_agent_swaps_once(
             time.sleep(1.0)  # the agent's link notices and backs off
             loop.trainer.start()
 
-            def swapped_and_settled() -> bool:
-                swapped = bool(ev.of("agent.policy.swapped"))
+            def swapped_and_settled() -> bool:  # the child won its race and serves
+                swapped = any(d.get("previous") == BASE_ID for d in ev.of("agent.policy.swapped"))
                 under_child = [
                     d for d in ev.of("agent.grasp") if d.get("policy") not in (None, BASE_ID)
                 ]

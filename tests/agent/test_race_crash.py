@@ -24,8 +24,13 @@ import pytest
 
 from agent.ctl import request
 from testkit.cell import Cell
-from testkit.trainer import TINY_FINETUNE, TrainerProcess, free_port, make_parent
-from testkit.trainer import write_service_config
+from testkit.trainer import (
+    TINY_FINETUNE,
+    TrainerProcess,
+    free_port,
+    make_parent,
+    write_service_config,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
