@@ -17,10 +17,11 @@ For each challenge at its default severity, from the shipped base policy (polici
 the real loop runs as ``robot-demo`` runs it (trainer/demo: the trainer service and the
 agent as processes, the world's schedule ``baseline,CHALLENGE``): the world changes at grasp
 ``--baseline-grasps`` by itself and the agent runs ``--after`` grasps after the change. Each
-mode is a set of overrides of the agent template (configs/demo-agent.toml): ``oneshot``
-turns ``[rounds]`` off, ``rounds`` turns it on. An override the agent's config does not know
-yet (a section or key missing from ``agent.config.AgentConfig``) is left out with a warning,
-so the bench runs against any agent: until rounds exist, both modes are one-shot.
+mode is a set of overrides of the agent template (configs/demo-agent.toml) and of the
+trainer's gate: ``oneshot`` is the agent before rounds (``[rounds]`` and the race off, the
+strict offline gate), ``rounds`` races children and learns in rounds. An override the
+agent's config does not know (a section or key missing from ``agent.config.AgentConfig``)
+is left out with a warning.
 
 From each run's grasp log (read-only) it takes the policy served at 400, 800, 1,600 and
 3,200 grasps since the change (scaled down for a shorter ``--after``), the first child and
@@ -72,10 +73,17 @@ BASE = ROOT / "policies" / "base"
 CHALLENGES = ("harsh_lighting", "transparent", "checkerboard", "extend_gripper", "offset_gripper")
 """The paper's five challenges (drivers/sim/conditions.py), each at its default severity."""
 MODES: dict[str, dict[str, dict[str, Any]]] = {
-    "oneshot": {"rounds": {"enabled": False}},
-    "rounds": {"rounds": {"enabled": True}},
+    "oneshot": {"rounds": {"enabled": False, "race": False}},
+    "rounds": {"rounds": {"enabled": True, "race": True}},
 }
-"""Agent-config overrides per mode, applied to the agent template."""
+"""Agent-config overrides per mode, applied to the agent template: ``oneshot`` is the agent
+before rounds (one job per change, the child on probation)..."""
+TRAINER_MODES: dict[str, dict[str, Any]] = {
+    "oneshot": {"gate": "strict"},
+    "rounds": {"gate": "race"},
+}
+"""...with the trainer's strict offline gate; ``rounds`` races children the filter-gate
+passes (outside --quick, whose recipe ships any child in both modes)."""
 QUICK_FINETUNE = {
     "max_steps": 40,
     "eval_every": 10,
@@ -86,12 +94,14 @@ QUICK_FINETUNE = {
     "shift_search": False,
     "checkpoint_every": 20,
     "min_gain": -1.0,
-    "se_margin": 0.0,
+    "se_margin": 1000.0,
     "prior_tolerance": 1.0,
     "min_auc": 0.0,
+    "gate": "race",
+    "race_min_auc": 0.0,
 }
 """--quick: a fine-tune of seconds (the trainer template's knobs, trainer/finetune/config.py)
-whose gate passes any child, so the smoke run always swaps one in and evaluates it."""
+whose gate passes any child, so the smoke run always has a child to evaluate."""
 
 
 _CEM_DEFAULTS = {"samples": 64, "iterations": 2, "init_std": 0.5}
@@ -180,8 +190,7 @@ def write_templates(
     trainer = load_toml(ROOT / "configs" / "demo-trainer.toml")
     ft = trainer.setdefault("finetune", {})
     ft["seed"] = a.seed
-    if a.quick:
-        ft.update(QUICK_FINETUNE)
+    ft.update(QUICK_FINETUNE if a.quick else TRAINER_MODES[mode])
     run.mkdir(parents=True, exist_ok=True)
     a_path, t_path = run / "agent-template.toml", run / "trainer-template.toml"
     a_path.write_text(f"# bench/continual, mode {mode}\n" + dumps_toml(agent))

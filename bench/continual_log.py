@@ -65,13 +65,20 @@ def served_at(
 def first_child(
     grasps: Sequence[Grasp], events: Sequence[Event], change: int, initial: str
 ) -> str | None:
-    """The first trained policy swapped in after the change (None: there was none)."""
+    """The first trained child after the change: the first race's challenger, or (without
+    the race) the first trained policy swapped in on probation (None: there was none)."""
     for at, e in place(events, grasps):
-        trained = str(e.data.get("reason", "")).startswith("trained")
-        if at >= change and e.topic == "agent.policy.swapped" and trained:
+        if at < change:
+            continue
+        pol = ""
+        if e.topic == "agent.race" and e.data.get("event") == "started":
+            pol = str((e.data.get("candidates") or [""])[0])
+        elif e.topic == "agent.policy.swapped" and str(e.data.get("reason", "")).startswith(
+            "trained"
+        ):
             pol = str(e.data.get("policy") or "")
-            if pol and pol != initial:
-                return pol
+        if pol and pol != initial:
+            return pol
     return None
 
 
@@ -106,18 +113,17 @@ class RaceCost:
 
 
 def race_cost(events: Sequence[Event]) -> RaceCost:
-    """Sum each race's last reported ``cost`` (a race's events may report a running cost; its
-    last one is its total once it is done)."""
-    racing = [e for e in events if "race" in e.topic]
+    """Sum the ``cost`` of every decided race (``agent.race`` ``decided``: the grasps served
+    under the arms that ended eliminated); an abandoned race reports none."""
+    racing = [e for e in events if e.topic == "agent.race"]
     if not racing:
         return RaceCost(0, 0, None)
-    last: dict[str, int] = {}
-    for e in sorted(racing, key=lambda e: e.t):
-        cost = e.data.get("cost")
-        if isinstance(cost, int | float) and not isinstance(cost, bool):
-            key = str(e.data.get("race", e.data.get("parent", "")))
-            last[key] = int(cost)
-    return RaceCost(len(racing), len(last), sum(last.values()))
+    costs = [
+        int(e.data["cost"])
+        for e in racing
+        if e.data.get("event") == "decided" and isinstance(e.data.get("cost"), int)
+    ]
+    return RaceCost(len(racing), len(costs), sum(costs))
 
 
 @dataclass(frozen=True)

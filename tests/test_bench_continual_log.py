@@ -42,6 +42,9 @@ def test_served_policy_is_the_last_swap_or_rollback_placed_at_or_before_the_chec
     assert cl.served_at(g, events, 11, "base") is None  # the run stopped before it
     assert cl.first_child(g, events, 2, "base") == "child"
     assert cl.first_child(g, events, 5, "base") is None
+    # with the race, the first child is the first race's challenger, winner or not
+    raced = [Event(6.0, "agent.race", {"event": "started", "candidates": ["kid"]}), *events]
+    assert cl.first_child(g, raced, 5, "base") == "kid"
 
 
 def test_rounds_count_the_jobs_created_after_the_change() -> None:
@@ -63,15 +66,18 @@ def test_alarms_before_the_change_are_counted_as_false_alarms() -> None:
     assert cl.alarms_before(grasps(10), events, 5) == 1
 
 
-def test_race_cost_is_null_without_races_and_sums_each_races_last_cost() -> None:
+def test_race_cost_is_null_without_races_and_sums_every_decided_race() -> None:
     assert cl.race_cost([swap(1.0, "x")]).cost is None
+    race = "agent.race"
     events = [
-        Event(1.0, "agent.race.progress", {"race": 1, "cost": 10}),
-        Event(2.0, "agent.race.end", {"race": 1, "cost": 40}),
-        Event(3.0, "agent.race.end", {"race": 2, "cost": 25}),
+        Event(1.0, race, {"event": "started", "parent": "p"}),
+        Event(2.0, race, {"event": "decided", "parent": "p", "winner": "p", "cost": 40}),
+        Event(3.0, race, {"event": "started", "parent": "p"}),  # the same parent again
+        Event(4.0, race, {"event": "decided", "parent": "p", "winner": "c", "cost": 25}),
+        Event(5.0, race, {"event": "abandoned", "grasps": 12}),
     ]
     rc = cl.race_cost(events)
-    assert (rc.events, rc.races, rc.cost) == (3, 2, 65)
+    assert (rc.events, rc.races, rc.cost) == (5, 2, 65)
 
 
 def test_recovery_is_the_share_of_the_drop_with_an_interval_around_it() -> None:
@@ -91,6 +97,6 @@ def test_mode_overrides_the_agent_config_does_not_declare_are_skipped() -> None:
     assert cfg == {"lifecycle": {"on_alarm": "mark", "exploration_grasps": 100}}
     assert (applied, skipped) == (["lifecycle.exploration_grasps"], ["nosuch.enabled"])
     assert tpl == {"lifecycle": {"on_alarm": "mark"}}  # the template is left as it was
-    for mode in MODES.values():  # applied once the agent has [rounds], skipped before
+    for mode in MODES.values():  # the agent has [rounds]: every mode's overrides apply
         _, applied, skipped = apply_overrides({}, mode, known)
-        assert (applied if "rounds" in known else skipped) == ["rounds.enabled"]
+        assert (applied, skipped) == (["rounds.enabled", "rounds.race"], [])
