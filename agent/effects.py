@@ -113,7 +113,8 @@ def _record(
         rec.rejected.append(eff.policy)
     elif isinstance(eff, lc.Report):
         topic = Topic.RACE if eff.subject == "race" else Topic.ROUND
-        rec.events.append((topic, {**eff.payload, "condition": new.condition}, now))
+        # the condition the news is about (a race abandoned for a new condition names its own)
+        rec.events.append((topic, {"condition": new.condition, **eff.payload}, now))
     elif isinstance(eff, lc.SwapPolicy):
         log.activate_policy(eff.policy, eff.reason)
         back = eff.reason in BACK_REASONS

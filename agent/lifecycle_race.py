@@ -141,4 +141,4 @@ def abandon_race(s: State, why: str) -> list[Effect]:
     race = s.race
     if race is None or race.winner is not None:
         return []
-    return [report("race", event="abandoned", reason=why, grasps=race.total)]
+    return [report("race", event="abandoned", reason=why, grasps=race.total, condition=s.condition)]

@@ -170,7 +170,8 @@ def test_a_new_condition_or_an_operator_ends_a_race_unjudged(event: lc.Event) ->
     s, _ = lc.step(s, lc.GraspDone(True, s.serving, 1))
     s, eff = lc.step(s, event)
     assert s.race is None and s.serving == s.policy
-    assert "abandoned" in [e.payload["event"] for e in eff if isinstance(e, lc.Report)]
+    news = [e.payload for e in eff if isinstance(e, lc.Report)]
+    assert next(n for n in news if n["event"] == "abandoned")["condition"] == "glare"
     assert not any(isinstance(e, lc.RejectPolicy) for e in eff)
 
 
