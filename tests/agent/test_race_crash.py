@@ -5,8 +5,8 @@ A real ``robot-agent run`` process on a fake robot whose success rate is a file 
 outlives the agent), a real ``robot-trainer serve`` process running the real recipe on the
 tiny network (its gate set so that every job returns a child: the race, not the held-out
 score, decides), real sockets and files. The world drops from 0.9 to 0.5 and an operator
-marks the change; the child races its parent (both at 0.5 on this robot: the race runs to
-its cap and the tie goes to the parent), so the level stays below the level before the change
+marks the change; the child races its parent (both at 0.5 on this robot: the parent keeps
+serving, at the race's cap or with the child eliminated), so the level stays below the level before the change
 and a second round follows.
 """
 
@@ -126,7 +126,8 @@ def test_agent_killed_mid_race_and_mid_round_loses_no_grasp_and_serves_no_loser(
     events = _race_events(cell)
     ((t0, started),) = [(t, d) for t, d in events if d["event"] == "started"]
     ((t1, verdict),) = [(t, d) for t, d in events if d["event"] == "decided"]
-    assert verdict["winner"] == base and verdict["reason"] == "cap"
+    # both arms grasp at 0.5: the parent keeps serving, at the cap or with the child eliminated
+    assert verdict["winner"] == base and verdict["reason"] in ("cap", "candidates eliminated")
     with _db(cell) as db:
         grasps = db.execute("SELECT id, policy_id, t_start FROM grasps ORDER BY id").fetchall()
     in_race = [g for g in grasps if t0 <= g[2] <= t1]
