@@ -6,8 +6,8 @@ outlives the agent), a real ``robot-trainer serve`` process running the real rec
 tiny network (its gate set so that every job returns a child: the race, not the held-out
 score, decides), real sockets and files. The world drops from 0.9 to 0.5 and an operator
 marks the change; the child races its parent (both at 0.5 on this robot: the parent keeps
-serving, at the race's cap or with the child eliminated), so the level stays below the level before the change
-and a second round follows.
+serving, at the race's cap or with the child eliminated), so the level stays below the
+level before the change and a second round follows.
 """
 
 from __future__ import annotations
