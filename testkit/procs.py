@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +59,19 @@ class ModuleProcess:
                 self.proc.kill()
                 return self.proc.wait(10)
         return self.proc.returncode
+
+
+def bench_json(module: str, *args: str, timeout: float) -> tuple[dict[str, Any], str]:
+    """Run ``python -m MODULE ARGS`` from the repository root to the end (an error if it
+    fails or outlasts ``timeout`` seconds); return its last stdout line, a JSON object
+    (every ``bench/`` script's contract), and its stderr (the progress)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, proc.stderr

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from testkit.procs import bench_json
 
 
 @pytest.mark.timeout(240)
 def test_bench_continual_quick_reports_recovery_per_mode(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.continual", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=True,
-    )
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res, progress = bench_json("bench.continual", "--quick", "--out", str(tmp_path), timeout=230)
     assert res == json.loads((tmp_path / "continual.json").read_text())
     assert (tmp_path / "continual.png").stat().st_size > 10_000
     assert res["checkpoints"] == [20, 40, 80, 160]
@@ -41,4 +31,4 @@ def test_bench_continual_quick_reports_recovery_per_mode(tmp_path: Path) -> None
             r, (lo, hi) = p["recovery"], p["recovery_ci95"]
             assert math.isfinite(r) and -2 <= r <= 3 and lo <= r <= hi
             assert p["success"]["n"] == 32
-    assert "checkerboard/oneshot" in proc.stderr and "loop done" in proc.stderr
+    assert "checkerboard/oneshot" in progress and "loop done" in progress

@@ -49,6 +49,21 @@ def _arms(*arms: tuple[str, int, int]) -> list[dict[str, object]]:
     return [{"policy": p, "grasps": n, "successes": s} for p, n, s in arms]
 
 
+def _decided(t: float, winner: str, parent: str, reason: str, *arms: tuple[str, int, int]) -> Event:
+    """A race decided between ``arms`` (policy, grasps, successes): the cost is the grasps of
+    every arm but the winner's."""
+    grasps, cost = sum(a[1] for a in arms), sum(a[1] for a in arms if a[0] != winner)
+    data = {"winner": winner, "parent": parent, "reason": reason, "arms": _arms(*arms)}
+    return _race(t, "decided", grasps=grasps, cost=cost, **data)
+
+
+def _swapped(t: float, policy: str, previous: str) -> Event:
+    """The race's winning child swapped in under auto-1."""
+    reason = "won the race in condition auto-1"
+    data = {"policy": policy, "previous": previous, "reason": reason, "condition": "auto-1"}
+    return Event(t, "agent.policy.swapped", data)
+
+
 def _events() -> list[Event]:
     """Three rounds under auto-1: round 1's child wins its race, round 2's loses, round 3's
     wins; then the rounds stop (recovered)."""
@@ -61,26 +76,8 @@ def _events() -> list[Event]:
         _round(499.5, "started", round=1, parent=P),
         Event(559.5, job, {"job": 1, "status": "improved"}),
         _race(559.5, "started", parent=P, candidates=[C1], job=1, round=1),
-        _race(
-            639.5,
-            "decided",
-            winner=C1,
-            parent=P,
-            reason="parent beaten",
-            grasps=80,
-            cost=40,
-            arms=_arms((P, 40, 20), (C1, 40, 32)),
-        ),
-        Event(
-            639.5,
-            "agent.policy.swapped",
-            {
-                "policy": C1,
-                "previous": P,
-                "reason": "won the race in condition auto-1",
-                "condition": "auto-1",
-            },
-        ),
+        _decided(639.5, C1, P, "parent beaten", (P, 40, 20), (C1, 40, 32)),
+        _swapped(639.5, C1, P),
         _round(639.5, "collecting", round=2, grasps=320),
         Event(739.5, job, {"job": 2, "status": "exporting", "condition": "auto-1"}),
         _round(739.5, "started", round=2, parent=C1),
@@ -95,40 +92,13 @@ def _events() -> list[Event]:
                 "reason": f"lost the race to {C1} (candidates eliminated; 24/30, 18/30)",
             },
         ),
-        _race(
-            819.5,
-            "decided",
-            winner=C1,
-            parent=C1,
-            reason="candidates eliminated",
-            grasps=60,
-            cost=30,
-            arms=_arms((C1, 30, 24), (C2, 30, 18)),
-        ),
+        _decided(819.5, C1, C1, "candidates eliminated", (C1, 30, 24), (C2, 30, 18)),
         _round(819.5, "collecting", round=3, grasps=500),
         Event(859.5, job, {"job": 3, "status": "exporting", "condition": "auto-1"}),
         _round(859.5, "started", round=3, parent=C1),
         _race(879.5, "started", parent=C1, candidates=[C3], job=3, round=3),
-        _race(
-            939.5,
-            "decided",
-            winner=C3,
-            parent=C1,
-            reason="parent beaten",
-            grasps=60,
-            cost=30,
-            arms=_arms((C1, 30, 21), (C3, 30, 27)),
-        ),
-        Event(
-            939.5,
-            "agent.policy.swapped",
-            {
-                "policy": C3,
-                "previous": C1,
-                "reason": "won the race in condition auto-1",
-                "condition": "auto-1",
-            },
-        ),
+        _decided(939.5, C3, C1, "parent beaten", (C1, 30, 21), (C3, 30, 27)),
+        _swapped(939.5, C3, C1),
         _round(
             939.5,
             "ended",

@@ -15,9 +15,9 @@ drop by more than ``prior_tolerance`` below the parent's (the forgetting
 rule), take the best new-data score; it wins only if it beats the parent by
 more than ``max(min_gain, se_margin * SE)``, SE being the paired bootstrap
 standard error of the difference over held-out episodes. The race gate
-(:func:`choose_race`) is a filter instead: the best eligible candidate ships
-unless it is clearly worse than the parent (:func:`clearly_worse`), and the
-robot's race between the two decides.
+(``trainer.finetune.selection.ship``) is a filter instead: the best eligible
+candidate (:func:`top_candidate`) ships unless it is clearly worse than the
+parent (:func:`clearly_worse`), and the robot's race between the two decides.
 """
 
 from __future__ import annotations
@@ -222,29 +222,3 @@ def clearly_worse(
     is below the parent's by more than ``se_margin`` x ``se`` (the paired bootstrap SE of
     the difference), or its new-data AUC is below ``min_auc``."""
     return c.new - parent.new < -se_margin * se or c.new_auc < min_auc
-
-
-def choose_race(
-    cands: Sequence[Candidate],
-    parent: Candidate,
-    prior_tolerance: float,
-    min_gain: float,
-    se: float,
-    se_margin: float,
-    bce_ratio: float = float("inf"),
-    min_auc: float = 0.0,
-    trade: Trade = NO_TRADE,
-    race_min_auc: float = 0.0,
-) -> Candidate | None:
-    """The race gate: the :func:`top_candidate` ships unless :func:`clearly_worse` (with
-    ``race_min_auc``); whatever the strict :func:`choose` ships (same ``se``) ships too, so
-    the race gate only ever adds candidates. ``se`` belongs to the top candidate."""
-    top = top_candidate(cands, parent, prior_tolerance, bce_ratio, trade)
-    if top is None:
-        return None
-    strict = choose(
-        cands, parent, prior_tolerance, min_gain, se, se_margin, bce_ratio, min_auc, trade
-    )
-    if strict is not None or not clearly_worse(top, parent, se, se_margin, race_min_auc):
-        return top
-    return None

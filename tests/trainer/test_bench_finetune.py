@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from testkit.procs import bench_json
 
 
 @pytest.mark.timeout(180)
 def test_bench_finetune_quick_prints_every_figure(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.finetune", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=True,
-    )
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res, progress = bench_json("bench.finetune", "--quick", "--out", str(tmp_path), timeout=170)
     row = res["challenges"]["checkerboard"]
     run = row["runs"]["24"]
     assert run["status"] in ("improved", "no_improvement")
@@ -30,4 +19,4 @@ def test_bench_finetune_quick_prints_every_figure(tmp_path: Path) -> None:
         assert fig["n"] == 12 and 0.0 <= fig["ci95"][0] <= fig["success"] <= fig["ci95"][1]
     assert row["scratch"]["challenge"]["n"] == 12
     assert row["explore"]["episodes"] == 24
-    assert "eval" in proc.stderr
+    assert "eval" in progress

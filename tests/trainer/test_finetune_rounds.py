@@ -5,8 +5,7 @@ dataset once) and base plus the other conditions as prior; the real tiny fine-tu
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,12 @@ class Recording:
         new: Sequence[Path],
         prior: Sequence[Path],
         out: Path,
-        *,
-        progress: Callable[[dict[str, Any]], None],
-        stop: threading.Event,
-        job_id: str,
-        condition: str,
+        **kw: Any,
     ) -> FinetuneResult:
+        """``trainer.jobworker.Runner``'s call: ``progress``, ``stop``, ``job_id`` and
+        ``condition`` by keyword."""
         self.calls.append((list(new), list(prior)))
-        return finetune(
-            cfg, parent, new, prior, out, progress, stop, job_id=job_id, condition=condition
-        )
+        return finetune(cfg, parent, new, prior, out, kw.pop("progress"), kw.pop("stop"), **kw)
 
 
 def _job(root: Path, key: str, n: int, condition: str, parent: str, seed: int) -> WorkSpec:

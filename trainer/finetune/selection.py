@@ -138,18 +138,12 @@ def ship(cfg: FinetuneConfig, curve: Curve, parent: Candidate, se: float) -> Can
     the paired bootstrap SE of :func:`pick`'s new-data score minus the parent's."""
     if cfg.gate == "strict":
         return choose(cfg, curve, parent, se)
-    return early_stop.choose_race(
-        candidates(curve),
-        parent,
-        cfg.prior_tolerance,
-        cfg.min_gain,
-        se,
-        cfg.se_margin,
-        cfg.prior_bce_ratio,
-        cfg.min_auc,
-        trade(cfg),
-        cfg.race_min_auc,
-    )
+    cand = top(cfg, curve, parent)
+    if cand is None:
+        return None
+    if choose(cfg, curve, parent, se) is not None or not clearly_worse(cfg, cand, parent, se):
+        return cand  # whatever the strict gate ships ships too: the race gate only adds
+    return None
 
 
 def considered(
