@@ -71,6 +71,7 @@ FILES: dict[str, str] = {
     "test_loop_e2e.py": "e2e",
     "test_bench_continual.py": "e2e",
     "test_bench_continual_log.py": "unit",
+    "test_experiments.py": "e2e",
     "test_systemd.py": "e2e",
     "trainer/test_bench_ceiling.py": "e2e",
     "trainer/test_bench_finetune.py": "e2e",
