@@ -1,5 +1,6 @@
 """The agent process SIGKILLed mid-race and mid-round: it resumes the race (and the rounds)
-without losing a grasp and never serves an eliminated arm again.
+without losing a grasp and never serves an eliminated arm again; the trainer SIGKILLed
+during the second round's job: the job resumes and completes, and its child races.
 
 A real ``robot-agent run`` process on a fake robot whose success rate is a file (the world
 outlives the agent), a real ``robot-trainer serve`` process running the real recipe on the
@@ -36,13 +37,15 @@ pytestmark = pytest.mark.timeout(240)
 
 ALWAYS_A_CHILD: dict[str, Any] = {
     **TINY_FINETUNE,
-    "max_steps": 20,
+    "max_steps": 40,
+    "patience": 100,
     "gate": "race",
     "se_margin": 1000.0,
     "race_min_auc": 0.0,
     "prior_tolerance": 1.0,
 }
-"""The tiny recipe with a gate that never calls a candidate clearly worse."""
+"""The tiny recipe with a gate that never calls a candidate clearly worse (40 steps, a few
+seconds: long enough to kill the trainer mid-job)."""
 
 
 def _db(cell: Cell) -> sqlite3.Connection:
@@ -65,6 +68,16 @@ def _race_events(cell: Cell) -> list[tuple[float, dict[str, Any]]]:
     with _db(cell) as db:
         rows = db.execute("SELECT t, data FROM events WHERE topic = 'agent.race' ORDER BY id")
         return [(float(t), json.loads(d)) for t, d in rows]
+
+
+def _trainer_job(trainer: TrainerProcess, agent_job: int, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    while True:
+        rows = [r for r in trainer.jobs()["jobs"] if r["agent_job"] == agent_job]
+        if rows and rows[-1]["state"] == state:
+            return rows[-1]
+        assert time.monotonic() < deadline, f"trainer job {agent_job} never {state}: {rows}"
+        time.sleep(0.02)
 
 
 def _restart(cell: Cell) -> dict[str, Any]:
@@ -119,13 +132,25 @@ def test_agent_killed_mid_race_and_mid_round_loses_no_grasp_and_serves_no_loser(
         assert st["phase"] in ("exploring", "training") and st["rounds"]["races"] == 1
         st = _until(cell, lambda s: s["rounds"]["round"] == 2, "the second round's job", 90)
         assert st["policy"] == base and kid not in st["warm"]
+        # the trainer SIGKILLed while it trains the second round's job, then back
+        job2 = _until(cell, lambda s: s["job"] is not None, "the second job's id")["job"]
+        _trainer_job(trainer, job2, "training")
+        trainer.kill()
+        trainer.start()
+        st = _until(cell, lambda s: s["phase"] == "racing", "the second round's race", 150)
+        kid2 = next(r["policy"] for r in st["race"]["standings"] if not r["parent"])
+        assert kid2 not in (kid, base) and st["rounds"]["round"] == 2
+        resumed = _trainer_job(trainer, job2, "acknowledged")
+        assert resumed["attempts"] == 2 and resumed["bundle_id"] == kid2, resumed
     finally:
         if cell.proc is not None and cell.proc.poll() is None:
             cell.proc.kill()
         trainer.stop()
     events = _race_events(cell)
-    ((t0, started),) = [(t, d) for t, d in events if d["event"] == "started"]
+    # the first race (round 1's); round 2's race is still running
+    (t0, started), (_, started2) = [(t, d) for t, d in events if d["event"] == "started"]
     ((t1, verdict),) = [(t, d) for t, d in events if d["event"] == "decided"]
+    assert started2["parent"] == base and started2["candidates"] == [kid2]
     # both arms grasp at 0.5: the parent keeps serving, at the cap or with the child eliminated
     assert verdict["winner"] == base and verdict["reason"] in ("cap", "candidates eliminated")
     with _db(cell) as db:
