@@ -91,6 +91,18 @@ class LifecycleError(ValueError):
     """An event is not allowed in the current state."""
 
 
+def _level_before(s: State, level: float | None) -> float | None:
+    """The level a new condition's rounds aim back at: ``level`` (the serving policy's rate
+    before this change), except while the agent is still adapting to an earlier change
+    (exploring, training or racing with its level known): then that change's level, since
+    the rate just before this one was measured on a world already changed (a false alarm
+    just before a real change otherwise made 74% the target of a drop from 89%)."""
+    adapting = s.phase is not Phase.SERVING or s.probation_parent is not None
+    if adapting and s.rounds is not None and s.rounds.level_before is not None:
+        return s.rounds.level_before
+    return level
+
+
 def step(s: State, e: Event) -> tuple[State, list[Effect]]:
     """Apply one event; returns the next state and the effects to carry out."""
     if isinstance(e, MarkCondition):
@@ -112,7 +124,7 @@ def step(s: State, e: Event) -> tuple[State, list[Effect]]:
                 explored=0,
                 job=None,
                 probation_parent=None,
-                rounds=rd.Rounds(level_before=e.level),
+                rounds=rd.Rounds(level_before=_level_before(s, e.level)),
             ),
             effects,
         )

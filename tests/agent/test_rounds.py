@@ -193,3 +193,19 @@ def test_the_race_keeps_its_own_test_across_a_config_change() -> None:
     s2 = lc.State.from_dict(s.to_dict())
     s2 = replace(s2, race_cfg=rc.RaceConfig(alpha=0.01))
     assert s2.race is not None and s2.race.config == rc.RaceConfig()
+
+
+def test_a_second_drop_while_adapting_keeps_the_level_from_before_the_first_change() -> None:
+    """The rate just before a second change was measured on a world already changed (here a
+    false alarm's exploration ran into a real change): the new condition aims at the level
+    from before the first change, not at the exploration's own chart (74%)."""
+    s = lc.State(lc.Phase.SERVING, "base", "p0", explore_target=30, good=("p0",), rounds_cfg=CFG)
+    s, _ = lc.step(s, lc.Alarm(True, "auto-1", 0.89))
+    assert s.phase is lc.Phase.EXPLORING and s.rounds == Rounds(level_before=0.89)
+    s, _ = lc.step(s, lc.GraspDone(False))
+    s, _ = lc.step(s, lc.Alarm(True, "auto-2", 0.74))
+    assert s.condition == "auto-2" and s.rounds == Rounds(level_before=0.89)
+    # once serving again (the rounds over), a change is measured from the level then
+    s = replace(s, phase=lc.Phase.SERVING, rounds=replace(s.rounds, stopped="recovered"))
+    s, _ = lc.step(s, lc.MarkCondition("dusk", level=0.7))
+    assert s.rounds == Rounds(level_before=0.7)
