@@ -94,7 +94,8 @@ def race_decided(s: State, race: rc.State, effects: list[Effect]) -> tuple[State
             ],
         )
     )
-    r = replace(s.rounds, level=rd.race_level(race), races=s.rounds.races + 1)
+    n = race.grasps[race.winner] if race.winner is not None else 0
+    r = replace(s.rounds, level=rd.race_level(race), level_grasps=n, races=s.rounds.races + 1)
     r = replace(r, cost=r.cost + v.cost)
     s = replace(s, rounds=r)
     if winner != parent:

@@ -8,7 +8,9 @@ exploration is: the serving policy's own CEM choices, logged as ``explore``), an
 ``round_grasps`` more grasps the next round's job goes out, its parent the race's winner.
 The rounds stop when
 
-- the level is back within ``margin`` (``recovered``),
+- the level is back within ``margin`` (``recovered``): the lower bound of the winner's race
+  rate at one-sided ``confidence`` (Wilson) is at least the level before minus ``margin``
+  (a parent that won 18 of 20 lucky race grasps at a true 61% is not "back at 92%"),
 - ``plateau`` rounds in a row left the parent serving (a race it won, or a job without a
   child): ``plateau``,
 - ``max_rounds`` jobs went out under the condition (``rounds``) or ``max_grasps`` grasps
@@ -23,7 +25,9 @@ finished race or job means for it. Nothing here knows about sockets, threads or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any
 
 from agent import race as rc
@@ -47,6 +51,9 @@ class RoundsConfig:
     """Rounds in a row that left the parent serving after which the rounds stop."""
     max_grasps: int = 3200
     """Grasps since the change after which no new round starts."""
+    confidence: float = 0.9
+    """One-sided confidence that the level is back before the rounds stop as recovered (0:
+    the race rate itself decides)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
@@ -55,6 +62,8 @@ class RoundsConfig:
             raise ValueError(f"rounds.round_grasps must be >= 1: {self.round_grasps}")
         if self.max_rounds < 1 or self.plateau < 1 or self.max_grasps < 1:
             raise ValueError("rounds.max_rounds, rounds.plateau and rounds.max_grasps: >= 1")
+        if not 0 <= self.confidence < 1:
+            raise ValueError(f"rounds.confidence must be in [0, 1): {self.confidence}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,8 @@ class Rounds:
     """Grasps served since the change."""
     level: float | None = None
     """Success rate of the serving policy on its latest race grasps (None: no race yet)."""
+    level_grasps: int = 0
+    """The race grasps ``level`` was measured on (0: unknown, the rate is taken as exact)."""
     races: int = 0
     """Races decided under this condition."""
     cost: int = 0
@@ -89,6 +100,7 @@ class Rounds:
             "plateau": self.plateau,
             "grasps": self.grasps,
             "level": self.level,
+            "level_grasps": self.level_grasps,
             "races": self.races,
             "cost": self.cost,
             "stopped": self.stopped,
@@ -105,6 +117,7 @@ class Rounds:
             plateau=int(d.get("plateau", 0)),
             grasps=int(d.get("grasps", 0)),
             level=_opt_float(d.get("level")),
+            level_grasps=int(d.get("level_grasps", 0)),
             races=int(d.get("races", 0)),
             cost=int(d.get("cost", 0)),
             stopped=str(d.get("stopped", "")),
@@ -126,7 +139,7 @@ def stop_reason(cfg: RoundsConfig, r: Rounds, winner_is_parent: bool) -> str:
     if (
         r.level_before is not None
         and r.level is not None
-        and r.level >= r.level_before - cfg.margin
+        and lower_bound(r.level, r.level_grasps, cfg.confidence) >= r.level_before - cfg.margin
     ):
         return "recovered"
     if winner_is_parent and r.plateau >= cfg.plateau:
@@ -143,6 +156,17 @@ def after_round(cfg: RoundsConfig, r: Rounds, winner_is_parent: bool) -> Rounds:
     serving: the plateau count and the stop reason updated."""
     r = replace(r, plateau=r.plateau + 1 if winner_is_parent else 0, race=None)
     return replace(r, stopped=stop_reason(cfg, r, winner_is_parent))
+
+
+def lower_bound(rate: float, n: int, confidence: float) -> float:
+    """The Wilson score lower bound of a success rate measured on ``n`` grasps at one-sided
+    ``confidence`` (``rate`` itself when ``n`` is 0 or ``confidence`` is 0)."""
+    if n <= 0 or confidence <= 0:
+        return rate
+    z = NormalDist().inv_cdf(confidence)
+    centre = rate + z * z / (2 * n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n)
 
 
 def race_level(state: rc.State) -> float | None:

@@ -194,7 +194,8 @@ def toml_table(name: str, cls: type[Any], head: Sequence[tuple[str, str, Any]] =
         if dataclasses.is_dataclass(hints[f.name]):
             subs.append((f"{name}.{f.name}", hints[f.name]))
             continue
-        lines += [f"# {docs.get(f.name, '')}", f"{f.name} = {toml_value(getattr(default, f.name))}"]
+        doc = " ".join(docs.get(f.name, "").split())  # one comment line, whatever the docstring
+        lines += [f"# {doc}", f"{f.name} = {toml_value(getattr(default, f.name))}"]
     lines.append("")
     for sub_name, sub in subs:
         lines += toml_table(sub_name, sub)

@@ -12,7 +12,7 @@ import pytest
 
 from agent import lifecycle as lc
 from agent import race as rc
-from agent.rounds import Rounds, RoundsConfig, stop_reason
+from agent.rounds import Rounds, RoundsConfig, lower_bound, stop_reason
 
 CFG = RoundsConfig(round_grasps=4, max_rounds=4, plateau=2, max_grasps=10_000)
 
@@ -209,3 +209,23 @@ def test_a_second_drop_while_adapting_keeps_the_level_from_before_the_first_chan
     s = replace(s, phase=lc.Phase.SERVING, rounds=replace(s.rounds, stopped="recovered"))
     s, _ = lc.step(s, lc.MarkCondition("dusk", level=0.7))
     assert s.rounds == Rounds(level_before=0.7)
+
+
+def test_recovered_needs_the_level_back_with_confidence_not_a_lucky_race() -> None:
+    """bench/continual, transparent objects: the parent won its race 18/20 (true rate ~61%)
+    and the rounds stopped as recovered against 92% before the change. A level now counts as
+    back when its one-sided 90% Wilson lower bound is within the margin."""
+    assert lower_bound(0.9, 20, 0.9) == pytest.approx(0.782, abs=0.002)
+    assert lower_bound(0.9, 20, 0.0) == 0.9 and lower_bound(0.9, 0, 0.9) == 0.9
+    assert lower_bound(0.9, 2000, 0.9) == pytest.approx(0.9, abs=0.01)
+    lucky = Rounds(level_before=0.92, round=1, level=0.9, level_grasps=20)
+    assert stop_reason(CFG, lucky, True) == ""  # another round
+    assert stop_reason(replace(CFG, confidence=0.0), lucky, True) == "recovered"
+    assert stop_reason(CFG, replace(lucky, level_grasps=600), True) == "recovered"
+    assert Rounds.from_dict(json.loads(json.dumps(lucky.to_dict()))) == lucky
+    # in the lifecycle: a child that wins 12 of its first 12 race grasps is not yet "back"
+    s = _trained(_changed(level=0.95), "c1", 7)
+    s, _ = _race(s, lambda p: p == "c1")
+    r = s.rounds
+    assert r is not None and s.policy == "c1" and r.level == 1.0 and r.level_grasps < 15
+    assert r.stopped == "" and s.phase is lc.Phase.EXPLORING
