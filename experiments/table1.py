@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.flags import flags, parser
 from bench.policy_eval import evaluate
 from drivers.sim.conditions import CONDITION_NAMES, condition_params, make_condition
 from experiments.report import RESULTS, pct, rate_cell, write_result
@@ -126,17 +127,11 @@ def draw(res: dict[str, Any]) -> Any:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__)
     ap.add_argument("--bundle", type=Path, default=ROOT / "policies" / "base")
-    ap.add_argument("--grasps", type=int, default=800)
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=3000)
-    ap.add_argument("--cem-iterations", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="the test tier's smoke run")
+    flags(ap, grasps=800, seeds=8, seed=3000, cem_iterations=2, workers=min(2, os.cpu_count() or 1))
     a = ap.parse_args()
     if a.quick:
         a.grasps, a.seeds = 16, 2

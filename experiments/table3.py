@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.finetune import Evaluator, log, run_job
+from bench.flags import flags, parser
 from experiments.report import RESULTS, pct, rate_cell, write_result
 from trainer.basedata import DatasetSpec, collect_dataset
 from trainer.finetune import FinetuneConfig
@@ -256,18 +257,19 @@ def draw(res: dict[str, Any]) -> Any:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__)
     ap.add_argument("--parent", type=Path, default=ROOT / "policies" / "base")
-    ap.add_argument("--grasps", type=int, default=800)
-    ap.add_argument("--eval-grasps", type=int, default=400)
-    ap.add_argument("--eval-seeds", type=int, default=4)
-    ap.add_argument("--base-grasps", type=int, default=4000)
-    ap.add_argument("--max-steps", type=int, default=FinetuneConfig().max_steps)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of each fine-tune")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "table3")
+    flags(
+        ap,
+        grasps=800,
+        eval_grasps=400,
+        eval_seeds=4,
+        base_grasps=4000,
+        max_steps=FinetuneConfig().max_steps,
+        threads=2,
+        workers=min(2, os.cpu_count() or 1),
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="the test tier's smoke run")
     a = ap.parse_args()
