@@ -37,7 +37,8 @@ Writes ``--out``/CHALLENGE-MODE/ (each a robot-demo run directory), ``continual.
 ``continual.png`` (recovery against grasps since the change, a panel per challenge), both
 rewritten after each challenge; progress on stderr; the last line of stdout is the JSON.
 ``--quick``: checkerboard only, 200 + 160 grasps, a 40-grasp exploration, a tiny fine-tune
-and 32-grasp evaluations (the test tier's smoke run; its figures mean little).
+and 32-grasp evaluations in this process (the test tier's smoke run; its figures mean
+little).
 """
 
 from __future__ import annotations
@@ -442,7 +443,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.challenges, a.after, a.baseline_grasps = "checkerboard", 160, 200
-        a.exploration_grasps, a.eval_grasps, a.eval_seeds = 40, 32, 2
+        a.exploration_grasps, a.eval_grasps, a.eval_seeds, a.workers = 40, 32, 2, 1
         a.time_limit = a.time_limit or 5.0
     a.eval_seed = a.eval_seed or 1000 + 100 * a.seed
     for m in a.modes.split(","):

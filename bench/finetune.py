@@ -191,6 +191,7 @@ def main() -> None:
     if args.quick:
         args.grasps, args.challenges, args.sweep = "24", "checkerboard", ""
         args.eval_grasps, args.eval_seeds, args.base_grasps = 12, 2, 40
+        args.workers = 1  # evaluations in this process: no worker start-up
         args.scratch_steps = 8
         cfg = dataclasses.replace(
             cfg, max_steps=8, eval_every=4, probe_steps=4, batch_size=16, patience=1

@@ -14,11 +14,13 @@ success, n, the Wilson 95% interval and the per-seed figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from drivers.sim.cli import wilson
@@ -95,8 +97,13 @@ def evaluate(
     ]
     t0 = time.time()
     rows: list[dict[str, object]] = []
-    with mp.get_context("spawn").Pool(workers) as pool:
-        for row in pool.imap_unordered(run_seed, jobs):
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+            results: Iterator[dict[str, object]] = pool.imap_unordered(run_seed, jobs)
+        else:  # in this process: no worker to start (seconds per evaluation)
+            results = map(run_seed, jobs)
+        for row in results:
             rows.append(row)
             done = sum(int(r["n"]) for r in rows)  # type: ignore[call-overload]
             wins = sum(int(r["wins"]) for r in rows)  # type: ignore[call-overload]

@@ -134,7 +134,7 @@ def main() -> None:
     flags(ap, grasps=800, seeds=8, seed=3000, cem_iterations=2, workers=min(2, os.cpu_count() or 1))
     a = ap.parse_args()
     if a.quick:
-        a.grasps, a.seeds = 16, 2
+        a.grasps, a.seeds, a.workers = 16, 2, 1
     if a.grasps < a.seeds or a.seeds < 1:
         ap.error("--grasps must be at least --seeds, and --seeds at least 1")
     if not (a.bundle / "meta.json").is_file():
