@@ -89,6 +89,8 @@ def run_scenes(args: tuple[list[int], str, list[str], int]) -> list[dict[str, An
         load_policy(validate_bundle(Path(b)), PolicyConfig(intra_op_threads=1), cem)
         for b in bundles
     ]
+    for p in policies:
+        p.latency_budget_s = None  # slow on a busy machine is not a fault here
     rows: list[dict[str, Any]] = []
     with SimCell(SimConfig(split="test", seed=seeds[0], condition=condition)) as cell:
         for s in seeds:

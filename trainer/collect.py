@@ -85,6 +85,9 @@ def _policy_actor(cfg: CollectConfig, spec: object) -> ActFn:
 
     bundle = validate_bundle(Path(cfg.policy_bundle))
     policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), CemConfig())
+    # no latency guard: a slow decision here costs time, not a robot's control loop (under a
+    # busy machine the guard took the policy out and killed a pre-training run's collection)
+    policy.latency_budget_s = None
     prior = _prior_actor(CollectConfig(random_frac=0.5), spec)
 
     def act(
