@@ -398,6 +398,16 @@ def load_policy(
     return policy
 
 
+def load_offline(bundle: Bundle, ccfg: CemParams) -> Policy:
+    """A validated bundle served as the daemon serves it (one intra-op thread) for offline
+    work (data collection, evaluations), without the run-time latency guard: there a slow
+    decision on a busy machine costs time, not a robot's control loop (the guard once took
+    the policy out and killed a pre-training run's collection)."""
+    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), ccfg)
+    policy.latency_budget_s = None
+    return policy
+
+
 def _split_matches(policy: Policy, n: int) -> bool:
     rng = np.random.default_rng(1)
     spec = policy.spec

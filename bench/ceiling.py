@@ -79,18 +79,13 @@ def run_scenes(args: tuple[list[int], str, list[str], int]) -> list[dict[str, An
     """Every figure for the scenes ``seeds`` under ``condition`` (one process)."""
     seeds, condition, bundles, per_object = args
     from agent.bundle import validate_bundle
-    from agent.config import CemConfig, PolicyConfig
-    from agent.policy import load_policy
+    from agent.config import CemConfig
+    from agent.policy import load_offline
     from drivers.sim.cell import SimCell
     from drivers.sim.config import SimConfig
 
     cem = CemConfig(samples=64, iterations=CEM_ITERATIONS, init_std=0.5)
-    policies = [
-        load_policy(validate_bundle(Path(b)), PolicyConfig(intra_op_threads=1), cem)
-        for b in bundles
-    ]
-    for p in policies:
-        p.latency_budget_s = None  # slow on a busy machine is not a fault here
+    policies = [load_offline(validate_bundle(Path(b)), cem) for b in bundles]
     rows: list[dict[str, Any]] = []
     with SimCell(SimConfig(split="test", seed=seeds[0], condition=condition)) as cell:
         for s in seeds:

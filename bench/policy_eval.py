@@ -4,7 +4,7 @@ Usage: python -m bench.policy_eval [--bundle DIR] [--condition NAME] [--param k=
                                    [--grasps N] [--seed S] [--seeds K] [--workers W]
 
 The bundle (default: the shipped base policy, policies/base) is validated and
-loaded through agent.policy.load_policy (ONNX Runtime, CPU unless CUDA is
+loaded through agent.policy.load_offline (ONNX Runtime, CPU unless CUDA is
 present, numpy CEM 64/6/2) and grasps on held-out test objects (900-999). The
 grasps are split over K seeds (separate bins), run in W processes. Prints
 progress to stderr and, as the last line of stdout, one JSON object with
@@ -37,15 +37,14 @@ def run_seed(
     import numpy as np
 
     from agent.bundle import validate_bundle
-    from agent.config import CemConfig, PolicyConfig
-    from agent.policy import load_policy
+    from agent.config import CemConfig
+    from agent.policy import load_offline
     from drivers.sim.cell import SimCell
     from drivers.sim.config import SimConfig
 
     bundle = validate_bundle(Path(bundle_dir))
     cem = CemConfig(samples=samples, iterations=iterations, init_std=init_std)
-    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), cem)
-    policy.latency_budget_s = None  # an evaluation on a busy machine is slow, not faulty
+    policy = load_offline(bundle, cem)
     wins, qs, lat = 0, [], []
     cfg = SimConfig(split=split, seed=seed, condition=condition, condition_params=params)  # type: ignore[arg-type]
     with SimCell(cfg) as cell:

@@ -80,14 +80,10 @@ def _prior_actor(cfg: CollectConfig, spec: object) -> ActFn:
 
 def _policy_actor(cfg: CollectConfig, spec: object) -> ActFn:
     from agent.bundle import validate_bundle
-    from agent.config import CemConfig, PolicyConfig
-    from agent.policy import load_policy  # ONNX Runtime + numpy CEM, as the daemon serves
+    from agent.config import CemConfig
+    from agent.policy import load_offline  # ONNX Runtime + numpy CEM, as the daemon serves
 
-    bundle = validate_bundle(Path(cfg.policy_bundle))
-    policy = load_policy(bundle, PolicyConfig(intra_op_threads=1), CemConfig())
-    # no latency guard: a slow decision here costs time, not a robot's control loop (under a
-    # busy machine the guard took the policy out and killed a pre-training run's collection)
-    policy.latency_budget_s = None
+    policy = load_offline(validate_bundle(Path(cfg.policy_bundle)), CemConfig())
     prior = _prior_actor(CollectConfig(random_frac=0.5), spec)
 
     def act(

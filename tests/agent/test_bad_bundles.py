@@ -18,7 +18,7 @@ from agent.bundle_errors import REASONS, BundleError
 from agent.cem import CemParams
 from agent.config import PolicyConfig
 from agent.loader import IMPORT_PREFIX, PolicyLoader, load_bundle, load_stored
-from agent.policy import Policy, PolicyFault, PolicyLoadError, load_policy
+from agent.policy import Policy, PolicyFault, PolicyLoadError, load_offline, load_policy
 from agent.spec import DEFAULT_SPEC
 from testkit.bad_bundles import (
     CEM,
@@ -188,6 +188,19 @@ def test_one_decision_over_the_hard_cap_faults_only_when_busy(tmp_path: Path) ->
     pol.arm(budget_s=0.01, strikes=100, hard_cap_s=0.05)
     pol._check_budget(5.0, 0.001)  # a 5 s stall with no CPU (SIGSTOP, VM pause): one strike
     assert pol._strikes == 1
+
+
+def test_offline_work_serves_without_the_latency_guard(tmp_path: Path, images: Images) -> None:
+    """Collection and evaluations (load_offline) never fault on a slow decision: on a busy
+    machine the daemon's guard took a policy out mid-collection and killed a pre-training
+    run. The daemon's load_policy arms the guard."""
+    bundle = validate_bundle(write_model(tmp_path, slow_model(layers=1)), run_inference=False)
+    assert load_policy(bundle, PCFG, CEM).latency_budget_s is not None
+    pol = load_offline(bundle, CEM)
+    assert pol.latency_budget_s is None
+    pol.budget_strikes, pol.budget_hard_cap_s = 1, 1e-9  # what would fault a guarded policy
+    for _ in range(3):
+        assert 0 <= pol.act(images[0]).q <= 1
 
 
 def test_shipped_base_policy_never_faults_on_sim_images(tmp_path: Path, images: Images) -> None:
