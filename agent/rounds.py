@@ -25,12 +25,12 @@ finished race or job means for it. Nothing here knows about sockets, threads or 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
 from agent import race as rc
+from agent.race_view import wilson
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,7 @@ def lower_bound(rate: float, n: int, confidence: float) -> float:
     ``confidence`` (``rate`` itself when ``n`` is 0 or ``confidence`` is 0)."""
     if n <= 0 or confidence <= 0:
         return rate
-    z = NormalDist().inv_cdf(confidence)
-    centre = rate + z * z / (2 * n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n)
+    return wilson(round(rate * n), n, NormalDist().inv_cdf(confidence))[0]
 
 
 def race_level(state: rc.State) -> float | None:
